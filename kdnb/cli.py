@@ -1,0 +1,108 @@
+"""Command line: ``python -m kdnb {train,pipeline,bench} ...``.
+
+Every user error (bad setting, missing data, missing teacher) ends as one line on stderr and a
+non-zero exit, before any long work starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .config import CONFIGS, PROFILES, ConfigError, make_config
+
+
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from .data import DataError
+    from .train import TrainingError
+
+    return (ConfigError, DataError, TrainingError)
+
+
+def _parse_sets(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    overrides = _parse_sets(args.set)
+    if args.data_dir is not None:
+        overrides["data_dir"] = args.data_dir
+    cfg = make_config(args.config, args.profile, args.seed, overrides)
+    from .train import train
+
+    result = train(cfg, args.runs_dir, force=args.force, progress=not args.quiet)
+    m = result.metrics
+    print(f"{cfg.config} seed{cfg.seed}: best epoch {m['best_epoch']}, val acc {m['val_acc']:.4f}, "
+          f"test acc {m['test_acc']:.4f}")
+    print(f"results: {result.run_dir}")
+    return 0
+
+
+def _cmd_pipeline(args: argparse.Namespace) -> int:
+    from .pipeline import run_pipeline
+
+    run_pipeline(profile=args.profile, seeds=args.seeds, runs_dir=args.runs_dir, data_dir=args.data_dir,
+                 notebooks=args.only)
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    run_bench(profile=args.profile, steps=args.steps, device=args.device, json_path=args.json,
+              data_dir=args.data_dir, repeats=args.repeats)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m kdnb", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train one run (teacher or a student configuration)")
+    t.add_argument("--config", required=True, help=f"one of {', '.join(CONFIGS)}")
+    t.add_argument("--profile", default="smoke", help=f"one of {', '.join(PROFILES)} (default smoke)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--runs-dir", default="runs")
+    t.add_argument("--data-dir", default=None, help="data source (default: $KDNB_DATA_DIR, else ./data)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one setting")
+    t.add_argument("--force", action="store_true", help="retrain a finished run (the old one is kept aside)")
+    t.add_argument("--quiet", action="store_true", help="no progress output")
+    t.set_defaults(func=_cmd_train)
+
+    pl = sub.add_parser("pipeline", help="execute the notebook series with papermill")
+    pl.add_argument("--profile", default="cpu", help=f"one of {', '.join(PROFILES)} (default cpu)")
+    pl.add_argument("--seeds", type=int, nargs="+", default=[0])
+    pl.add_argument("--runs-dir", default="runs")
+    pl.add_argument("--data-dir", default=None)
+    pl.add_argument("--only", nargs="*", default=None, help="run only these notebooks (name prefixes, e.g. 00 01)")
+    pl.set_defaults(func=_cmd_pipeline)
+
+    b = sub.add_parser("bench", help="measure training-step throughput of every pipeline")
+    b.add_argument("--profile", default="cpu")
+    b.add_argument("--steps", type=int, default=20)
+    b.add_argument("--repeats", type=int, default=3)
+    b.add_argument("--device", default="auto")
+    b.add_argument("--data-dir", default=None, help="images for the benchmark (default: synthetic)")
+    b.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    b.set_defaults(func=_cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except _user_errors() as exc:
+        print(f"kdnb: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kdnb: interrupted (completed epochs are checkpointed; rerun to resume)", file=sys.stderr)
+        return 130

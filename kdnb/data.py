@@ -1,0 +1,283 @@
+"""CIFAR-10 as uint8 tensors: sources, a decode-once cache, the held-out split, batch augmentation.
+
+Sources (``data_dir`` argument, else the ``KDNB_DATA_DIR`` environment variable, else ``data``):
+
+1. ``data`` (default) — torchvision's CIFAR-10 download (canonical dataset);
+2. a canonical ``cifar-10-batches-py`` directory (or its parent);
+3. an image-folder tree ``train/<class>/*.{png,jpg}`` + ``test/<class>/*``;
+4. ``synthetic`` — a small deterministic, learnable 10-class set generated in memory.
+
+Images are decoded once into uint8 tensors (N,3,32,32) and cached (``KDNB_CACHE_DIR``, default
+``~/.cache/kdnb``), so a second load takes a second or two. Augmentation (random crop with
+4-pixel zero padding, horizontal flip) and normalisation run on whole batches as tensor ops on
+the training device, with random draws from a CPU generator so results do not depend on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CIFAR10_CLASSES: tuple[str, ...] = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)
+MEAN = (0.4914, 0.4822, 0.4465)
+STD = (0.2470, 0.2435, 0.2616)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+SYNTHETIC = "synthetic"
+DEFAULT_DATA_DIR = "data"
+
+
+class DataError(RuntimeError):
+    """The data directory is missing or not in a layout kdnb can read."""
+
+
+@dataclass
+class Dataset:
+    """The whole dataset as uint8 image tensors (N,3,32,32) and int64 labels."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    classes: tuple[str, ...]
+    source: str
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None) -> str:
+    """The argument if given, else ``$KDNB_DATA_DIR``, else ``data`` (download target)."""
+    if data_dir not in (None, ""):
+        return str(data_dir)
+    return os.environ.get("KDNB_DATA_DIR") or DEFAULT_DATA_DIR
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("KDNB_CACHE_DIR") or Path.home() / ".cache" / "kdnb")
+
+
+def _options_hint(path: str) -> str:
+    return (
+        f"{path!r} is not a CIFAR-10 directory. kdnb reads: a canonical 'cifar-10-batches-py' "
+        "directory (or its parent); an image folder with train/<class>/*.png|jpg and test/<class>/*; "
+        "'synthetic'; or the default 'data' (torchvision download). "
+        "Choose with --data-dir / data_dir= or the KDNB_DATA_DIR environment variable."
+    )
+
+
+# ---------------------------------------------------------------- synthetic
+def _hue_to_rgb(h: float) -> torch.Tensor:
+    """Fully saturated colour of hue ``h`` in [0,1) (HSV with S=V=1)."""
+    k = torch.tensor([5.0, 3.0, 1.0])
+    k = (k + h * 6) % 6
+    return 1 - torch.clamp(torch.minimum(k, 4 - k), 0, 1)
+
+
+def make_synthetic(n_train: int = 5000, n_test: int = 1000, num_classes: int = 10, seed: int = 1234) -> Dataset:
+    """A learnable toy CIFAR: a class-coloured 12×12 textured patch at a random place on grey noise.
+
+    Deterministic (its own fixed seed), spatially localised (so Grad-CAM has something to find)
+    and learnable in a couple of epochs by tiny networks.
+    """
+    g = torch.Generator().manual_seed(seed)
+    # Each class: its own colour (evenly spaced hues) times its own binary texture.
+    hues = torch.arange(num_classes) / num_classes
+    colours = torch.stack([_hue_to_rgb(h) for h in hues.tolist()]) * 200 + 40  # (K,3)
+    textures = 0.6 + 0.4 * (torch.rand(num_classes, 1, 12, 12, generator=g) > 0.5).float()
+    templates = colours[:, :, None, None] * textures  # (K,3,12,12)
+
+    def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        y = torch.arange(n) % num_classes
+        y = y[torch.randperm(n, generator=g)]
+        x = torch.rand(n, 1, 32, 32, generator=g).expand(n, 3, 32, 32) * 60 + 70
+        x = x.clone()
+        pos = torch.randint(0, 21, (n, 2), generator=g)
+        for i in range(n):
+            r, c = pos[i].tolist()
+            x[i, :, r : r + 12, c : c + 12] = templates[y[i]] + torch.randn(3, 12, 12, generator=g) * 15
+        return x.clamp(0, 255).to(torch.uint8), y
+
+    train_x, train_y = draw(n_train)
+    test_x, test_y = draw(n_test)
+    classes = tuple(f"class{c}" for c in range(num_classes))
+    return Dataset(train_x, train_y, test_x, test_y, classes, f"synthetic ({n_train} train / {n_test} test)")
+
+
+# ---------------------------------------------------------------- canonical pickles
+def _find_batches_dir(path: Path) -> Path | None:
+    for cand in (path, path / "cifar-10-batches-py"):
+        if (cand / "data_batch_1").is_file() and (cand / "test_batch").is_file():
+            return cand
+    return None
+
+
+def _load_batches(d: Path) -> Dataset:
+    def read(name: str) -> tuple[np.ndarray, np.ndarray]:
+        with open(d / name, "rb") as f:
+            entry = pickle.load(f, encoding="latin1")
+        return np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32), np.asarray(entry["labels"])
+
+    parts = [read(f"data_batch_{i}") for i in range(1, 6)]
+    test_x, test_y = read("test_batch")
+    return Dataset(
+        torch.from_numpy(np.concatenate([p[0] for p in parts])),
+        torch.from_numpy(np.concatenate([p[1] for p in parts])).long(),
+        torch.from_numpy(test_x), torch.from_numpy(test_y).long(),
+        CIFAR10_CLASSES, f"canonical CIFAR-10 ({d})",
+    )
+
+
+# ---------------------------------------------------------------- image folder
+def _list_image_folder(split_dir: Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+    files = []
+    for label, cls in enumerate(classes):
+        for entry in sorted(os.scandir(split_dir / cls), key=lambda e: e.name):
+            if entry.name.lower().endswith(IMAGE_SUFFIXES):
+                files.append((Path(entry.path), label))
+    return classes, files
+
+
+def _decode_files(files: list[tuple[Path, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    def one(item: tuple[Path, int]) -> torch.Tensor:
+        img = decode_image(read_file(str(item[0])), mode=ImageReadMode.RGB)
+        if img.shape != (3, 32, 32):
+            raise DataError(f"{item[0]} is {tuple(img.shape[1:])} pixels; kdnb expects 32×32 CIFAR images")
+        return img
+
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
+        images = list(pool.map(one, files, chunksize=256))
+    return torch.stack(images), torch.tensor([lab for _, lab in files], dtype=torch.long)
+
+
+def _load_image_folder(path: Path) -> Dataset:
+    train_classes, train_files = _list_image_folder(path / "train")
+    test_classes, test_files = _list_image_folder(path / "test")
+    if not train_files or not test_files:
+        raise DataError(_options_hint(str(path)) + " (found train/ and test/ but no .png/.jpg images in class folders)")
+    if train_classes != test_classes:
+        raise DataError(f"{path}: train/ and test/ have different class folders: {train_classes} vs {test_classes}")
+    stats = [len(train_files), len(test_files), max(os.stat(f).st_mtime_ns for f, _ in train_files[:: max(1, len(train_files) // 50)])]
+    key = hashlib.sha1(f"{path.resolve()}|{stats}".encode()).hexdigest()[:16]
+    cache = cache_dir() / f"imagefolder-{key}.pt"
+    source = f"image folder {path} ({len(train_files)} train / {len(test_files)} test)"
+    if cache.is_file():
+        d = torch.load(cache, weights_only=True)
+        return Dataset(d["train_x"], d["train_y"], d["test_x"], d["test_y"], tuple(train_classes), source)
+    train_x, train_y = _decode_files(train_files)
+    test_x, test_y = _decode_files(test_files)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".tmp{os.getpid()}")
+        torch.save({"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y}, tmp)
+        os.replace(tmp, cache)
+    except OSError:
+        pass  # a read-only cache only costs a re-decode next time
+    return Dataset(train_x, train_y, test_x, test_y, tuple(train_classes), source)
+
+
+def _download(path: Path) -> Dataset:
+    from torchvision.datasets import CIFAR10
+
+    try:
+        CIFAR10(str(path), train=True, download=True)
+    except Exception as exc:  # network errors come in many types
+        raise DataError(
+            f"could not download CIFAR-10 into {str(path)!r} ({exc.__class__.__name__}: {exc}). "
+            "Offline? Point --data-dir / KDNB_DATA_DIR at a local cifar-10-batches-py or image-folder copy, "
+            "or use 'synthetic'."
+        ) from None
+    return _load_batches(path / "cifar-10-batches-py")
+
+
+def load_dataset(
+    data_dir: str | os.PathLike | None = None, *, synthetic_train: int = 5000, synthetic_test: int = 1000
+) -> Dataset:
+    """Load CIFAR-10 (or the synthetic stand-in) from the source ``data_dir`` names."""
+    name = resolve_data_dir(data_dir)
+    if name == SYNTHETIC:
+        return make_synthetic(synthetic_train, synthetic_test)
+    path = Path(name).expanduser()
+    batches = _find_batches_dir(path) if path.is_dir() else None
+    if batches is not None:
+        return _load_batches(batches)
+    if (path / "train").is_dir() and (path / "test").is_dir():
+        return _load_image_folder(path)
+    if name == DEFAULT_DATA_DIR and (not path.exists() or not any(path.iterdir())):
+        return _download(path)
+    if not path.exists():
+        raise DataError(f"data directory {name!r} does not exist. " + _options_hint(name))
+    raise DataError(_options_hint(name))
+
+
+# ---------------------------------------------------------------- split
+def stratified_split(
+    labels: torch.Tensor, val_size: int, train_size: int | None = None, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Disjoint (train_idx, val_idx) from the training set, stratified by class and seeded.
+
+    ``val_size`` images (equal per class, remainder to the first classes) are held out for early
+    stopping and model selection; ``train_size`` optionally keeps a stratified subset of the rest.
+    """
+    g = torch.Generator().manual_seed(seed)
+    classes = torch.unique(labels)
+    n_cls = len(classes)
+    per_class = [torch.nonzero(labels == c).flatten() for c in classes]
+    per_class = [idx[torch.randperm(len(idx), generator=g)] for idx in per_class]
+
+    def quota(total: int) -> list[int]:
+        return [total // n_cls + (1 if i < total % n_cls else 0) for i in range(n_cls)]
+
+    val_q = quota(val_size)
+    if any(q >= len(idx) for q, idx in zip(val_q, per_class)):
+        raise DataError(f"val_size={val_size} leaves no training images in some class ({len(labels)} images)")
+    val = torch.cat([idx[:q] for q, idx in zip(val_q, per_class)])
+    rest = [idx[q:] for q, idx in zip(val_q, per_class)]
+    if train_size is not None:
+        avail = sum(len(r) for r in rest)
+        if train_size > avail:
+            raise DataError(f"train_size={train_size} exceeds the {avail} training images left after validation")
+        rest = [r[:q] for q, r in zip(quota(train_size), rest)]
+    train = torch.cat(rest)
+    return train.sort().values, val.sort().values
+
+
+# ---------------------------------------------------------------- batches
+def epoch_batches(n: int, batch_size: int, generator: torch.Generator, drop_last: bool = True) -> list[torch.Tensor]:
+    """Shuffled index batches for one epoch (the last short batch dropped: BN needs > 1 sample)."""
+    order = torch.randperm(n, generator=generator)
+    stop = n - n % batch_size if drop_last and n >= batch_size else n
+    return [order[i : i + batch_size] for i in range(0, stop, batch_size)]
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
+    """Random crop (zero padding, as torchvision's RandomCrop) + horizontal flip on a whole batch."""
+    b, c, h, w = x.shape
+    offsets = torch.randint(0, 2 * padding + 1, (b, 2), generator=generator).to(x.device)
+    flips = (torch.rand(b, generator=generator) < 0.5).to(x.device)
+    padded = torch.nn.functional.pad(x, (padding, padding, padding, padding))
+    rows = offsets[:, 0:1] + torch.arange(h, device=x.device)  # (B,h)
+    cols = offsets[:, 1:2] + torch.arange(w, device=x.device)  # (B,w)
+    cols = torch.where(flips[:, None], cols.flip(1), cols)
+    bidx = torch.arange(b, device=x.device)[:, None, None]
+    out = padded.permute(0, 2, 3, 1)[bidx, rows[:, :, None], cols[:, None, :]]  # (B,h,w,C)
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """uint8 (B,3,H,W) → float32 normalised with the CIFAR-10 mean/std."""
+    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
+    return (x.float() / 255.0 - mean) / std

@@ -1,0 +1,176 @@
+"""Evaluation helpers for the results notebook: predictions, robustness, agreement, attention.
+
+Models here take normalised float input; images are kept as uint8 (B,3,H,W) and ``normalize``
+(e.g. ``kdnb.data.normalize``) is applied batch by batch, so corruptions always act on pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdnb.corruptions import CIFAR10C_NAMES, CORRUPTIONS, SEVERITIES, corrupt, load_cifar10c
+
+Normalize = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _batches(n: int, batch_size: int) -> Iterable[slice]:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return (slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size))
+
+
+class _EvalMode:
+    """Context manager: eval mode inside, the previous train/eval mode restored afterwards."""
+
+    def __init__(self, *models: nn.Module) -> None:
+        self.models = models
+        self.modes = [m.training for m in models]
+
+    def __enter__(self) -> None:
+        for m in self.models:
+            m.eval()
+
+    def __exit__(self, *exc) -> None:
+        for m, mode in zip(self.models, self.modes):
+            m.train(mode)
+
+
+def predict(
+    model: nn.Module,
+    images: torch.Tensor,
+    normalize: Normalize,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Logits (N, classes) on the CPU for uint8 ``images``, in eval mode and inference mode."""
+    out = []
+    with _EvalMode(model), torch.inference_mode():
+        for sl in _batches(len(images), batch_size):
+            out.append(model(normalize(images[sl].to(device))).float().cpu())
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy as a fraction in [0, 1]."""
+    if len(logits) != len(labels):
+        raise ValueError(f"{len(logits)} logits but {len(labels)} labels")
+    return (logits.argmax(1) == labels.to(logits.device)).float().mean().item()
+
+
+def agreement(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> float:
+    """Fraction of samples on which student and teacher predict the same top-1 class."""
+    if student_logits.shape[0] != teacher_logits.shape[0]:
+        raise ValueError(f"{student_logits.shape[0]} vs {teacher_logits.shape[0]} samples")
+    return (student_logits.argmax(1) == teacher_logits.argmax(1).to(student_logits.device)).float().mean().item()
+
+
+def robustness(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    normalize: Normalize,
+    corruptions: Sequence[str] | None = None,
+    severities: Sequence[int] = SEVERITIES,
+    seed: int = 0,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    cifar10c_dir: str | None = None,
+) -> pd.DataFrame:
+    """Long table (corruption, severity, accuracy, source), with the clean row as ("clean", 0).
+
+    Corruptions are generated from ``images`` with ``seed``; with ``cifar10c_dir`` those that
+    exist in CIFAR-10-C are read from the official files instead (``source`` says which).
+    """
+    names = list(CORRUPTIONS) if corruptions is None else list(corruptions)
+    unknown = [n for n in names if n not in CORRUPTIONS]
+    if unknown:
+        raise ValueError(f"unknown corruptions {unknown}; choose from {sorted(CORRUPTIONS)}")
+    rows = [{"corruption": "clean", "severity": 0, "source": "clean",
+             "accuracy": accuracy(predict(model, images, normalize, batch_size, device), labels)}]
+    for name in names:
+        for severity in severities:
+            if cifar10c_dir is not None and name in CIFAR10C_NAMES:
+                x, y, source = *load_cifar10c(cifar10c_dir, name, severity), "cifar10c"
+            else:
+                x, y, source = corrupt(images, name, severity, seed), labels, "generated"
+            acc = accuracy(predict(model, x, normalize, batch_size, device), y)
+            rows.append({"corruption": name, "severity": int(severity), "source": source, "accuracy": acc})
+    return pd.DataFrame(rows, columns=["corruption", "severity", "source", "accuracy"])
+
+
+def robustness_summary(df: pd.DataFrame) -> dict:
+    """For one model's :func:`robustness` table: clean accuracy, mean corruption accuracy,
+    per-corruption mean over severities and the corruption × severity pivot."""
+    corrupted = df[df["corruption"] != "clean"]
+    clean = df.loc[df["corruption"] == "clean", "accuracy"]
+    order = list(dict.fromkeys(corrupted["corruption"]))
+    pivot = corrupted.pivot_table(index="corruption", columns="severity", values="accuracy", aggfunc="mean")
+    return {
+        "clean": float(clean.mean()) if len(clean) else float("nan"),
+        "mean_corruption": float(corrupted["accuracy"].mean()),
+        "per_corruption": pivot.mean(axis=1).reindex(order),
+        "pivot": pivot.reindex(order),
+    }
+
+
+def _stage_features(model: nn.Module, x: torch.Tensor, stage: str) -> torch.Tensor:
+    _, feats = model(x, return_features=True)
+    if stage not in feats:
+        raise KeyError(f"stage {stage!r} not in the model's features {list(feats)}")
+    return feats[stage]
+
+
+def attention_distance(
+    student: nn.Module,
+    teacher: nn.Module,
+    images: torch.Tensor,
+    normalize: Normalize,
+    stage: str = "layer3",
+    p: float = 2,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+) -> float:
+    """Mean over images of ‖a_s − a_t‖₂ between normalised attention maps at ``stage``.
+
+    If the teacher's map is larger, its unnormalised map (channel mean of |f|^p) is adaptively
+    average-pooled to the student's size before the L2 normalisation.
+    """
+    from kdnb.losses import attention_map  # lazy: keeps this module importable on its own
+
+    total, n = 0.0, 0
+    with _EvalMode(student, teacher), torch.inference_mode():
+        for sl in _batches(len(images), batch_size):
+            x = normalize(images[sl].to(device))
+            fs, ft = _stage_features(student, x, stage), _stage_features(teacher, x, stage)
+            a_s = attention_map(fs, p)
+            if ft.shape[-2:] != fs.shape[-2:]:
+                # channel-mean and average pooling commute, so pool |f|^p and take a p=1 map
+                a_t = attention_map(F.adaptive_avg_pool2d(ft.float().abs().pow(p), fs.shape[-2:]), 1)
+            else:
+                a_t = attention_map(ft, p)
+            total += (a_s.float() - a_t.float()).norm(dim=1).sum().item()
+            n += len(x)
+    return total / max(n, 1)
+
+
+def plot_robustness_heatmap(ax, df: pd.DataFrame, config_col: str = "config", fmt: str = ".1f", scale: float = 100.0):
+    """Seaborn heatmap of accuracy (×``scale``), config × corruption, averaged over severities.
+
+    ``df`` is the concatenation of :func:`robustness` tables with a ``config`` column (a table
+    without one is drawn as a single row); "clean" comes first, then the corruptions.
+    """
+    import seaborn as sns
+
+    data = df if config_col in df.columns else df.assign(**{config_col: "model"})
+    table = data.pivot_table(index=config_col, columns="corruption", values="accuracy", aggfunc="mean", sort=False)
+    cols = ["clean"] + [c for c in table.columns if c != "clean"] if "clean" in table.columns else list(table.columns)
+    table = table[cols] * scale
+    sns.heatmap(table, annot=True, fmt=fmt, cmap="viridis", cbar_kws={"label": "accuracy"}, ax=ax)
+    ax.set_xlabel("corruption (mean over severities)")
+    ax.set_ylabel(config_col)
+    return ax

@@ -1,0 +1,153 @@
+"""Causal masks: the teacher's Grad-CAM for the true class, turned into masks for AT/FA.
+
+Grad-CAM (Selvaraju et al., 2017) at stage ``A``: channel weights w_k = mean_{ij} ∂z_c/∂A_k,
+cam = ReLU(Σ_k w_k A_k), each image scaled to [0,1] by its maximum (an all-zero cam stays 0).
+
+Cost matters because masks are computed every training step: the stages before ``A`` run
+without a graph, and the gradient is taken with respect to the *activation* ``A`` only, so the
+backward pass covers the stages after ``A`` and never touches parameter ``.grad``.
+:func:`teacher_forward` returns the teacher's logits and features from that same forward, so
+the KD term needs no second teacher pass.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .models import STAGES
+
+MASK_MODES: tuple[str, ...] = ("gradcam", "none", "random")
+CAM_TYPES: tuple[str, ...] = ("binary", "soft")
+
+
+def _check_stage(layer: str) -> None:
+    if layer not in STAGES:
+        raise ValueError(f"unknown stage {layer!r}; allowed: {', '.join(STAGES)}")
+
+
+def teacher_forward(
+    model: nn.Module, x: torch.Tensor, cam_layer: str | None = None, target: torch.Tensor | None = None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None]:
+    """One forward of a frozen model returning ``(logits, feats, cam)``, all without a graph.
+
+    With ``cam_layer`` set, the stages after it run with autograd on a detached copy of the
+    activation so Grad-CAM for ``target`` (class indices; ``None`` = the model's prediction)
+    costs only the backward from the logits to that stage.
+    """
+    if cam_layer is not None:
+        _check_stage(cam_layer)
+    feats: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        h = model.stem(x)
+        for name in STAGES:
+            h = getattr(model, name)(h)
+            feats[name] = h
+            if name == cam_layer:
+                break
+        if cam_layer is None:
+            return model.head(h), feats, None
+    act = h.detach().requires_grad_(True)
+    with torch.enable_grad():
+        h = act
+        for name in STAGES[STAGES.index(cam_layer) + 1 :]:
+            h = getattr(model, name)(h)
+            feats[name] = h
+        logits = model.head(h)
+        if target is None:
+            target = logits.argmax(dim=1)
+        score = logits.gather(1, target.view(-1, 1).to(logits.device)).sum()
+        (grad,) = torch.autograd.grad(score, act)
+    with torch.no_grad():
+        weights = grad.float().mean(dim=(2, 3), keepdim=True)
+        cam = F.relu((weights * act.float()).sum(dim=1))
+        peak = cam.flatten(1).amax(dim=1).view(-1, 1, 1)
+        cam = torch.where(peak > 0, cam / peak.clamp_min(torch.finfo(cam.dtype).tiny), torch.zeros_like(cam))
+    feats = {k: v.detach() for k, v in feats.items()}
+    return logits.detach(), feats, cam
+
+
+def gradcam(model: nn.Module, x: torch.Tensor, layer: str, target: torch.Tensor | None = None) -> torch.Tensor:
+    """Batched Grad-CAM (B,h,w) in [0,1] of ``model`` at stage ``layer`` for classes ``target``."""
+    return teacher_forward(model, x, cam_layer=layer, target=target)[2]
+
+
+def resize_map(m: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of a (B,h,w) map; identity when the size already matches."""
+    if tuple(m.shape[-2:]) == tuple(size):
+        return m
+    return F.interpolate(m.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
+
+
+def _top_fraction(scores: torch.Tensor, keep: float) -> torch.Tensor:
+    """Binary (B,h,w) mask of the ``keep`` fraction of highest-scoring positions per image.
+
+    Ties go to the lower flat index (stable sort), so the result is deterministic.
+    """
+    b, h, w = scores.shape
+    n = h * w
+    k = min(n, max(1, math.ceil(keep * n - 1e-9)))
+    order = torch.sort(scores.reshape(b, n), dim=1, descending=True, stable=True).indices[:, :k]
+    mask = torch.zeros(b, n, device=scores.device, dtype=torch.float32)
+    mask.scatter_(1, order, 1.0)
+    return mask.view(b, h, w)
+
+
+def causal_mask(
+    cam: torch.Tensor, keep: float = 0.5, mode: str = "binary", size: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """Mask from a Grad-CAM: ``binary`` keeps the top ``keep`` fraction, ``soft`` is the cam itself.
+
+    ``size`` resizes the cam (bilinear) to the student's feature size *before* thresholding, so a
+    binary mask keeps exactly the requested fraction at the student's resolution.
+    """
+    if not 0 < keep <= 1:
+        raise ValueError(f"keep must be in (0, 1], got {keep}")
+    if size is not None:
+        cam = resize_map(cam, size)
+    if mode == "binary":
+        return _top_fraction(cam, keep)
+    if mode == "soft":
+        return cam.float()
+    raise ValueError(f"unknown cam mask type {mode!r}; allowed: {', '.join(CAM_TYPES)}")
+
+
+def random_mask(
+    batch: int, size: tuple[int, int], keep: float, generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Control mask: the same fraction of positions as a binary causal mask, chosen at random."""
+    scores = torch.rand(batch, *size, generator=generator)
+    return _top_fraction(scores, keep).to(device)
+
+
+def make_masks(
+    mode: str,
+    sizes: dict[str, tuple[int, int]],
+    *,
+    cam: torch.Tensor | None = None,
+    keep: float = 0.5,
+    cam_type: str = "binary",
+    batch: int | None = None,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> dict[str, torch.Tensor | None]:
+    """Masks for each distillation stage (``sizes``: stage → student (h, w)) in one of MASK_MODES.
+
+    ``none`` gives ``None`` (the unmasked loss, identical to an all-ones mask); ``random`` draws
+    from ``generator`` so runs stay reproducible; ``gradcam`` needs the teacher's ``cam``.
+    """
+    if mode == "none":
+        return {s: None for s in sizes}
+    if mode == "random":
+        if batch is None:
+            raise ValueError("random masks need the batch size")
+        return {s: random_mask(batch, hw, keep, generator, device) for s, hw in sizes.items()}
+    if mode == "gradcam":
+        if cam is None:
+            raise ValueError("gradcam masks need the teacher's cam")
+        return {s: causal_mask(cam, keep, cam_type, hw) for s, hw in sizes.items()}
+    raise ValueError(f"unknown mask mode {mode!r}; allowed: {', '.join(MASK_MODES)}")

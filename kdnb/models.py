@@ -1,0 +1,193 @@
+"""ResNet teacher/student networks for 32×32 images, optionally with CBAM.
+
+Built from torchvision's ``BasicBlock`` and ``Bottleneck`` so the residual blocks are the
+maintained ones; kdnb only chooses the stem, the widths and where CBAM goes.
+
+``model(x)`` returns logits. ``model(x, return_features=True)`` returns ``(logits, feats)``
+where ``feats["layer1"] .. feats["layer4"]`` are the stage outputs *with their autograd graph*:
+distillation losses on them must reach the student's weights (the paper's released notebook
+stored ``output.detach()`` in hooks, which silently zeroed every auxiliary gradient).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
+
+STAGES: tuple[str, ...] = ("layer1", "layer2", "layer3", "layer4")
+ARCHS: dict[str, tuple[type[nn.Module], tuple[int, int, int, int]]] = {
+    "resnet18": (BasicBlock, (2, 2, 2, 2)),
+    "resnet50": (Bottleneck, (3, 4, 6, 3)),
+}
+STEMS: tuple[str, ...] = ("cifar", "torchvision")
+
+
+class ChannelGate(nn.Module):
+    """CBAM channel attention: avg- and max-pooled descriptors through one shared MLP, summed."""
+
+    def __init__(self, channels: int, reduction: int = 16) -> None:
+        super().__init__()
+        hidden = max(1, channels // reduction)
+        self.mlp = nn.Sequential(
+            nn.Flatten(), nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, channels)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        avg = self.mlp(x.mean(dim=(2, 3)))
+        mx = self.mlp(x.amax(dim=(2, 3)))
+        return x * torch.sigmoid(avg + mx)[:, :, None, None]
+
+
+class SpatialGate(nn.Module):
+    """CBAM spatial attention: [max_c, mean_c] → 7×7 conv → BN → sigmoid."""
+
+    def __init__(self, kernel_size: int = 7) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
+        # The reference implementation uses BN momentum 0.01 here.
+        self.bn = nn.BatchNorm2d(1, eps=1e-5, momentum=0.01)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = torch.cat([x.amax(dim=1, keepdim=True), x.mean(dim=1, keepdim=True)], dim=1)
+        return x * torch.sigmoid(self.bn(self.conv(pooled)))
+
+
+class CBAM(nn.Module):
+    """Convolutional Block Attention Module (Woo et al., ECCV 2018): channel then spatial gate."""
+
+    def __init__(self, channels: int, reduction: int = 16) -> None:
+        super().__init__()
+        self.channel_gate = ChannelGate(channels, reduction)
+        self.spatial_gate = SpatialGate()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.spatial_gate(self.channel_gate(x))
+
+
+def _last_bn_name(block: nn.Module) -> str:
+    return "bn3" if isinstance(block, Bottleneck) else "bn2"
+
+
+def _attach_cbam(block: nn.Module) -> None:
+    """Put CBAM on the residual branch, after its last BN and before the identity addition.
+
+    torchvision's block computes ``out = bnK(convK(...)); out += identity``; wrapping ``bnK``
+    as ``Sequential(bnK, CBAM)`` is exactly the reference placement without rewriting forward.
+    """
+    name = _last_bn_name(block)
+    bn = getattr(block, name)
+    setattr(block, name, nn.Sequential(bn, CBAM(bn.num_features)))
+
+
+class ResNet(nn.Module):
+    """A CIFAR-style (or torchvision-style) ResNet exposing its four stage outputs."""
+
+    def __init__(
+        self,
+        block: type[nn.Module],
+        layers: tuple[int, int, int, int],
+        num_classes: int = 10,
+        *,
+        cbam: bool = False,
+        stem: str = "cifar",
+        width: float = 1.0,
+    ) -> None:
+        super().__init__()
+        planes = [max(1, int(round(c * width))) for c in (64, 128, 256, 512)]
+        self.inplanes = planes[0]
+        if stem == "cifar":
+            conv = nn.Conv2d(3, planes[0], 3, stride=1, padding=1, bias=False)
+            pool: nn.Module = nn.Identity()
+        elif stem == "torchvision":
+            conv = nn.Conv2d(3, planes[0], 7, stride=2, padding=3, bias=False)
+            pool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        else:
+            raise ValueError(f"unknown stem {stem!r}; allowed: {', '.join(STEMS)}")
+        self.stem = nn.Sequential(conv, nn.BatchNorm2d(planes[0]), nn.ReLU(inplace=True), pool)
+        self.layer1 = self._make_layer(block, planes[0], layers[0], stride=1)
+        self.layer2 = self._make_layer(block, planes[1], layers[1], stride=2)
+        self.layer3 = self._make_layer(block, planes[2], layers[2], stride=2)
+        self.layer4 = self._make_layer(block, planes[3], layers[3], stride=2)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(planes[3] * block.expansion, num_classes)
+        self.stage_channels = {s: p * block.expansion for s, p in zip(STAGES, planes)}
+        self._init_weights()
+        if cbam:
+            for stage in self.stages():
+                for blk in stage:
+                    _attach_cbam(blk)
+            self._init_cbam()
+
+    def _make_layer(self, block: type[nn.Module], planes: int, blocks: int, stride: int) -> nn.Sequential:
+        downsample = None
+        if stride != 1 or self.inplanes != planes * block.expansion:
+            downsample = nn.Sequential(
+                nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(planes * block.expansion),
+            )
+        mods = [block(self.inplanes, planes, stride, downsample)]
+        self.inplanes = planes * block.expansion
+        mods += [block(self.inplanes, planes) for _ in range(1, blocks)]
+        return nn.Sequential(*mods)
+
+    def _init_weights(self) -> None:
+        # torchvision's ResNet initialisation.
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def _init_cbam(self) -> None:
+        # Reference CBAM init: convs kaiming fan_out, BN weight 1 except the spatial gate's BN,
+        # whose weight starts at 0 so each spatial gate begins as a constant ×0.5; all biases 0.
+        for m in self.modules():
+            if isinstance(m, ChannelGate):
+                for lin in (m.mlp[1], m.mlp[3]):
+                    nn.init.zeros_(lin.bias)
+            if isinstance(m, SpatialGate):
+                nn.init.kaiming_normal_(m.conv.weight, mode="fan_out")
+                nn.init.zeros_(m.bn.weight)
+                nn.init.zeros_(m.bn.bias)
+
+    def stages(self) -> Iterator[nn.Sequential]:
+        return (getattr(self, s) for s in STAGES)
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """Global average pool + linear classifier on the layer4 output."""
+        return self.fc(torch.flatten(self.avgpool(h), 1))
+
+    def forward(self, x: torch.Tensor, return_features: bool = False):
+        h = self.stem(x)
+        feats: dict[str, torch.Tensor] = {}
+        for name in STAGES:
+            h = getattr(self, name)(h)
+            feats[name] = h
+        logits = self.head(h)
+        return (logits, feats) if return_features else logits
+
+
+def build_model(
+    arch: str, num_classes: int = 10, *, cbam: bool = False, stem: str = "cifar", width: float = 1.0
+) -> ResNet:
+    """Build ``resnet18`` (BasicBlock 2-2-2-2) or ``resnet50`` (Bottleneck 3-4-6-3).
+
+    ``width`` scales every channel count (0.125–0.5 make CPU-sized runs); ``stem="cifar"`` keeps
+    32/16/8/4-pixel stages for 32×32 inputs, ``stem="torchvision"`` reproduces the 7×7/2 + max-pool
+    stem of the paper's released code (8/4/2/1 pixels).
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; allowed: {', '.join(ARCHS)}")
+    if not width > 0:
+        raise ValueError(f"width must be > 0, got {width}")
+    block, layers = ARCHS[arch]
+    return ResNet(block, layers, num_classes, cbam=cbam, stem=stem, width=width)
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (the deployed size; connectors live outside the model)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

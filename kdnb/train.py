@@ -1,0 +1,377 @@
+"""One training loop for the teacher and all five student configurations.
+
+The loop follows the paper's protocol (SGD, batch 64, early stopping on *validation* loss) and
+never looks at the test set until the end, when the best-by-validation weights are evaluated
+once. It checkpoints after every epoch (atomically), resumes from the last completed epoch,
+and reproduces an uninterrupted run exactly on CPU: the seed fixes initialisation, batch
+order, augmentation and random masks, and all random states are saved in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import platform
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import __version__
+from .config import RunConfig, config_from_dict
+from .data import Dataset, augment, epoch_batches, load_dataset, normalize, resolve_data_dir, stratified_split
+from .masks import make_masks, teacher_forward
+from .models import build_model, count_parameters
+from .objective import TERMS, Objective
+from .runs import (
+    BEST_FILE, CHECKPOINT_FILE, CONFIG_FILE, HISTORY_FILE, METRICS_FILE,
+    is_finished, load_torch, read_json, run_path, save_torch, write_json,
+)
+
+# Settings that change how fast a run goes, not what it computes: they may differ on resume.
+ENGINE_FIELDS = ("device", "threads", "compile", "eval_batch_size", "data_dir")
+
+
+class TrainingError(RuntimeError):
+    """A run cannot start or cannot go on; the message says why and what to do."""
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    config: RunConfig
+    history: list[dict[str, Any]]
+    metrics: dict[str, Any]
+
+
+# ---------------------------------------------------------------- helpers
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("device=cuda requested but CUDA is not available; use device=cpu or auto")
+    return torch.device(name)
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def teacher_dir(runs_dir: str | os.PathLike, cfg: RunConfig) -> Path:
+    return run_path(runs_dir, cfg.profile, "teacher", cfg.teacher_seed)
+
+
+def load_teacher(runs_dir: str | os.PathLike, cfg: RunConfig, device: torch.device | str = "cpu") -> nn.Module:
+    """The frozen teacher of ``cfg`` (eval mode, no parameter gradients), or a clear error."""
+    tdir = teacher_dir(runs_dir, cfg)
+    if not (tdir / BEST_FILE).is_file() or not is_finished(tdir):
+        raise TrainingError(
+            f"teacher checkpoint {tdir / BEST_FILE} not found: train the teacher first with "
+            f"`python -m kdnb train --config teacher --profile {cfg.profile} --seed {cfg.teacher_seed}"
+            f"{'' if str(runs_dir) == 'runs' else f' --runs-dir {runs_dir}'}` (or run notebooks/01_train_teacher.ipynb)"
+        )
+    tcfg = config_from_dict(read_json(tdir / CONFIG_FILE))
+    if (tcfg.val_size, tcfg.split_seed) != (cfg.val_size, cfg.split_seed):
+        raise TrainingError(
+            f"the teacher in {tdir} used val_size={tcfg.val_size}, split_seed={tcfg.split_seed} but this run uses "
+            f"val_size={cfg.val_size}, split_seed={cfg.split_seed}: the teacher would have trained on this run's "
+            "validation images. Use the same split or retrain the teacher."
+        )
+    teacher = build_model(tcfg.arch, cbam=tcfg.cbam, stem=tcfg.stem, width=tcfg.width)
+    teacher.load_state_dict(load_torch(tdir / BEST_FILE)["model"])
+    teacher.to(device).eval().requires_grad_(False)
+    return teacher
+
+
+def build_student(cfg: RunConfig, num_classes: int = 10) -> nn.Module:
+    return build_model(cfg.arch, num_classes, cbam=cfg.cbam, stem=cfg.stem, width=cfg.width)
+
+
+def load_trained(run_dir: str | os.PathLike, device: torch.device | str = "cpu") -> nn.Module:
+    """The best-by-validation model of a finished run, in eval mode."""
+    run_dir = Path(run_dir)
+    if not (run_dir / BEST_FILE).is_file():
+        raise TrainingError(f"{run_dir / BEST_FILE} not found: the run has not finished")
+    cfg = config_from_dict(read_json(run_dir / CONFIG_FILE))
+    model = build_student(cfg)
+    model.load_state_dict(load_torch(run_dir / BEST_FILE)["model"])
+    return model.to(device).eval()
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500, amp: bool = True
+) -> tuple[float, float]:
+    """Mean cross-entropy and top-1 accuracy of ``model`` on uint8 images ``x``."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    for i in range(0, len(x), batch_size):
+        xb = normalize(x[i : i + batch_size].to(device, non_blocking=True))
+        yb = y[i : i + batch_size].to(device, non_blocking=True)
+        with _autocast(device, amp):
+            logits = model(xb).float()
+        loss_sum += F.cross_entropy(logits, yb, reduction="sum")
+        correct += (logits.argmax(1) == yb).sum()
+    model.train(was_training)
+    return loss_sum.item() / len(x), correct.item() / len(x)
+
+
+# ---------------------------------------------------------------- run bookkeeping
+def _prepare_run_dir(run_dir: Path, cfg: RunConfig, force: bool) -> None:
+    """Refuse to mix settings in one run directory; with ``force`` keep the old run aside."""
+    cfg_file = run_dir / CONFIG_FILE
+    if cfg_file.is_file() and not force:
+        old = read_json(cfg_file)
+        new = cfg.to_dict()
+        diff = [k for k in new if k not in ENGINE_FIELDS and old.get(k) != new[k]]
+        if diff:
+            k = diff[0]
+            raise TrainingError(
+                f"{run_dir} holds a run with different settings ({k}: {old.get(k)!r} there, {new[k]!r} now). "
+                "Use another --runs-dir, or --force to start over (the old run is kept beside it)."
+            )
+    if force and run_dir.exists():
+        backup = run_dir.with_name(f"{run_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+        shutil.move(str(run_dir), backup)
+        print(f"kdnb: kept the previous run as {backup}")
+
+
+def _provenance(cfg: RunConfig, device: torch.device, data: Dataset, n_train: int, n_val: int) -> dict[str, Any]:
+    return {
+        **cfg.to_dict(),
+        "kdnb_version": __version__,
+        "git_commit": _git_commit(),
+        "torch_version": torch.__version__,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device_type": device.type,
+        "torch_threads": torch.get_num_threads(),
+        "data_source": data.source,
+        "n_train": n_train,
+        "n_val": n_val,
+        "n_test": len(data.test_y),
+    }
+
+
+def _make_scheduler(cfg: RunConfig, opt: torch.optim.Optimizer, steps_per_epoch: int):
+    total = max(1, cfg.epochs * steps_per_epoch)
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=cfg.warmup_frac)
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    return None
+
+
+# ---------------------------------------------------------------- the loop
+def train(
+    cfg: RunConfig,
+    runs_dir: str | os.PathLike = "runs",
+    *,
+    force: bool = False,
+    progress: bool = True,
+    data: Dataset | None = None,
+    max_epochs: int | None = None,
+) -> RunResult:
+    """Train (or resume, or return the stored result of) the run that ``cfg`` describes.
+
+    ``max_epochs`` stops after that many completed epochs *of this call* without finishing the
+    run (for tests and benchmarks); a later call resumes where it stopped.
+    """
+    run_dir = run_path(runs_dir, cfg.profile, cfg.config, cfg.seed)
+    if is_finished(run_dir) and not force:
+        _prepare_run_dir(run_dir, cfg, force=False)
+        return RunResult(run_dir, cfg, read_json(run_dir / HISTORY_FILE), read_json(run_dir / METRICS_FILE))
+    device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    teacher = load_teacher(runs_dir, cfg, device) if cfg.needs_teacher else None  # fail before loading data
+    _prepare_run_dir(run_dir, cfg, force)
+
+    if data is None:
+        data = load_dataset(cfg.data_dir, synthetic_train=cfg.synthetic_train, synthetic_test=cfg.synthetic_test)
+    train_idx, val_idx = stratified_split(data.train_y, cfg.val_size, cfg.train_size, cfg.split_seed)
+    on_dev = lambda t: t.to(device)  # noqa: E731  (the whole dataset lives on the device)
+    train_x, train_y = on_dev(data.train_x[train_idx]), on_dev(data.train_y[train_idx])
+    val_x, val_y = on_dev(data.train_x[val_idx]), on_dev(data.train_y[val_idx])
+
+    torch.manual_seed(cfg.seed)
+    student = build_student(cfg, data.num_classes).to(device)
+    objective = Objective(
+        {"ce": cfg.w_ce, "kd": cfg.w_kd, "fa": cfg.w_fa, "at": cfg.w_at},
+        temperature=cfg.temperature, stages=cfg.stages, at_p=cfg.at_p,
+        student_channels=student.stage_channels,
+        teacher_channels=teacher.stage_channels if teacher is not None else None,
+    ).to(device)
+    if device.type == "cuda":
+        student = student.to(memory_format=torch.channels_last)
+        objective = objective.to(memory_format=torch.channels_last)
+        if teacher is not None:
+            teacher = teacher.to(memory_format=torch.channels_last)
+    params = list(student.parameters()) + list(objective.parameters())
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    mask_gen = torch.Generator().manual_seed(cfg.seed + 1_000_003)
+    steps_per_epoch = len(epoch_batches(len(train_y), cfg.batch_size, torch.Generator()))
+    sched = _make_scheduler(cfg, opt, steps_per_epoch)
+
+    state = {"epoch": 0, "history": [], "best_val_loss": math.inf, "best_epoch": 0, "best": None, "bad_epochs": 0,
+             "stopped_early": False}
+    ckpt_path = run_dir / CHECKPOINT_FILE
+    if ckpt_path.is_file():
+        ck = load_torch(ckpt_path, device)
+        student.load_state_dict(ck["model"])
+        objective.load_state_dict(ck["objective"])
+        opt.load_state_dict(ck["optimizer"])
+        if sched is not None:
+            sched.load_state_dict(ck["scheduler"])
+        gen.set_state(ck["gen"])
+        mask_gen.set_state(ck["mask_gen"])
+        torch.set_rng_state(ck["torch_rng"])
+        state = ck["state"]
+        if progress:
+            print(f"kdnb: resuming {run_dir} after epoch {state['epoch']}")
+    else:
+        write_json(run_dir / CONFIG_FILE, _provenance(cfg, device, data, len(train_y), len(val_y)))
+
+    forward = torch.compile(student) if cfg.compile else student  # same parameters, optionally compiled
+    sizes = None
+    epochs_this_call = 0
+    t_start = time.perf_counter()
+    while state["epoch"] < cfg.epochs and not state["stopped_early"]:
+        if max_epochs is not None and epochs_this_call >= max_epochs:
+            break
+        epoch = state["epoch"] + 1
+        student.train()
+        objective.train()
+        batches = epoch_batches(len(train_y), cfg.batch_size, gen)
+        sums = torch.zeros(len(TERMS) + 2, device=device)  # terms..., total, correct
+        bad = torch.full((len(TERMS) + 1,), -1, device=device, dtype=torch.long)
+        t0 = time.perf_counter()
+        bar = tqdm(batches, desc=f"{cfg.config} epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False,
+                   mininterval=1.0)
+        seen = 0
+        for step, idx in enumerate(bar, start=1):
+            idx_dev = idx.to(device)
+            x = normalize(augment(train_x[idx_dev], gen))
+            y = train_y[idx_dev]
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with _autocast(device, cfg.amp):
+                s_logits, s_feats = forward(x, return_features=True)
+                t_logits = t_feats = cam = None
+                if teacher is not None:
+                    t_logits, t_feats, cam = teacher_forward(teacher, x, cfg.cam_stage if cfg.needs_cam else None, y)
+                masks = None
+                if cfg.w_fa > 0 or cfg.w_at > 0:
+                    if sizes is None:
+                        sizes = {s: tuple(s_feats[s].shape[-2:]) for s in cfg.stages}
+                    masks = make_masks(cfg.mask_mode, sizes, cam=cam, keep=cfg.keep, cam_type=cfg.cam_type,
+                                       batch=len(y), generator=mask_gen, device=device)
+                total, terms = objective(s_logits, s_feats, y, t_logits, t_feats, masks)
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            with torch.no_grad():
+                vals = torch.stack([terms[t].detach().float() if t in terms else torch.zeros((), device=device)
+                                    for t in TERMS] + [total.detach().float()])
+                bad = torch.where((~torch.isfinite(vals)) & (bad < 0), torch.full_like(bad, step), bad)
+                sums[:-1] += vals
+                sums[-1] += (s_logits.argmax(1) == y).sum()
+            seen += len(y)
+            if device.type == "cpu" or step % 50 == 0 or step == len(batches):
+                _check_finite(bad, epoch)
+            if progress and (step % 20 == 0 or step == len(batches)):
+                bar.set_postfix(loss=f"{sums[-2].item() / step:.4f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+        bar.close()
+        train_seconds = time.perf_counter() - t0
+        val_loss, val_acc = evaluate(student, val_x, val_y, cfg.eval_batch_size, cfg.amp)
+        n = len(batches)
+        avg = (sums / max(n, 1)).tolist()
+        record = {"epoch": epoch, "train_loss": avg[len(TERMS)],
+                  **{f"train_{t}": avg[i] for i, t in enumerate(TERMS)},
+                  "train_acc": sums[-1].item() / max(seen, 1), "val_loss": val_loss, "val_acc": val_acc,
+                  "lr": opt.param_groups[0]["lr"], "seconds": train_seconds,
+                  "images_per_s": seen / max(train_seconds, 1e-9)}
+        state["history"].append(record)
+        state["epoch"] = epoch
+        if val_loss < state["best_val_loss"]:
+            state.update(best_val_loss=val_loss, best_epoch=epoch, bad_epochs=0,
+                         best={"model": _cpu_state(student), "objective": _cpu_state(objective)})
+        else:
+            state["bad_epochs"] += 1
+            if state["bad_epochs"] >= cfg.patience:
+                state["stopped_early"] = True
+        save_torch(ckpt_path, {
+            "model": student.state_dict(), "objective": objective.state_dict(), "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict() if sched is not None else None, "gen": gen.get_state(),
+            "mask_gen": mask_gen.get_state(), "torch_rng": torch.get_rng_state(), "state": state,
+        })
+        write_json(run_dir / HISTORY_FILE, state["history"])
+        epochs_this_call += 1
+        if progress:
+            print(f"{cfg.config} seed{cfg.seed} epoch {epoch:>2}: train loss {record['train_loss']:.4f}  "
+                  f"val loss {val_loss:.4f}  val acc {val_acc:.4f}  {record['images_per_s']:.0f} img/s  "
+                  f"{train_seconds:.1f} s" + ("  (early stop)" if state["stopped_early"] else ""))
+
+    if state["epoch"] < cfg.epochs and not state["stopped_early"]:
+        return RunResult(run_dir, cfg, state["history"], {"finished": False, "epochs_run": state["epoch"]})
+    return _finish(run_dir, cfg, student, state, data, device, teacher is not None, time.perf_counter() - t_start)
+
+
+def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+def _check_finite(bad: torch.Tensor, epoch: int) -> None:
+    flags = bad.tolist()
+    for i, s in enumerate(flags):
+        if s >= 0:
+            term = (*TERMS, "total")[i]
+            raise TrainingError(
+                f"loss term '{term}' became {'NaN/inf'} at epoch {epoch}, step {s}: lower lr or the term's weight "
+                "(the last good epoch is in checkpoint.pt)"
+            )
+
+
+def _finish(run_dir: Path, cfg: RunConfig, model: nn.Module, state: dict, data: Dataset, device: torch.device,
+            distilled: bool, seconds: float) -> RunResult:
+    """Evaluate the best-by-validation weights once on the test set; write best.pt then metrics.json."""
+    model.load_state_dict(state["best"]["model"])
+    save_torch(run_dir / BEST_FILE, {"model": state["best"]["model"], "objective": state["best"]["objective"],
+                                     "epoch": state["best_epoch"], "config": cfg.to_dict()})
+    test_loss, test_acc = evaluate(model, data.test_x.to(device), data.test_y.to(device), cfg.eval_batch_size, cfg.amp)
+    best = state["history"][state["best_epoch"] - 1]
+    metrics = {
+        "config": cfg.config, "profile": cfg.profile, "seed": cfg.seed, "finished": True,
+        "best_epoch": state["best_epoch"], "epochs_run": state["epoch"], "stopped_early": state["stopped_early"],
+        "val_loss": best["val_loss"], "val_acc": best["val_acc"], "test_loss": test_loss, "test_acc": test_acc,
+        "params": count_parameters(model), "train_seconds": sum(h["seconds"] for h in state["history"]),
+        "median_epoch_seconds": sorted(h["seconds"] for h in state["history"])[len(state["history"]) // 2],
+        "teacher_seed": cfg.teacher_seed if distilled else None,
+    }
+    write_json(run_dir / METRICS_FILE, metrics)
+    return RunResult(run_dir, cfg, state["history"], metrics)
