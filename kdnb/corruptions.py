@@ -16,6 +16,7 @@ Where a corruption is not bit-for-bit the original, its docstring says how it di
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -140,7 +141,7 @@ def gaussian_blur(images: torch.Tensor, severity: int, seed: Seed = 0) -> torch.
     _check_images(images)
     sigma = _param(GAUSSIAN_BLUR_SIGMA, severity)
     radius = int(4.0 * sigma + 0.5)
-    x = F.pad(_to_float(images), (radius,) * 4, mode="reflect")
+    x = F.pad(_to_float(images), (radius,) * 4, mode="replicate")
     x = TF.gaussian_blur(x, kernel_size=[2 * radius + 1] * 2, sigma=[sigma, sigma])
     return _to_uint8(x[..., radius:-radius, radius:-radius])
 
@@ -220,11 +221,14 @@ def jpeg_compression(images: torch.Tensor, severity: int, seed: Seed = 0) -> tor
     """JPEG round trip at CIFAR-10-C's quality via ``torchvision.transforms.v2.functional.jpeg``.
 
     Same libjpeg settings as PIL's ``save(..., "JPEG", quality=q)`` used by CIFAR-10-C (checked
-    bit-identical in the tests). ``seed`` is ignored.
+    bit-identical in the tests). torchvision 0.29 deprecates its JPEG codec in favour of
+    TorchCodec; that notice is silenced here (PIL would be the drop-in if it goes). ``seed`` is ignored.
     """
     _check_images(images)
     quality = _param(JPEG_QUALITY, severity)
-    return TF.jpeg(images.cpu(), quality).to(images.device)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*TorchVision are deprecated", category=DeprecationWarning)
+        return TF.jpeg(images.cpu(), quality).to(images.device)
 
 
 def pixelate(images: torch.Tensor, severity: int, seed: Seed = 0) -> torch.Tensor:

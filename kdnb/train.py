@@ -184,6 +184,78 @@ def _make_scheduler(cfg: RunConfig, opt: torch.optim.Optimizer, steps_per_epoch:
     return None
 
 
+# ---------------------------------------------------------------- one step
+class Stepper:
+    """One optimisation step: batch augmentation → student (and frozen teacher) forward → masks →
+    objective → backward → SGD. Shared by :func:`train` and the benchmark, so both measure the same code.
+
+    Nothing here synchronises the device; the teacher's Grad-CAM (when masks need it) reuses the
+    teacher forward that KD needs anyway. ``last_cam`` keeps the latest batch's cam for inspection.
+    """
+
+    def __init__(self, cfg: RunConfig, student: nn.Module, objective: Objective, teacher: nn.Module | None,
+                 opt: torch.optim.Optimizer, sched, gen: torch.Generator, mask_gen: torch.Generator,
+                 device: torch.device) -> None:
+        self.cfg, self.student, self.objective, self.teacher = cfg, student, objective, teacher
+        self.opt, self.sched, self.gen, self.mask_gen, self.device = opt, sched, gen, mask_gen, device
+        self.forward = torch.compile(student) if cfg.compile else student  # same parameters
+        self.sizes: dict[str, tuple[int, int]] | None = None
+        self.last_cam: torch.Tensor | None = None
+
+    def prepare(self, xb: torch.Tensor) -> torch.Tensor:
+        """uint8 batch → augmented, normalised float batch in the device's preferred layout."""
+        x = normalize(augment(xb, self.gen))
+        return x.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else x
+
+    def __call__(self, xb: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        cfg = self.cfg
+        x = self.prepare(xb)
+        with _autocast(self.device, cfg.amp):
+            s_logits, s_feats = self.forward(x, return_features=True)
+            t_logits = t_feats = cam = None
+            if self.teacher is not None:
+                t_logits, t_feats, cam = teacher_forward(self.teacher, x, cfg.cam_stage if cfg.needs_cam else None, y)
+            self.last_cam = cam
+            masks = None
+            if cfg.w_fa > 0 or cfg.w_at > 0:
+                if self.sizes is None:
+                    self.sizes = {s: tuple(s_feats[s].shape[-2:]) for s in cfg.stages}
+                masks = make_masks(cfg.mask_mode, self.sizes, cam=cam, keep=cfg.keep, cam_type=cfg.cam_type,
+                                   batch=len(y), generator=self.mask_gen, device=self.device)
+            total, terms = self.objective(s_logits, s_feats, y, t_logits, t_feats, masks)
+        self.opt.zero_grad(set_to_none=True)
+        total.backward()
+        self.opt.step()
+        if self.sched is not None:
+            self.sched.step()
+        return total, terms, s_logits
+
+
+def build_stepper(cfg: RunConfig, teacher: nn.Module | None, device: torch.device, steps_per_epoch: int,
+                  num_classes: int = 10) -> Stepper:
+    """Seeded student, objective (with connectors), SGD, LR schedule and generators for ``cfg``."""
+    torch.manual_seed(cfg.seed)
+    student = build_student(cfg, num_classes).to(device)
+    objective = Objective(
+        {"ce": cfg.w_ce, "kd": cfg.w_kd, "fa": cfg.w_fa, "at": cfg.w_at},
+        temperature=cfg.temperature, stages=cfg.stages, at_p=cfg.at_p,
+        student_channels=student.stage_channels,
+        teacher_channels=teacher.stage_channels if teacher is not None else None,
+    ).to(device)
+    if device.type == "cuda":
+        student = student.to(memory_format=torch.channels_last)
+        objective = objective.to(memory_format=torch.channels_last)
+        if teacher is not None:
+            teacher = teacher.to(memory_format=torch.channels_last)
+    params = list(student.parameters()) + list(objective.parameters())
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                          nesterov=cfg.nesterov)
+    sched = _make_scheduler(cfg, opt, steps_per_epoch)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    mask_gen = torch.Generator().manual_seed(cfg.seed + 1_000_003)
+    return Stepper(cfg, student, objective, teacher, opt, sched, gen, mask_gen, device)
+
+
 # ---------------------------------------------------------------- the loop
 def train(
     cfg: RunConfig,
@@ -216,25 +288,10 @@ def train(
     train_x, train_y = on_dev(data.train_x[train_idx]), on_dev(data.train_y[train_idx])
     val_x, val_y = on_dev(data.train_x[val_idx]), on_dev(data.train_y[val_idx])
 
-    torch.manual_seed(cfg.seed)
-    student = build_student(cfg, data.num_classes).to(device)
-    objective = Objective(
-        {"ce": cfg.w_ce, "kd": cfg.w_kd, "fa": cfg.w_fa, "at": cfg.w_at},
-        temperature=cfg.temperature, stages=cfg.stages, at_p=cfg.at_p,
-        student_channels=student.stage_channels,
-        teacher_channels=teacher.stage_channels if teacher is not None else None,
-    ).to(device)
-    if device.type == "cuda":
-        student = student.to(memory_format=torch.channels_last)
-        objective = objective.to(memory_format=torch.channels_last)
-        if teacher is not None:
-            teacher = teacher.to(memory_format=torch.channels_last)
-    params = list(student.parameters()) + list(objective.parameters())
-    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    mask_gen = torch.Generator().manual_seed(cfg.seed + 1_000_003)
     steps_per_epoch = len(epoch_batches(len(train_y), cfg.batch_size, torch.Generator()))
-    sched = _make_scheduler(cfg, opt, steps_per_epoch)
+    stepper = build_stepper(cfg, teacher, device, steps_per_epoch, data.num_classes)
+    student, objective, opt, sched = stepper.student, stepper.objective, stepper.opt, stepper.sched
+    gen, mask_gen = stepper.gen, stepper.mask_gen
 
     state = {"epoch": 0, "history": [], "best_val_loss": math.inf, "best_epoch": 0, "best": None, "bad_epochs": 0,
              "stopped_early": False}
@@ -255,8 +312,6 @@ def train(
     else:
         write_json(run_dir / CONFIG_FILE, _provenance(cfg, device, data, len(train_y), len(val_y)))
 
-    forward = torch.compile(student) if cfg.compile else student  # same parameters, optionally compiled
-    sizes = None
     epochs_this_call = 0
     t_start = time.perf_counter()
     while state["epoch"] < cfg.epochs and not state["stopped_early"]:
@@ -274,27 +329,8 @@ def train(
         seen = 0
         for step, idx in enumerate(bar, start=1):
             idx_dev = idx.to(device)
-            x = normalize(augment(train_x[idx_dev], gen))
             y = train_y[idx_dev]
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            with _autocast(device, cfg.amp):
-                s_logits, s_feats = forward(x, return_features=True)
-                t_logits = t_feats = cam = None
-                if teacher is not None:
-                    t_logits, t_feats, cam = teacher_forward(teacher, x, cfg.cam_stage if cfg.needs_cam else None, y)
-                masks = None
-                if cfg.w_fa > 0 or cfg.w_at > 0:
-                    if sizes is None:
-                        sizes = {s: tuple(s_feats[s].shape[-2:]) for s in cfg.stages}
-                    masks = make_masks(cfg.mask_mode, sizes, cam=cam, keep=cfg.keep, cam_type=cfg.cam_type,
-                                       batch=len(y), generator=mask_gen, device=device)
-                total, terms = objective(s_logits, s_feats, y, t_logits, t_feats, masks)
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            opt.step()
-            if sched is not None:
-                sched.step()
+            total, terms, s_logits = stepper(train_x[idx_dev], y)
             with torch.no_grad():
                 vals = torch.stack([terms[t].detach().float() if t in terms else torch.zeros((), device=device)
                                     for t in TERMS] + [total.detach().float()])

@@ -145,6 +145,18 @@ def test_contrast_uses_per_channel_means(images):
     assert np.abs(corrupt(images[:4], "contrast", 5).numpy().astype(int) - ref).max() <= 1
 
 
+def test_contrast_hand_example_truncates_like_np_uint8():
+    x = torch.zeros(1, 3, 2, 2, dtype=torch.uint8)
+    x[0, 0] = torch.tensor([[0, 255], [0, 255]])  # mean 127.5
+    x[0, 1] = 100  # constant channel: unchanged under per-channel means
+    x[0, 2] = torch.tensor([[10, 30], [10, 30]])  # mean 20
+    out = corrupt(x, "contrast", 1)[0]  # c = 0.75
+    # (0 - 127.5)·0.75 + 127.5 = 31.875 → 31; 223.125 → 223; 12.5 → 12; 27.5 → 27
+    assert out[0].tolist() == [[31, 223], [31, 223]]
+    assert out[1].tolist() == [[100, 100], [100, 100]]
+    assert out[2].tolist() == [[12, 27], [12, 27]]
+
+
 def test_brightness_matches_hsv_round_trip(images):
     x = torch.cat([images[:2], torch.zeros(1, 3, 32, 32, dtype=torch.uint8)])  # include black pixels
     out = corrupt(x, "brightness", 5).numpy().astype(int)
