@@ -16,10 +16,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-
-def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
-    """Number of parameter elements (optionally only those with ``requires_grad``)."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+from .models import count_parameters  # noqa: F401  (re-exported: the deployed size)
 
 
 def _device_of(model: nn.Module) -> torch.device:

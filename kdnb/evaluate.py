@@ -10,7 +10,6 @@ from collections.abc import Callable, Iterable, Sequence
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from kdnb.corruptions import CIFAR10C_NAMES, CORRUPTIONS, SEVERITIES, corrupt, load_cifar10c
@@ -148,11 +147,7 @@ def attention_distance(
             x = normalize(images[sl].to(device))
             fs, ft = _stage_features(student, x, stage), _stage_features(teacher, x, stage)
             a_s = attention_map(fs, p)
-            if ft.shape[-2:] != fs.shape[-2:]:
-                # channel-mean and average pooling commute, so pool |f|^p and take a p=1 map
-                a_t = attention_map(F.adaptive_avg_pool2d(ft.float().abs().pow(p), fs.shape[-2:]), 1)
-            else:
-                a_t = attention_map(ft, p)
+            a_t = attention_map(ft, p, size=tuple(fs.shape[-2:]))
             total += (a_s.float() - a_t.float()).norm(dim=1).sum().item()
             n += len(x)
     return total / max(n, 1)
@@ -170,7 +165,8 @@ def plot_robustness_heatmap(ax, df: pd.DataFrame, config_col: str = "config", fm
     table = data.pivot_table(index=config_col, columns="corruption", values="accuracy", aggfunc="mean", sort=False)
     cols = ["clean"] + [c for c in table.columns if c != "clean"] if "clean" in table.columns else list(table.columns)
     table = table[cols] * scale
-    sns.heatmap(table, annot=True, fmt=fmt, cmap="viridis", cbar_kws={"label": "accuracy"}, ax=ax)
+    label = "accuracy (%)" if scale == 100 else "accuracy"
+    sns.heatmap(table, annot=True, fmt=fmt, cmap="viridis", cbar_kws={"label": label}, ax=ax)
     ax.set_xlabel("corruption (mean over severities)")
     ax.set_ylabel(config_col)
     return ax
