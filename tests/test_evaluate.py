@@ -1,0 +1,36 @@
+"""evaluate.py: predictions, agreement and attention distance against direct computations."""
+
+import torch
+
+from kdnb.data import make_synthetic, normalize
+from kdnb.evaluate import accuracy, agreement, attention_distance, predict
+from kdnb.models import build_model
+
+
+def test_predict_accuracy_agreement():
+    torch.manual_seed(0)
+    model = build_model("resnet18", width=0.125).eval()
+    ds = make_synthetic(20, 40)
+    logits = predict(model, ds.test_x, normalize, batch_size=16)
+    with torch.no_grad():
+        ref = model(normalize(ds.test_x))
+    torch.testing.assert_close(logits, ref, rtol=1e-4, atol=1e-4)
+    assert accuracy(logits, ds.test_y) == (ref.argmax(1) == ds.test_y).float().mean().item()
+    assert agreement(logits, logits) == 1.0
+    other = torch.roll(logits, 1, dims=1)
+    assert agreement(logits, other) == 0.0
+
+
+def test_attention_distance_direct():
+    torch.manual_seed(0)
+    s = build_model("resnet18", width=0.125).eval()
+    t = build_model("resnet50", cbam=True, width=0.125).eval()
+    x = make_synthetic(10, 12).test_x
+    assert attention_distance(t, t, x, normalize, batch_size=5) < 1e-6
+    with torch.no_grad():
+        _, fs = s(normalize(x), return_features=True)
+        _, ft = t(normalize(x), return_features=True)
+    a_s = fs["layer3"].pow(2).mean(1).flatten(1)
+    a_t = ft["layer3"].pow(2).mean(1).flatten(1)
+    expected = (a_s / a_s.norm(dim=1, keepdim=True) - a_t / a_t.norm(dim=1, keepdim=True)).norm(dim=1).mean()
+    assert abs(attention_distance(s, t, x, normalize, batch_size=5) - expected.item()) < 1e-5
