@@ -1,0 +1,375 @@
+"""``python -m kdnb bench``: training-step throughput of the paper's pipeline and of kdnb's.
+
+Everything runs in one process on one device, after warm-up:
+
+- ``reference`` — what the paper's notebook did: a torchvision-style dataset (uint8 HWC array →
+  PIL image → ``RandomCrop(32, padding=4)``, ``RandomHorizontalFlip``, ``ToTensor``,
+  ``Normalize``) through a ``DataLoader`` with 2 persistent workers, fp32, the baseline
+  configuration's student (same width as the profile) and SGD;
+- ``baseline``, ``kd``, ``kd_fa``, ``kd_at``, ``kd_fa_at`` — kdnb's own step
+  (:func:`kdnb.train.build_stepper`) on uint8 batches gathered from a dataset resident on the
+  device: batch augmentation, forward(s), masks, losses, backward, SGD;
+- the pieces: ``teacher_forward`` (no graph; what KD needs) and ``gradcam_mask`` (the teacher
+  forward with Grad-CAM at ``cam_stage`` plus the causal mask at every distillation stage).
+
+The teacher is the profile's teacher architecture, randomly initialised (speed does not depend on
+the weights). Data are synthetic unless ``data_dir`` names real images.
+
+Variants alternate round-robin (A B C … A B C …) for ``repeats`` rounds of ``steps`` timed steps;
+each round of a variant starts with ``settle`` untimed steps so every variant is timed in steady
+state (in particular the reference's prefetch queue, filled for free while the other variants
+ran, is drained first). Reported numbers are medians over rounds, and the two headline ratios are
+medians of per-round paired ratios, so machine noise does not decide them. CUDA is synchronised
+only at timing boundaries.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import STUDENT_CONFIGS, TEACHER, RunConfig, make_config
+from .data import MEAN, STD, augment, epoch_batches, load_dataset, make_synthetic, normalize
+from .masks import causal_mask, teacher_forward
+from .models import build_model, count_parameters
+from .train import _autocast, build_stepper, build_student, resolve_device
+
+REFERENCE = "reference"
+PIECES: tuple[str, ...] = ("teacher_forward", "gradcam_mask")
+VARIANTS: tuple[str, ...] = (REFERENCE, *STUDENT_CONFIGS, *PIECES)
+KINDS = {REFERENCE: "paper pipeline", **{c: "kdnb step" for c in STUDENT_CONFIGS},
+         "teacher_forward": "piece", "gradcam_mask": "piece"}
+NUM_WORKERS = 2
+PREFETCH_FACTOR = 2
+# Targets of issue 6 (a benchmark, not a timed test).
+CPU_TARGET_BASELINE = 1.3  # kdnb baseline ≥ 1.3× reference throughput (2 CPU cores, cpu profile)
+GPU_TARGET_BASELINE = 10.0  # kdnb baseline ≥ 10× reference on one GPU at full width
+TARGET_MASKED = 1.3  # kd_fa_at step time ≤ 1.3× kd step time
+DEFAULT_IMAGES = 4096  # synthetic / real images the benchmark draws batches from
+
+
+# ---------------------------------------------------------------- the reference pipeline
+class CifarStyleDataset(torch.utils.data.Dataset):
+    """As ``torchvision.datasets.CIFAR10``: a uint8 (N,32,32,3) array, a PIL image per item."""
+
+    def __init__(self, images_hwc: np.ndarray, labels: list[int], transform: Callable) -> None:
+        self.data, self.targets, self.transform = images_hwc, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.data[i])), self.targets[i]
+
+
+def reference_loader(x: torch.Tensor, y: torch.Tensor, batch_size: int, num_batches: int,
+                     seed: int = 0) -> torch.utils.data.DataLoader:
+    """The paper's input pipeline over uint8 images ``x`` (N,3,32,32), enough for ``num_batches``.
+
+    Shuffled without replacement, epoch after epoch, from one sampler, so a single iterator over
+    the persistent workers serves the whole benchmark.
+    """
+    from torchvision import transforms as T
+
+    tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(MEAN, STD)])
+    ds = CifarStyleDataset(x.permute(0, 2, 3, 1).contiguous().numpy(), y.tolist(), tf)
+    sampler = torch.utils.data.RandomSampler(ds, num_samples=batch_size * num_batches,
+                                             generator=torch.Generator().manual_seed(seed))
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=sampler, drop_last=True,
+                                       num_workers=NUM_WORKERS, persistent_workers=True,
+                                       prefetch_factor=PREFETCH_FACTOR)
+
+
+class ReferenceStep:
+    """One step of the paper's loop: next DataLoader batch → device → fp32 forward, CE, backward, SGD."""
+
+    def __init__(self, cfg: RunConfig, batches, device: torch.device) -> None:
+        torch.manual_seed(cfg.seed)
+        self.student = build_student(cfg).to(device).train()
+        self.opt = torch.optim.SGD(self.student.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                   weight_decay=cfg.weight_decay)
+        self.batches, self.device = batches, device
+
+    def __call__(self) -> None:
+        x, y = next(self.batches)
+        x, y = x.to(self.device), y.to(self.device)
+        loss = F.cross_entropy(self.student(x), y)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+
+
+# ---------------------------------------------------------------- helpers
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or device.type
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def _images(data_dir: str | None, n: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """uint8 (n,3,32,32) images and labels: synthetic by default, else the first n of ``data_dir``."""
+    if data_dir in (None, "", "synthetic"):
+        d = make_synthetic(n, 10)
+        return d.train_x, d.train_y, d.source
+    d = load_dataset(data_dir)
+    return d.train_x[:n].contiguous(), d.train_y[:n].contiguous(), f"{d.source}, first {min(n, len(d.train_y))} images"
+
+
+def _cycle_batches(n: int, batch_size: int, seed: int):
+    """Shuffled index batches, epoch after epoch (as the training loop draws them)."""
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        yield from epoch_batches(n, batch_size, g)
+
+
+# ---------------------------------------------------------------- the benchmark
+def run_bench(profile: str = "cpu", steps: int = 20, device: str = "auto", json_path: str | None = None,
+              data_dir: str | None = None, repeats: int = 3, *, warmup: int = 3, settle: int | None = None,
+              n_images: int = DEFAULT_IMAGES, variants: tuple[str, ...] | list[str] | None = None,
+              seed: int = 0, quiet: bool = False) -> dict[str, Any]:
+    """Measure images/s of a whole training step for every variant; print a table; return the numbers.
+
+    ``warmup`` untimed steps per variant before the first round (at most ``steps + 1``); ``settle``
+    untimed steps at the start of every round (default: the reference's prefetch depth, workers ×
+    prefetch factor, at most ``steps``).
+    """
+    if steps < 1 or repeats < 1:
+        raise ValueError(f"steps and repeats must be >= 1 (got steps={steps}, repeats={repeats})")
+    settle = min(NUM_WORKERS * PREFETCH_FACTOR, steps) if settle is None else settle
+    warmup = min(warmup, steps + 1)
+    names = tuple(VARIANTS if variants is None else variants)
+    unknown = [v for v in names if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}; allowed: {', '.join(VARIANTS)}")
+    out = print if not quiet else (lambda *a, **k: None)
+
+    dev = resolve_device(device)
+    overrides = {"device": device}
+    cfgs = {c: make_config(c, profile, seed, overrides) for c in STUDENT_CONFIGS}
+    tcfg = make_config(TEACHER, profile, seed, overrides)
+    base = cfgs["baseline"]
+    bs = base.batch_size
+    if base.threads:  # as train() does
+        torch.set_num_threads(base.threads)
+    x_cpu, y_cpu, source = _images(data_dir, n_images)
+    if len(y_cpu) < bs:
+        raise ValueError(f"{len(y_cpu)} images are fewer than one batch of {bs}")
+
+    # The reference's workers are forked first, before the models and the device dataset exist.
+    ref_steps = warmup + repeats * (settle + steps) + 2
+    loader = reference_loader(x_cpu, y_cpu, bs, ref_steps, seed) if REFERENCE in names else None
+    ref_iter = iter(loader) if loader is not None else None
+
+    torch.manual_seed(tcfg.seed)
+    teacher = build_model(tcfg.arch, cbam=tcfg.cbam, stem=tcfg.stem, width=tcfg.width).to(dev)
+    teacher.eval().requires_grad_(False)
+    if dev.type == "cuda":
+        teacher = teacher.to(memory_format=torch.channels_last)
+    train_x, train_y = x_cpu.to(dev), y_cpu.to(dev)  # the dataset resident on the device
+    steps_per_epoch = len(y_cpu) // bs
+
+    fns: dict[str, Callable[[], None]] = {}
+    if REFERENCE in names:
+        fns[REFERENCE] = ReferenceStep(base, ref_iter, dev)
+    for c in STUDENT_CONFIGS:
+        if c not in names:
+            continue
+        cfg = cfgs[c]
+        stepper = build_stepper(cfg, teacher if cfg.needs_teacher else None, dev, steps_per_epoch)
+        idx_iter = _cycle_batches(len(y_cpu), bs, seed)
+
+        def kdnb_step(stepper=stepper, idx_iter=idx_iter) -> None:
+            idx = next(idx_iter).to(dev)
+            stepper(train_x[idx], train_y[idx])
+
+        fns[c] = kdnb_step
+
+    # Pieces: a few fixed prepared batches, so only the teacher (and mask) work is timed.
+    mcfg = cfgs["kd_fa_at"]
+    g = torch.Generator().manual_seed(seed)
+    fixed = []
+    for idx in epoch_batches(len(y_cpu), bs, g)[:4]:
+        xb = normalize(augment(train_x[idx.to(dev)], g))
+        if dev.type == "cuda":
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        fixed.append((xb, train_y[idx.to(dev)]))
+    torch.manual_seed(base.seed)
+    probe = build_student(base).to(dev).eval()
+    with torch.no_grad():
+        _, pf = probe(fixed[0][0][:2].float(), return_features=True)
+    sizes = {s: tuple(pf[s].shape[-2:]) for s in mcfg.stages}
+    del probe, pf
+    piece_i = [0]
+
+    def next_fixed():
+        piece_i[0] = (piece_i[0] + 1) % len(fixed)
+        return fixed[piece_i[0]]
+
+    def teacher_piece() -> None:
+        xb, _ = next_fixed()
+        with _autocast(dev, mcfg.amp):
+            teacher_forward(teacher, xb)
+
+    def mask_piece() -> None:
+        xb, yb = next_fixed()
+        with _autocast(dev, mcfg.amp):
+            _, _, cam = teacher_forward(teacher, xb, mcfg.cam_stage, yb)
+            for hw in sizes.values():
+                causal_mask(cam, mcfg.keep, mcfg.cam_type, hw)
+
+    if "teacher_forward" in names:
+        fns["teacher_forward"] = teacher_piece
+    if "gradcam_mask" in names:
+        fns["gradcam_mask"] = mask_piece
+    order = [v for v in VARIANTS if v in fns]
+
+    meta = {
+        "profile": profile, "device": dev.type, "device_name": _device_name(dev),
+        "torch_version": torch.__version__, "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(), "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY",
+                                                                      "MKL_NUM_THREADS") if k in os.environ},
+        "batch_size": bs, "steps": steps, "repeats": repeats,
+        "warmup": warmup, "settle": settle, "data": source, "n_images": len(y_cpu),
+        "student": {"arch": base.arch, "width": base.width, "cbam": base.cbam, "stem": base.stem,
+                    "params": count_parameters(build_student(base))},
+        "teacher": {"arch": tcfg.arch, "width": tcfg.width, "cbam": tcfg.cbam, "stem": tcfg.stem,
+                    "params": count_parameters(teacher), "weights": "random init (speed only)"},
+        "amp_bf16": bool(base.amp and dev.type == "cuda"), "channels_last": dev.type == "cuda",
+        "compile": base.compile, "cam_stage": mcfg.cam_stage, "stages": mcfg.stages,
+        "reference_loader": {"num_workers": NUM_WORKERS, "persistent_workers": True,
+                             "prefetch_factor": PREFETCH_FACTOR, "pin_memory": False, "fp32": True},
+    }
+    out(f"kdnb bench: profile {profile}, device {dev.type} ({meta['device_name']}), torch {torch.__version__}, "
+        f"{meta['torch_threads']} threads, batch {bs}")
+    out(f"  student {base.arch} width {base.width}; teacher {tcfg.arch}{'+CBAM' if tcfg.cbam else ''} width "
+        f"{tcfg.width} (random init); data: {source}")
+    out(f"  {len(order)} variants, {warmup} warm-up steps each, then {repeats} round(s) of {settle} settle + "
+        f"{steps} timed steps, round-robin")
+
+    # Warm-up (also starts the reference's workers and fills their queue).
+    t0 = time.perf_counter()
+    for v in order:
+        for _ in range(warmup):
+            fns[v]()
+    _sync(dev)
+    out(f"  warm-up {time.perf_counter() - t0:.1f} s")
+
+    rounds: dict[str, list[float]] = {v: [] for v in order}  # seconds per step, one value per round
+    for k in range(repeats):
+        for v in order:
+            fn = fns[v]
+            for _ in range(settle):
+                fn()
+            _sync(dev)
+            t = time.perf_counter()
+            for _ in range(steps):
+                fn()
+            _sync(dev)
+            rounds[v].append((time.perf_counter() - t) / steps)
+        out(f"  round {k + 1}/{repeats} (ms/step): " + ", ".join(f"{v} {1e3 * rounds[v][-1]:.0f}" for v in order))
+
+    med = {v: statistics.median(r) for v, r in rounds.items()}
+    ref = med.get(REFERENCE)
+    results = {
+        v: {"kind": KINDS[v], "images_per_s": bs / med[v], "ms_per_step": 1e3 * med[v],
+            "rel_reference": (ref / med[v]) if ref else None,
+            "rounds_ms_per_step": [1e3 * s for s in rounds[v]]}
+        for v in order
+    }
+
+    def paired(num: str, den: str) -> float | None:
+        if num not in rounds or den not in rounds:
+            return None
+        return statistics.median(a / b for a, b in zip(rounds[num], rounds[den]))
+
+    gpu = dev.type == "cuda"
+    speedup = paired(REFERENCE, "baseline")  # reference time / baseline time = throughput ratio
+    masked = paired("kd_fa_at", "kd")
+    target_speedup = GPU_TARGET_BASELINE if gpu else CPU_TARGET_BASELINE
+    ratios = {
+        "baseline_over_reference_throughput": speedup,
+        "kd_fa_at_over_kd_step_time": masked,
+        "gradcam_mask_over_teacher_forward_time": paired("gradcam_mask", "teacher_forward"),
+        "kd_over_baseline_step_time": paired("kd", "baseline"),
+    }
+    targets = {
+        "baseline_over_reference_throughput": {
+            "target": f">= {target_speedup}", "applies_to": "one GPU, full width" if gpu else "2 CPU cores, cpu profile",
+            "value": speedup, "met": None if speedup is None else speedup >= target_speedup},
+        "kd_fa_at_over_kd_step_time": {
+            "target": f"<= {TARGET_MASKED}", "applies_to": "2 CPU cores, cpu profile",
+            "value": masked, "met": None if masked is None else masked <= TARGET_MASKED},
+    }
+    cached = {"implemented": False, "mean_iou": None,
+              "note": "live Grad-CAM every step (reusing the KD teacher forward); no cached-mask scheme"}
+    report = {"meta": meta, "variants": results, "ratios": ratios, "targets": targets, "cached_masks": cached}
+
+    out("")
+    out(format_table(report))
+    out("")
+    for key, t in targets.items():
+        if t["value"] is not None:
+            label = {"baseline_over_reference_throughput": "kdnb baseline / reference (throughput)",
+                     "kd_fa_at_over_kd_step_time": "kd_fa_at / kd (step time)"}[key]
+            verdict = "met" if t["met"] else "MISSED"
+            out(f"{label}: {t['value']:.2f}x  (target {t['target']}x on {t['applies_to']}: {verdict})")
+    if ratios["gradcam_mask_over_teacher_forward_time"] is not None:
+        out(f"gradcam_mask / teacher_forward (time): {ratios['gradcam_mask_over_teacher_forward_time']:.2f}x")
+    out("cached masks: not implemented (masks are live Grad-CAM every step), so no mean IoU to report")
+    if os.cpu_count() and dev.type == "cpu":
+        try:
+            load = os.getloadavg()[0]
+            out(f"(load average at the end: {load:.2f} on {os.cpu_count()} CPUs; other processes skew CPU numbers)")
+            meta["loadavg_end"] = load
+        except OSError:
+            pass
+
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(report, indent=2))
+        out(f"wrote {json_path}")
+    return report
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The variants as a text table (pandas when available)."""
+    rows = [{"variant": v, "kind": r["kind"], "images/s": r["images_per_s"], "ms/step": r["ms_per_step"],
+             "x reference": float("nan") if r["rel_reference"] is None else r["rel_reference"]}
+            for v, r in report["variants"].items()]
+    try:
+        import pandas as pd
+
+        df = pd.DataFrame(rows).set_index("variant")
+        return df.to_string(float_format=lambda f: f"{f:.2f}", na_rep="-")
+    except ImportError:  # pragma: no cover - pandas is a project dependency
+        lines = [f"{'variant':<16}{'kind':<16}{'images/s':>10}{'ms/step':>10}{'x reference':>13}"]
+        for r in rows:
+            rel = f"{r['x reference']:.2f}"
+            lines.append(f"{r['variant']:<16}{r['kind']:<16}{r['images/s']:>10.1f}{r['ms/step']:>10.2f}{rel:>13}")
+        return "\n".join(lines)
