@@ -1,7 +1,12 @@
-"""Shared fixtures. ``smoke_pipeline`` runs the whole notebook series once per test session
-(papermill, smoke profile) into a temporary directory; the pipeline test checks what it wrote
-and the nbval test re-executes every notebook against those finished runs, so nothing is
-trained twice. Set ``KDNB_TEST_RUNS_DIR`` to keep and reuse the runs between sessions."""
+"""Shared fixtures.
+
+- ``smoke_runs``: a runs directory with a finished ``smoke`` teacher (seed 0), trained once per session.
+- ``cli_env``: the environment for ``python -m kdnb`` subprocesses (the checkout importable).
+- ``smoke_pipeline``: the whole notebook series run once per session (papermill, ``smoke`` profile)
+  into a temporary directory; the pipeline test checks what it wrote and the nbval test re-executes
+  every notebook against those finished runs, so nothing is trained twice. Set ``KDNB_TEST_RUNS_DIR``
+  to keep and reuse these runs between sessions.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,25 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def smoke_runs(tmp_path_factory) -> Path:
+    from kdnb.config import make_config
+    from kdnb.train import train
+
+    runs = tmp_path_factory.mktemp("kdnb-smoke-teacher")
+    train(make_config("teacher", "smoke", 0), runs, progress=False)
+    return runs
+
+
+@pytest.fixture(scope="session")
+def cli_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    return env
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,284 @@
+"""Small helpers the notebooks call: turning the ``parameters`` cell into absolute paths and run
+configurations, loading data, saving figures.
+
+The parameters cell of every notebook holds literal defaults only (papermill injects new values
+after it, so anything computed there would go stale). :func:`context` derives everything else:
+
+- relative paths are taken relative to the kernel's working directory, which is ``notebooks/``
+  when a notebook is opened in JupyterLab or run by ``python -m kdnb pipeline`` (papermill users:
+  pass ``--cwd notebooks``);
+- ``data_dir=None`` means the profile's own source (``synthetic`` for smoke), else
+  ``$KDNB_DATA_DIR``, else ``../data`` (CIFAR-10 is downloaded there on first use);
+- ``figures_dir=None`` means ``../figures`` (the committed figures), except for the ``smoke``
+  profile, whose throw-away figures go to ``<runs_dir>/smoke/figures`` so tests and CI never
+  touch the committed ones.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import PROFILES, PRESETS, RunConfig, make_config
+from .results import MissingInput, require_run  # noqa: F401  (re-exported for the notebooks)
+
+SMOKE = "smoke"
+DEFAULT_FIGURES_DIR = "../figures"
+DEFAULT_DATA_DIR = "../data"
+CIFAR10_TRAIN = 50000
+
+# Evaluation sizes per profile used by 07/08 when their parameter is None: smoke must take
+# seconds in CI, cpu minutes on 2 cores, paper the whole test set on a GPU.
+EVAL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "smoke": {"eval_images": None, "robustness_images": 50, "latency_repeats": 5},
+    "cpu": {"eval_images": None, "robustness_images": 1000, "latency_repeats": 20},
+    "paper": {"eval_images": None, "robustness_images": None, "latency_repeats": 50},
+}
+
+
+def figures_dir_for(profile: str, runs_dir: str | os.PathLike, figures_dir: str | os.PathLike | None,
+                    base: str | os.PathLike | None = None) -> Path:
+    """Where a notebook saves its figures (see the module docstring for the rule)."""
+    base = Path(base) if base is not None else Path.cwd()
+    if figures_dir is not None:
+        return (base / Path(figures_dir).expanduser()).resolve()
+    if profile == SMOKE:
+        return (base / Path(runs_dir).expanduser()).resolve() / SMOKE / "figures"
+    return (base / DEFAULT_FIGURES_DIR).resolve()
+
+
+def data_dir_for(profile: str, data_dir: str | os.PathLike | None, base: str | os.PathLike | None = None) -> str | None:
+    """The data source to put into the run settings (``None`` = the profile's own source)."""
+    base = Path(base) if base is not None else Path.cwd()
+    if data_dir is None:
+        if "data_dir" in PROFILES.get(profile, {}):
+            return None
+        if os.environ.get("KDNB_DATA_DIR"):
+            return os.environ["KDNB_DATA_DIR"]
+        return str((base / DEFAULT_DATA_DIR).resolve())
+    data_dir = str(data_dir)
+    if data_dir == "synthetic":
+        return data_dir
+    return str((base / Path(data_dir).expanduser()).resolve())
+
+
+@dataclass
+class Context:
+    """Everything a notebook derives from its parameters."""
+
+    profile: str
+    runs_dir: Path
+    figures_dir: Path
+    data_dir: str | None
+    seed: int = 0
+    overrides: dict[str, Any] = field(default_factory=dict)
+    download_to: str | None = None  # the default ../data directory, filled by a download if empty
+
+    def config(self, config: str, seed: int | None = None) -> RunConfig:
+        """The validated run settings of ``config`` under this profile with the notebook's overrides."""
+        return make_config(config, self.profile, self.seed if seed is None else seed, self.overrides)
+
+    def require(self, config: str, seed: int | None = None) -> Path:
+        """The finished run's directory, or :class:`MissingInput` naming the notebook to run first."""
+        return require_run(self.runs_dir, self.profile, config, self.seed if seed is None else seed)
+
+    def require_inputs(self, cfg: RunConfig) -> None:
+        """Check that what ``cfg`` needs from earlier notebooks (the teacher) is on disk."""
+        if cfg.needs_teacher:
+            require_run(self.runs_dir, self.profile, "teacher", cfg.teacher_seed)
+
+    def load_data(self, cfg: RunConfig | None = None):
+        """The dataset the profile's runs use (``kdnb.data.Dataset``)."""
+        from .data import load_dataset
+
+        cfg = cfg or self.config("baseline")
+        if self.download_to is not None and cfg.data_dir == self.download_to:
+            download_cifar10(self.download_to)
+        return load_dataset(cfg.data_dir, synthetic_train=cfg.synthetic_train, synthetic_test=cfg.synthetic_test)
+
+    def eval_default(self, name: str, value: Any) -> Any:
+        """``value`` if given, else this profile's default for evaluation setting ``name``."""
+        return value if value is not None else EVAL_DEFAULTS.get(self.profile, EVAL_DEFAULTS["cpu"])[name]
+
+    @property
+    def results_dir(self) -> Path:
+        """``<runs_dir>/<profile>/evaluation``: CSV tables of 07 and 08."""
+        d = self.runs_dir / self.profile / "evaluation"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def save(self, fig, name: str) -> None:
+        """Save a matplotlib figure as ``<figures_dir>/<name>.png`` (the figure still shows inline)."""
+        self.figures_dir.mkdir(parents=True, exist_ok=True)
+        path = self.figures_dir / f"{name}.png"
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+        print(f"saved {path}")
+
+    def describe(self) -> str:
+        lines = [f"profile      {self.profile}", f"runs_dir     {self.runs_dir}",
+                 f"figures_dir  {self.figures_dir}",
+                 f"data         {self.data_dir or PROFILES[self.profile].get('data_dir') or 'KDNB_DATA_DIR'}"]
+        if self.overrides:
+            lines.append(f"overrides    {self.overrides}")
+        return "\n".join(lines)
+
+
+def context(
+    profile: str,
+    *,
+    seed: int = 0,
+    data_dir: str | None = None,
+    runs_dir: str | os.PathLike = "../runs",
+    figures_dir: str | os.PathLike | None = None,
+    epochs: int | None = None,
+    device: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    base: str | os.PathLike | None = None,
+) -> Context:
+    """Build the :class:`Context` from a notebook's parameters (validated: a bad profile or
+    setting fails here with one line)."""
+    if profile not in PROFILES:
+        from .config import ConfigError
+
+        raise ConfigError(f"unknown profile {profile!r}; allowed: {', '.join(PROFILES)}")
+    base_path = Path(base) if base is not None else Path.cwd()
+    extra = dict(overrides or {})
+    data = data_dir_for(profile, data_dir, base_path)
+    if data is not None:
+        extra["data_dir"] = data
+    if epochs is not None:
+        extra["epochs"] = int(epochs)
+    if device is not None:
+        extra["device"] = device
+    ctx = Context(
+        profile=profile,
+        runs_dir=(base_path / Path(runs_dir).expanduser()).resolve(),
+        figures_dir=figures_dir_for(profile, runs_dir, figures_dir, base_path),
+        data_dir=data,
+        seed=int(seed),
+        overrides=extra,
+        download_to=data if data_dir is None and data == str((base_path / DEFAULT_DATA_DIR).resolve()) else None,
+    )
+    ctx.config("baseline")  # validate the overrides now, before any long work
+    return ctx
+
+
+def download_cifar10(path: str | os.PathLike) -> None:
+    """Download CIFAR-10 (torchvision) into ``path`` unless a copy is already there."""
+    from .data import DataError
+
+    path = Path(path)
+    if (path / "cifar-10-batches-py" / "test_batch").is_file() or (path / "train").is_dir():
+        return
+    try:
+        from torchvision.datasets import CIFAR10
+
+        CIFAR10(str(path), train=True, download=True)
+    except Exception as exc:  # network errors come in many types
+        raise DataError(
+            f"could not download CIFAR-10 into {str(path)!r} ({exc.__class__.__name__}: {exc}). Offline? Set the "
+            "data_dir parameter or KDNB_DATA_DIR to a local cifar-10-batches-py or image-folder copy, or use "
+            "profile 'smoke'."
+        ) from None
+
+
+def presets_table():
+    """Loss weights of every configuration (the same under every profile)."""
+    import pandas as pd
+
+    from .results import LABELS
+
+    return pd.DataFrame(PRESETS).T.rename(index=LABELS).rename_axis("configuration")
+
+
+def profiles_table():
+    """The profiles side by side: data, sizes, widths and epochs."""
+    import pandas as pd
+
+    rows = {}
+    for name, p in PROFILES.items():
+        t = p.get("teacher", {})
+        rows[name] = {
+            "data": p.get("data_dir", "CIFAR-10"),
+            "train images": p.get("train_size") or (
+                p.get("synthetic_train", 5000) if "data_dir" in p else CIFAR10_TRAIN) - p.get("val_size", 5000),
+            "validation images": p.get("val_size"),
+            "student width": p.get("width"),
+            "teacher width": t.get("width"),
+            "student epochs (max)": p.get("epochs"),
+            "teacher epochs": t.get("epochs"),
+            "patience": p.get("patience"),
+        }
+    return pd.DataFrame(rows).T.rename_axis("profile").astype(str)
+
+
+# Full-width parameter counts (CIFAR stem, 10 classes): ResNet-18 is the usual CIFAR number, the
+# ResNet-50 pair comes from the CBAM reference implementation (Jongchan/attention-module).
+REFERENCE_PARAMS = {("resnet18", False): 11_173_962, ("resnet50", False): 23_520_842, ("resnet50", True): 26_053_434}
+
+
+def architecture_table():
+    """Parameters of the student and teacher architectures at full width (width 1.0, CIFAR stem)
+    next to the reference counts; the profiles then scale every width (see the run settings)."""
+    import pandas as pd
+
+    from .models import build_model, count_parameters
+
+    rows = []
+    for (arch, cbam), ref in REFERENCE_PARAMS.items():
+        name = {"resnet18": "ResNet-18", "resnet50": "ResNet-50"}[arch] + (" + CBAM" if cbam else "")
+        role = {("resnet18", False): "student", ("resnet50", True): "teacher"}.get((arch, cbam), "")
+        n = count_parameters(build_model(arch, cbam=cbam))
+        rows.append({"architecture": name, "role": role, "parameters": f"{n:,}", "reference": f"{ref:,}",
+                     "matches": n == ref})
+    return pd.DataFrame(rows).set_index("architecture")
+
+
+def objective_example(config: str) -> "pd.DataFrame":
+    """Every term of ``config``'s objective on a fixed random batch (seed 0; 4 images, student
+    features 16×8×8, teacher 32×8×8, a binary causal mask keeping half of each random cam).
+
+    Deterministic, so the notebooks pin these numbers: a change to a loss changes them."""
+    import pandas as pd
+    import torch
+
+    from .masks import causal_mask
+    from .objective import TERMS, Objective
+
+    w = PRESETS[config]
+    g = torch.Generator().manual_seed(0)
+    labels = torch.tensor([0, 1, 2, 3])
+    s_logits, t_logits = torch.randn(4, 10, generator=g), 2 * torch.randn(4, 10, generator=g)
+    s_feat, t_feat = torch.randn(4, 16, 8, 8, generator=g), torch.randn(4, 32, 8, 8, generator=g)
+    mask = causal_mask(torch.rand(4, 8, 8, generator=g), keep=0.5)
+    torch.manual_seed(0)  # the FA connector's initialisation
+    obj = Objective({t: w[f"w_{t}"] for t in TERMS}, temperature=4.0, stages=["layer3"],
+                    student_channels={"layer3": 16}, teacher_channels={"layer3": 32})
+    with torch.no_grad():
+        total, terms = obj(s_logits, {"layer3": s_feat}, labels, t_logits, {"layer3": t_feat}, {"layer3": mask})
+    sig = lambda v: float(f"{v:.5g}")  # noqa: E731  (5 significant digits: stable across CPUs)
+    rows = [{"term": t.upper(), "weight": w[f"w_{t}"], "value": sig(terms[t].item()),
+             "weighted": sig(w[f"w_{t}"] * terms[t].item())} for t in TERMS if t in terms and w[f"w_{t}"] > 0]
+    rows.append({"term": "total", "weight": None, "value": None, "weighted": sig(total.item())})
+    return pd.DataFrame(rows).set_index("term").astype(object).fillna("")
+
+
+def split_table(data, cfg: RunConfig):
+    """Images per class in the training subset, the held-out validation split and the test set
+    (the split every run of the profile shares: ``val_size``, ``train_size``, ``split_seed``)."""
+    import pandas as pd
+    import torch
+
+    from .data import stratified_split
+
+    train_idx, val_idx = stratified_split(data.train_y, cfg.val_size, cfg.train_size, cfg.split_seed)
+    k = data.num_classes
+    table = pd.DataFrame({
+        "train": torch.bincount(data.train_y[train_idx], minlength=k).tolist(),
+        "validation": torch.bincount(data.train_y[val_idx], minlength=k).tolist(),
+        "test": torch.bincount(data.test_y, minlength=k).tolist(),
+    }, index=pd.Index(list(data.classes), name="class"))
+    table.loc["total"] = table.sum()
+    return table

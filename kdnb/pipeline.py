@@ -1,0 +1,177 @@
+"""``python -m kdnb pipeline``: execute the notebook series in order with papermill.
+
+Each notebook runs in a fresh ``python3`` kernel whose working directory is ``notebooks/``;
+paths are passed as absolute parameters. The student notebooks (02–06) run once per seed. Every
+executed copy is saved under ``<runs_dir>/<profile>/notebooks/``. Finished runs are skipped and
+interrupted ones resumed by the engine, so rerunning the pipeline after a failure or a kill only
+does the missing work. The first failing notebook stops the pipeline with one line naming the
+notebook, the cell and the error.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import PROFILES, ConfigError
+from .notebook import figures_dir_for
+from .results import NOTEBOOKS
+from .train import TrainingError
+
+KERNEL = "python3"
+STUDENT_NOTEBOOKS = ("02_baseline", "03_kd", "04_kd_fa", "05_kd_at", "06_kd_fa_at")
+
+
+class PipelineError(TrainingError):
+    """A notebook of the pipeline failed; the message names it, the cell and the error."""
+
+
+def notebooks_dir() -> Path:
+    """The ``notebooks/`` folder of this checkout."""
+    d = Path(__file__).resolve().parent.parent / "notebooks"
+    if not (d / f"{NOTEBOOKS[0]}.ipynb").is_file():
+        raise PipelineError(f"notebook folder {d} not found: run the pipeline from a kdnb checkout (pip install -e .)")
+    return d
+
+
+@dataclass
+class Step:
+    notebook: str
+    parameters: dict[str, Any]
+    output: Path
+    seconds: float = 0.0
+    label: str = ""
+
+
+def _select(only: Sequence[str] | None) -> list[str]:
+    if not only:
+        return list(NOTEBOOKS)
+    chosen = [nb for nb in NOTEBOOKS if any(nb.startswith(str(p)) for p in only)]
+    unknown = [p for p in only if not any(nb.startswith(str(p)) for nb in NOTEBOOKS)]
+    if unknown:
+        raise ConfigError(f"--only {' '.join(map(str, unknown))}: no such notebook; allowed: {', '.join(NOTEBOOKS)}")
+    return chosen
+
+
+def plan(profile: str, seeds: Sequence[int], runs_dir: Path, data_dir: str | None, figures_dir: Path,
+         notebooks: Sequence[str] | None = None, extra: dict[str, Any] | None = None) -> list[Step]:
+    """The papermill executions, in order (students once per seed)."""
+    import papermill
+
+    nb_dir = notebooks_dir()
+    out_dir = runs_dir / profile / "notebooks"
+    common = {"profile": profile, "runs_dir": str(runs_dir), "data_dir": data_dir, "figures_dir": str(figures_dir),
+              **(extra or {})}
+    steps = []
+    for name in _select(notebooks):
+        declared = set(papermill.inspect_notebook(str(nb_dir / f"{name}.ipynb")))
+        params = {k: v for k, v in common.items() if k in declared}
+        if "seeds" in declared:
+            params["seeds"] = list(seeds)
+        if name in STUDENT_NOTEBOOKS:
+            for s in seeds:
+                steps.append(Step(name, {**params, "seed": int(s)}, out_dir / f"{name}_seed{s}.ipynb", label=f"seed {s}"))
+        else:
+            if "seed" in declared:
+                params["seed"] = int(min(seeds)) if name != "01_train_teacher" else 0
+            steps.append(Step(name, params, out_dir / f"{name}.ipynb"))
+    return steps
+
+
+def _failure(step: Step, exc: Exception) -> PipelineError:
+    """One line: notebook, cell and error (papermill's execution error carries them)."""
+    cell = getattr(exc, "exec_count", None)
+    index = getattr(exc, "cell_index", None)
+    ename, evalue = getattr(exc, "ename", type(exc).__name__), getattr(exc, "evalue", str(exc))
+    first = ""
+    src = getattr(exc, "source", "") or ""
+    for line in src.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            first = f" `{line.strip()[:60]}`"
+            break
+    where = f"cell {index}" if index is not None else "startup"
+    if cell is not None:
+        where += f" [{cell}]"
+    seed = f" ({step.label})" if step.label else ""
+    return PipelineError(f"notebook {step.notebook}{seed} failed in {where}{first}: {ename}: {evalue.strip()} "
+                         f"(executed copy: {step.output})")
+
+
+def run_pipeline(
+    profile: str = "cpu",
+    seeds: Sequence[int] = (0,),
+    runs_dir: str | os.PathLike = "runs",
+    data_dir: str | os.PathLike | None = None,
+    notebooks: Sequence[str] | None = None,
+    figures_dir: str | os.PathLike | None = None,
+    parameters: dict[str, Any] | None = None,
+    verbose: bool = True,
+) -> list[Step]:
+    """Execute the series; return the executed steps with their wall times.
+
+    ``notebooks``: name prefixes to run (e.g. ``["00", "01"]``); default all. ``parameters``: extra
+    values for every notebook that declares them (e.g. ``{"epochs": 1}``). Relative paths are
+    taken relative to the current directory. ``verbose`` streams the notebooks' printed output
+    (training progress) to this process's stdout/stderr. Raises :class:`PipelineError` at the first failure.
+    """
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile {profile!r}; allowed: {', '.join(PROFILES)}")
+    seeds = sorted({int(s) for s in seeds})
+    if not seeds or min(seeds) < 0:
+        raise ConfigError("--seeds: give one or more seeds >= 0")
+    runs_path = Path(runs_dir).expanduser().resolve()
+    data = None if data_dir is None else (
+        str(data_dir) if str(data_dir) == "synthetic" else str(Path(data_dir).expanduser().resolve()))
+    if data is not None and data != "synthetic" and not Path(data).exists():
+        raise ConfigError(f"--data-dir {data_dir}: no such directory")
+    nb_dir = notebooks_dir()
+    figs = figures_dir_for(profile, runs_path, figures_dir, base=Path.cwd() if figures_dir else nb_dir)
+    steps = plan(profile, seeds, runs_path, data, figs, notebooks, parameters)
+    steps[0].output.parent.mkdir(parents=True, exist_ok=True)
+
+    print(f"kdnb pipeline: profile {profile}, seeds {' '.join(map(str, seeds))}, {len(steps)} notebook runs\n"
+          f"  runs    {runs_path / profile}\n  figures {figs}\n  data    {data or 'profile default'}", flush=True)
+    t_all = time.perf_counter()
+    for i, step in enumerate(steps, start=1):
+        seed = f" ({step.label})" if step.label else ""
+        print(f"\n[{i}/{len(steps)}] {step.notebook}{seed} → {step.output}", flush=True)
+        t0 = time.perf_counter()
+        try:
+            papermill.execute_notebook(
+                str(nb_dir / f"{step.notebook}.ipynb"), str(step.output), parameters=step.parameters,
+                kernel_name=KERNEL, cwd=str(nb_dir), progress_bar=False,
+                stdout_file=sys.stdout if verbose else None, stderr_file=sys.stderr if verbose else None,
+            )
+        except PapermillExecutionError as exc:
+            step.seconds = time.perf_counter() - t0
+            raise _failure(step, exc) from None
+        except Exception as exc:  # kernel died, notebook unreadable, …
+            step.seconds = time.perf_counter() - t0
+            raise _failure(step, exc) from None
+        step.seconds = time.perf_counter() - t0
+        print(f"[{i}/{len(steps)}] {step.notebook}{seed} done in {step.seconds:.0f} s", flush=True)
+
+    total = time.perf_counter() - t_all
+    print("\nkdnb pipeline finished in " + _duration(total))
+    for step in steps:
+        seed = f" ({step.label})" if step.label else ""
+        print(f"  {step.seconds:8.1f} s  {step.notebook}{seed}")
+    table = figs / "results_table.md"
+    if table.is_file():
+        print(f"results table: {table}")
+    print(f"figures:       {figs}\nnotebooks:     {steps[0].output.parent}\nruns:          {runs_path / profile}")
+    return steps
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h} h {m:02d} min {s:02d} s" if h else f"{m} min {s:02d} s"

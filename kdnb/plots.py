@@ -1,0 +1,263 @@
+"""Figures for the notebooks. Every function returns a matplotlib ``Figure`` (shown inline by
+Jupyter; ``Context.save`` writes it as PNG) and takes plain tensors or DataFrames from
+:mod:`kdnb.results`, so the notebooks hold no plotting code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+
+from .results import LABELS, PAPER_ACCURACY
+
+ORDER = [LABELS[c] for c in ("baseline", "kd", "kd_fa", "kd_at", "kd_fa_at")]
+
+
+def _palette(labels: Sequence[str]) -> dict[str, tuple]:
+    import seaborn as sns
+
+    colours = sns.color_palette("tab10", n_colors=10)
+    fixed = {lab: colours[i] for i, lab in enumerate(["teacher", *ORDER])}
+    return {lab: fixed.get(lab, colours[i % 10]) for i, lab in enumerate(labels)}
+
+
+def _log_y(ax) -> None:
+    """Logarithmic y axis with plain-number tick labels (0.5, 2, 40 rather than 5×10⁻¹)."""
+    from matplotlib.ticker import FuncFormatter
+
+    from matplotlib.ticker import NullFormatter
+
+    ax.set_yscale("log")
+    fmt = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.yaxis.set_major_formatter(fmt)
+    lo, hi = ax.get_ylim()
+    # label the minor ticks only when the axis spans less than a factor of 50
+    ax.yaxis.set_minor_formatter(fmt if lo > 0 and hi / lo < 50 else NullFormatter())
+
+
+def _to_hwc(img: torch.Tensor) -> np.ndarray:
+    """uint8 (3,H,W) tensor → (H,W,3) array for imshow."""
+    return img.permute(1, 2, 0).cpu().numpy()
+
+
+# ---------------------------------------------------------------- data
+def sample_grid(images: torch.Tensor, labels: torch.Tensor, classes: Sequence[str], per_class: int = 8):
+    """The first ``per_class`` images of every class, one row per class."""
+    n_cls = len(classes)
+    fig, axes = plt.subplots(n_cls, per_class, figsize=(per_class * 0.9, n_cls * 0.95), squeeze=False)
+    for c in range(n_cls):
+        idx = torch.nonzero(labels == c).flatten()[:per_class]
+        for j in range(per_class):
+            ax = axes[c, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for s in ax.spines.values():
+                s.set_visible(False)
+            if j < len(idx):
+                ax.imshow(_to_hwc(images[idx[j]]), interpolation="nearest")
+        axes[c, 0].set_ylabel(classes[c], rotation=0, ha="right", va="center", fontsize=9)
+    fig.suptitle("training images, first per class", y=1.0)
+    fig.tight_layout()
+    return fig
+
+
+def split_bars(sizes: pd.DataFrame):
+    """Stacked bars of images per class in the train / validation / test splits."""
+    fig, ax = plt.subplots(figsize=(8, 3))
+    sizes.plot.bar(stacked=True, ax=ax, width=0.8)
+    ax.set_ylabel("images")
+    ax.set_xlabel("")
+    ax.set_title("images per class and split")
+    ax.legend(loc="upper right", fontsize="small", ncols=3)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------- training
+def learning_curves(history: pd.DataFrame | Sequence[Mapping], title: str = "", best_epoch: int | None = None):
+    """One run: losses (train objective and its terms, validation CE) and accuracies per epoch."""
+    h = history if isinstance(history, pd.DataFrame) else pd.DataFrame(list(history))
+    if "val_acc" in h and h["val_acc"].max() <= 1.0:  # fractions from history.json → %
+        h = h.assign(val_acc=100 * h["val_acc"], train_acc=100 * h["train_acc"])
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax1.plot(h["epoch"], h["train_loss"], "o-", label="train objective")
+    active = [t for t in ("ce", "kd", "fa", "at") if f"train_{t}" in h and h[f"train_{t}"].abs().sum() > 0]
+    if len(active) > 1:  # with CE alone the objective is the CE curve
+        for term in active:
+            ax1.plot(h["epoch"], h[f"train_{term}"], ".--", alpha=0.7, label=f"train {term.upper()} (unweighted)")
+    ax1.plot(h["epoch"], h["val_loss"], "s-", label="validation CE")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("loss")
+    _log_y(ax1)
+    ax1.legend(fontsize="small")
+    ax2.plot(h["epoch"], h["train_acc"], "o-", label="train (augmented)")
+    ax2.plot(h["epoch"], h["val_acc"], "s-", label="validation")
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("top-1 accuracy (%)")
+    ax2.legend(fontsize="small")
+    if best_epoch is not None:
+        for ax in (ax1, ax2):
+            ax.axvline(best_epoch, color="gray", ls=":", lw=1)
+        ax2.annotate("best (val loss)", (best_epoch, ax2.get_ylim()[0]), fontsize="small", color="gray",
+                     xytext=(3, 3), textcoords="offset points")
+    for ax in (ax1, ax2):
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def learning_curves_by_config(histories: pd.DataFrame):
+    """All configurations: validation accuracy, validation loss and training objective per epoch
+    (mean over seeds, band = ±1 std when there are several)."""
+    import seaborn as sns
+
+    labels = [lab for lab in ORDER if lab in set(histories["label"])] or list(dict.fromkeys(histories["label"]))
+    pal = _palette(labels)
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    for ax, (col, name) in zip(axes, [("val_acc", "validation top-1 (%)"), ("val_loss", "validation CE"),
+                                      ("train_loss", "training objective")]):
+        sns.lineplot(data=histories, x="epoch", y=col, hue="label", hue_order=labels, palette=pal,
+                     errorbar="sd", marker="o", ax=ax, legend=ax is axes[0])
+        ax.set_ylabel(name)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    _log_y(axes[1])
+    _log_y(axes[2])
+    axes[0].legend(title=None, fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------- results
+def accuracy_bars(runs: pd.DataFrame, paper: Mapping[str, float] = PAPER_ACCURACY):
+    """Test top-1 per configuration: bar = mean over seeds with ±1 std error bar, dots = seeds,
+    black diamonds = the paper's reported numbers."""
+    import seaborn as sns
+
+    labels = [lab for lab in ORDER if lab in set(runs["label"])]
+    pal = _palette(labels)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    sns.barplot(data=runs, x="label", y="test_acc", hue="label", order=labels, hue_order=labels, palette=pal,
+                errorbar="sd", capsize=0.2, err_kws={"linewidth": 1.5}, alpha=0.8, ax=ax, legend=False)
+    sns.stripplot(data=runs, x="label", y="test_acc", order=labels, color="black", size=4, jitter=0.1, ax=ax)
+    inv = {v: k for k, v in LABELS.items()}
+    xs = [i for i, lab in enumerate(labels) if inv[lab] in paper]
+    ax.scatter(xs, [paper[inv[labels[i]]] for i in xs], marker="D", color="black", facecolor="white", zorder=5,
+               label="paper (one run, best test epoch)")
+    n = runs.groupby("label")["seed"].nunique().max()
+    ax.set_title(f"test top-1 accuracy ({n} seed{'s' if n != 1 else ''}; error bar ±1 std)")
+    ax.set_xlabel("")
+    ax.set_ylabel("test top-1 accuracy (%)")
+    lo = min(runs["test_acc"].min(), *(paper[inv[lab]] for lab in labels if inv[lab] in paper))
+    ax.set_ylim(max(0.0, lo - 10), min(100.0, max(runs["test_acc"].max(), 85) + 3))
+    ax.legend(loc="lower right", fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def metric_bars(df: pd.DataFrame, y: str, ylabel: str, title: str = ""):
+    """Bars of one per-run metric per configuration (mean over seeds, ±1 std)."""
+    import seaborn as sns
+
+    labels = [lab for lab in ORDER if lab in set(df["label"])]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    sns.barplot(data=df, x="label", y=y, hue="label", order=labels, hue_order=labels, palette=_palette(labels),
+                errorbar="sd", capsize=0.2, ax=ax, legend=False)
+    ax.set_xlabel("")
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def robustness_heatmap(robust: pd.DataFrame):
+    """Accuracy (%) per configuration × corruption, mean over severities and seeds."""
+    from .evaluate import plot_robustness_heatmap
+
+    n_cols = robust["corruption"].nunique()
+    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * n_cols, 0.6 + 0.5 * robust["label"].nunique()))
+    plot_robustness_heatmap(ax, robust, config_col="label")
+    ax.set_ylabel("")
+    fig.tight_layout()
+    return fig
+
+
+def robustness_by_severity(robust: pd.DataFrame):
+    """Mean accuracy over corruptions against severity, one line per configuration (0 = clean)."""
+    import seaborn as sns
+
+    per = robust.groupby(["label", "seed", "severity"], as_index=False)["accuracy"].mean()
+    per["accuracy"] *= 100
+    labels = [lab for lab in ["teacher", *ORDER] if lab in set(per["label"])]
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    sns.lineplot(data=per, x="severity", y="accuracy", hue="label", hue_order=labels, palette=_palette(labels),
+                 marker="o", errorbar="sd", ax=ax)
+    ax.set_xlabel("corruption severity (0 = clean)")
+    ax.set_ylabel("mean accuracy over corruptions (%)")
+    ax.legend(title=None, fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def reliability_diagrams(tables: Mapping[str, pd.DataFrame]):
+    """One reliability diagram per configuration (``kdnb.calibration.plot_reliability``)."""
+    from .calibration import plot_reliability
+
+    n = len(tables)
+    fig, axes = plt.subplots(1, n, figsize=(3.3 * n, 3.4), squeeze=False)
+    for ax, (label, table) in zip(axes[0], tables.items()):
+        plot_reliability(ax, table, title=label)
+        if ax is not axes[0, 0]:
+            ax.set_ylabel("")
+            ax.get_legend().remove()
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------- masks and attention
+def attention_grid(panel: Mapping[str, object]):
+    """Rows = one test image per class. Columns: image, teacher Grad-CAM, binary causal masks at
+    each ``keep``, then the attention maps of the teacher and of every student (same stage)."""
+    images = panel["images"]
+    cams = panel["cam"]
+    masks: Mapping[float, torch.Tensor] = panel["masks"]
+    att: Mapping[str, torch.Tensor] = panel["attention"]
+    classes = panel["classes"]
+    preds: Mapping[str, torch.Tensor] = panel.get("predictions", {})
+    cols = ["image", "teacher Grad-CAM", *[f"mask keep={k:g}" for k in masks], *[f"AT {lab}" for lab in att]]
+    n = len(images)
+    fig, axes = plt.subplots(n, len(cols), figsize=(1.25 * len(cols), 1.3 * n + 0.6), squeeze=False)
+    for i in range(n):
+        row = [("img", _to_hwc(images[i])), ("cam", cams[i].numpy())]
+        row += [("mask", m[i].numpy()) for m in masks.values()]
+        row += [("att", a[i].numpy()) for a in att.values()]
+        for j, (kind, arr) in enumerate(row):
+            ax = axes[i, j]
+            if kind == "img":
+                ax.imshow(arr, interpolation="nearest")
+            elif kind == "cam":
+                ax.imshow(_to_hwc(images[i]), interpolation="nearest")
+                ax.imshow(arr, cmap="jet", alpha=0.5, vmin=0, vmax=1, interpolation="bilinear",
+                          extent=(-0.5, images.shape[-1] - 0.5, images.shape[-2] - 0.5, -0.5))
+            elif kind == "mask":
+                ax.imshow(arr, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            else:
+                ax.imshow(arr, cmap="viridis", interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[i, 0].set_ylabel(classes[i], rotation=0, ha="right", va="center", fontsize=8)
+        for j, lab in enumerate(att, start=2 + len(masks)):
+            if lab in preds:
+                ok = bool(preds[lab][i])
+                axes[i, j].set_title("✓" if ok else "✗", fontsize=7, color="green" if ok else "red", pad=1)
+    for j, name in enumerate(cols):
+        axes[0, j].annotate(name, (0.5, 1.25), xycoords="axes fraction", ha="center", va="bottom", fontsize=7,
+                            rotation=20)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,707 @@
+"""Finished runs on disk → pandas tables, and the "run notebook X first" checks.
+
+Every notebook after ``01`` reads what earlier notebooks wrote (``<runs_dir>/<profile>/<config>/seed<k>/``)
+and never another kernel's memory. When an input is missing it raises :class:`MissingInput`,
+whose message is one line naming the notebook to run first.
+
+Accuracies in the tables are percentages (the paper's unit); the run files store fractions.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .config import STUDENT_CONFIGS, TEACHER
+from .runs import CONFIG_FILE, HISTORY_FILE, METRICS_FILE, is_finished, read_json, run_path
+
+# The numbered notebooks, in the order the pipeline runs them.
+NOTEBOOKS: tuple[str, ...] = (
+    "00_setup_and_data", "01_train_teacher", "02_baseline", "03_kd", "04_kd_fa", "05_kd_at",
+    "06_kd_fa_at", "07_masks_and_attention", "08_results",
+)
+# The notebook that trains each configuration.
+NOTEBOOK_FOR: dict[str, str] = {
+    TEACHER: "01_train_teacher", "baseline": "02_baseline", "kd": "03_kd", "kd_fa": "04_kd_fa",
+    "kd_at": "05_kd_at", "kd_fa_at": "06_kd_fa_at",
+}
+LABELS: dict[str, str] = {
+    TEACHER: "teacher", "baseline": "baseline", "kd": "KD", "kd_fa": "KD+FA", "kd_at": "KD+AT",
+    "kd_fa_at": "KD+FA+AT",
+}
+# The paper's Table (best test accuracy over epochs, one run, %). Reported numbers, not ours.
+PAPER_ACCURACY: dict[str, float] = {
+    "baseline": 80.56, "kd": 83.64, "kd_fa": 82.78, "kd_at": 83.53, "kd_fa_at": 83.77,
+}
+PAPER_TEACHER_ACCURACY = 84.61
+
+
+class MissingInput(RuntimeError):
+    """An input that an earlier notebook writes is missing; the message names that notebook.
+
+    In Jupyter the error shows as its one-line message instead of a traceback.
+    """
+
+    def _render_traceback_(self) -> list[str]:  # IPython hook: replaces the traceback display
+        return [f"{type(self).__name__}: {self}"]
+
+
+def notebook_hint(config: str, profile: str, seed: int) -> str:
+    """The instruction that produces the run ``config``/``seed`` under ``profile``."""
+    nb = NOTEBOOK_FOR[config]
+    seed_part = "" if config == TEACHER else f", seed={seed}"
+    return f"run notebooks/{nb}.ipynb first (profile={profile!r}{seed_part})"
+
+
+def require_run(runs_dir: str | os.PathLike, profile: str, config: str, seed: int = 0) -> Path:
+    """The directory of a finished run, or :class:`MissingInput` naming the notebook that makes it."""
+    d = run_path(runs_dir, profile, config, seed)
+    if not is_finished(d):
+        state = "unfinished run" if (d / CONFIG_FILE).is_file() else "no run"
+        raise MissingInput(f"{notebook_hint(config, profile, seed)}: {state} in {d}")
+    return d
+
+
+def finished_seeds(runs_dir: str | os.PathLike, profile: str, config: str) -> list[int]:
+    """Seeds with a finished run of ``config`` under ``profile``, ascending."""
+    base = Path(runs_dir) / profile / config
+    if not base.is_dir():
+        return []
+    seeds = []
+    for d in base.glob("seed*"):
+        if d.name[4:].isdigit() and is_finished(d):
+            seeds.append(int(d.name[4:]))
+    return sorted(seeds)
+
+
+def resolve_seeds(
+    runs_dir: str | os.PathLike, profile: str, seeds: Sequence[int] | None = None,
+    configs: Sequence[str] = STUDENT_CONFIGS,
+) -> list[int]:
+    """``seeds`` checked to be finished for every config, or (``None``) every seed finished for all.
+
+    Raises :class:`MissingInput` naming the first notebook to run.
+    """
+    if seeds is not None:
+        seeds = [int(s) for s in seeds]
+        for config in configs:
+            for s in seeds:
+                require_run(runs_dir, profile, config, s)
+        return seeds
+    per_config = {c: set(finished_seeds(runs_dir, profile, c)) for c in configs}
+    for c in configs:
+        if not per_config[c]:
+            raise MissingInput(f"{notebook_hint(c, profile, 0)}: no finished run in {Path(runs_dir) / profile / c}")
+    common = sorted(set.intersection(*per_config.values()))
+    if not common:
+        c = min(configs, key=lambda k: len(per_config[k]))
+        s = min(set.union(*per_config.values()) - per_config[c])
+        raise MissingInput(f"{notebook_hint(c, profile, s)}: no seed is finished for every configuration")
+    return common
+
+
+# ---------------------------------------------------------------- tables from run files
+def collect_runs(
+    runs_dir: str | os.PathLike, profile: str, seeds: Sequence[int], configs: Sequence[str] = STUDENT_CONFIGS
+) -> pd.DataFrame:
+    """One row per (config, seed): test/val accuracy (%), losses, best epoch, size and time."""
+    rows = []
+    for config in configs:
+        for seed in seeds:
+            d = require_run(runs_dir, profile, config, seed)
+            m = read_json(d / METRICS_FILE)
+            rows.append({
+                "config": config, "label": LABELS.get(config, config), "seed": seed,
+                "test_acc": 100 * m["test_acc"], "val_acc": 100 * m["val_acc"],
+                "test_loss": m["test_loss"], "val_loss": m["val_loss"],
+                "best_epoch": m["best_epoch"], "epochs_run": m["epochs_run"], "params": m["params"],
+                "train_seconds": m["train_seconds"], "run_dir": str(d),
+            })
+    return pd.DataFrame(rows)
+
+
+def collect_histories(
+    runs_dir: str | os.PathLike, profile: str, seeds: Sequence[int], configs: Sequence[str] = STUDENT_CONFIGS
+) -> pd.DataFrame:
+    """Long per-epoch table (config, label, seed, epoch, train_loss, val_loss, val_acc %, …)."""
+    frames = []
+    for config in configs:
+        for seed in seeds:
+            d = require_run(runs_dir, profile, config, seed)
+            h = history_frame(read_json(d / HISTORY_FILE))
+            h.insert(0, "seed", seed)
+            h.insert(0, "label", LABELS.get(config, config))
+            h.insert(0, "config", config)
+            frames.append(h)
+    return pd.concat(frames, ignore_index=True)
+
+
+def history_frame(history: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """A run's per-epoch history as a DataFrame, accuracies in %."""
+    h = pd.DataFrame(list(history))
+    for col in ("train_acc", "val_acc"):
+        if col in h:
+            h[col] = 100 * h[col]
+    return h
+
+
+def run_summary(metrics: dict[str, Any]) -> pd.DataFrame:
+    """A finished run's metrics as a one-column table (accuracies in %)."""
+    keys = ["best_epoch", "epochs_run", "stopped_early", "val_loss", "val_acc", "test_loss", "test_acc",
+            "params", "train_seconds", "median_epoch_seconds"]
+    out = {}
+    for k in keys:
+        if k in metrics:
+            v = metrics[k]
+            out[k + (" (%)" if k.endswith("_acc") else "")] = round(100 * v, 2) if k.endswith("_acc") else v
+    return pd.DataFrame({"value": out})
+
+
+def config_table(cfg) -> pd.DataFrame:
+    """The settings of one run, one row per setting (pandas shows all of them)."""
+    d = cfg.to_dict()
+    return pd.DataFrame({"value": [str(v) for v in d.values()]}, index=pd.Index(list(d), name="setting"))
+
+
+def paper_table() -> pd.DataFrame:
+    """The paper's reported accuracies (one run, best test accuracy over epochs, %)."""
+    rows = [{"configuration": LABELS[c], "paper test top-1 (%)": v,
+             "paper Δ vs baseline (pp)": round(v - PAPER_ACCURACY["baseline"], 2)}
+            for c, v in PAPER_ACCURACY.items()]
+    return pd.DataFrame(rows).set_index("configuration")
+
+
+def _fmt(x: float, digits: int = 2, signed: bool = False) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
+
+
+def _mean_std(mean: float, std: float, digits: int = 2) -> str:
+    return _fmt(mean, digits) if math.isnan(std) else f"{_fmt(mean, digits)} ± {_fmt(std, digits)}"
+
+
+def _ci_text(ci: str) -> str:
+    return "–" if "nan" in str(ci) else ci
+
+
+def accuracy_table(runs: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
+    """Per configuration: test top-1 mean ± std over seeds, Δ vs baseline and vs KD (seed-paired,
+    95% t-interval, significance), mean best epoch, and the paper's number beside it."""
+    from .stats import comparison_table
+
+    comp = comparison_table(runs, "test_acc", reference="baseline", other="kd", digits=digits)
+    best = runs.groupby("config", sort=False)["best_epoch"].mean()
+    rows = []
+    for _, r in comp.iterrows():
+        c = r["config"]
+        row = {
+            "configuration": LABELS.get(c, c), "seeds": int(r["n"]),
+            "test top-1 (%)": _mean_std(r["mean"], r["std"], digits),
+        }
+        for ref, name in (("baseline", "baseline"), ("kd", "KD")):
+            if f"Δ vs {ref}" not in comp.columns:
+                continue
+            if c == ref:
+                row[f"Δ vs {name} (pp)"], row[f"95% CI vs {name}"], row[f"vs {name}"] = "0 (reference)", "", ""
+            else:
+                row[f"Δ vs {name} (pp)"] = _fmt(r[f"Δ vs {ref}"], digits, signed=True)
+                row[f"95% CI vs {name}"] = _ci_text(r[f"Δ vs {ref} CI"])
+                row[f"vs {name}"] = r[f"Δ vs {ref} sig"]
+        row["best epoch"] = _fmt(float(best[c]), 1)
+        paper = PAPER_ACCURACY.get(c)
+        row["paper (%)"] = _fmt(paper) if paper is not None else "–"
+        row["paper Δ vs baseline (pp)"] = (
+            _fmt(paper - PAPER_ACCURACY["baseline"], digits, signed=True) if paper is not None else "–")
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("configuration")
+
+
+def accuracy_numbers(runs: pd.DataFrame) -> pd.DataFrame:
+    """Machine-readable version of :func:`accuracy_table` (for the CSV): numbers, not strings."""
+    from .stats import paired_difference, summarize
+
+    rows = []
+    base = runs[runs["config"] == "baseline"].set_index("seed")["test_acc"]
+    kd = runs[runs["config"] == "kd"].set_index("seed")["test_acc"]
+    for c, grp in runs.groupby("config", sort=False):
+        values = grp.set_index("seed")["test_acc"]
+        s = summarize(values.to_numpy())
+        row = {"config": c, "label": LABELS.get(c, c), "n_seeds": s["n"], "test_acc_mean": s["mean"],
+               "test_acc_std": s["std"], "test_acc_ci_low": s["ci_low"], "test_acc_ci_high": s["ci_high"],
+               "best_epoch_mean": float(grp["best_epoch"].mean()), "paper_test_acc": PAPER_ACCURACY.get(c)}
+        for ref_name, ref in (("baseline", base), ("kd", kd)):
+            if len(ref) and c != ref_name:
+                d = paired_difference(values, ref)
+                row.update({f"delta_vs_{ref_name}": d["mean"], f"delta_vs_{ref_name}_ci_low": d["ci_low"],
+                            f"delta_vs_{ref_name}_ci_high": d["ci_high"], f"delta_vs_{ref_name}_label": d["label"]})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- provenance and markdown
+def provenance(runs_dir: str | os.PathLike, profile: str, seeds: Sequence[int],
+               configs: Sequence[str] = STUDENT_CONFIGS) -> dict[str, Any]:
+    """Where the numbers come from: profile, seeds, hardware, data, code version and date."""
+    cfgs = [read_json(run_path(runs_dir, profile, c, s) / CONFIG_FILE) for c in configs for s in seeds]
+    first = cfgs[0]
+    uniq = lambda key: ", ".join(sorted({str(c.get(key)) for c in cfgs}))  # noqa: E731
+    return {
+        "profile": profile,
+        "seeds": ", ".join(str(s) for s in seeds),
+        "hardware": uniq("device_name") + f" ({uniq('device_type')})",
+        "data": first.get("data_source", "?"),
+        "train/val/test images": f"{first.get('n_train')} / {first.get('n_val')} / {first.get('n_test')}",
+        "student width": uniq("width"),
+        "epochs (max)": uniq("epochs"),
+        "kdnb": f"{first.get('kdnb_version')} (git {str(first.get('git_commit'))[:10]})",
+        "torch": uniq("torch_version"),
+        "date": _dt.datetime.now().strftime("%Y-%m-%d"),
+    }
+
+
+def markdown_table(df: pd.DataFrame, index: bool = True) -> str:
+    """A GitHub-flavoured markdown table (no extra dependency)."""
+    d = df.reset_index() if index and (df.index.name or any(df.index.names)) else df
+    cols = [str(c) for c in d.columns]
+    esc = lambda v: str(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    lines = ["| " + " | ".join(map(esc, cols)) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for row in d.itertuples(index=False):
+        lines.append("| " + " | ".join(esc(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def write_results(table: pd.DataFrame, numbers: pd.DataFrame, prov: dict[str, Any],
+                  figures_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """Write ``results_table.md`` (table + provenance) and ``results.csv`` into ``figures_dir``."""
+    figures_dir = Path(figures_dir)
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    md = figures_dir / "results_table.md"
+    csv = figures_dir / "results.csv"
+    prov_lines = "\n".join(f"- {k}: {v}" for k, v in prov.items())
+    md.write_text(
+        "# kdnb results: test top-1 accuracy on CIFAR-10\n\n"
+        "Written by `notebooks/08_results.ipynb`. Test accuracy of the best-by-validation-loss "
+        "checkpoint, mean ± std over seeds; Δ is the seed-paired difference in percentage points with "
+        "its 95% Student-t interval (\"not significant\" when the interval covers 0). The paper's "
+        "column is its reported best-test-accuracy-over-epochs from one run.\n\n"
+        f"{markdown_table(table)}\n\n## Provenance\n\n{prov_lines}\n"
+    )
+    numbers.assign(**{f"prov_{k}": v for k, v in prov.items()}).to_csv(csv, index=False)
+    return md, csv
+
+
+# ---------------------------------------------------------------- on-disk cache for evaluations
+def _run_fingerprint(runs_dir: str | os.PathLike, profile: str, keys: Iterable[tuple[str, int]]) -> list:
+    """Identity of the checkpoints an evaluation reads (a retrained run changes it)."""
+    from .runs import BEST_FILE
+
+    out = []
+    for c, s in keys:
+        st = (run_path(runs_dir, profile, c, s) / BEST_FILE).stat()
+        out.append([c, s, st.st_mtime_ns, st.st_size])
+    return out
+
+
+def _code_fingerprint(*modules: str) -> str:
+    """Hash of the kdnb modules an evaluation runs, so a code change invalidates the cache."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for m in modules:
+        h.update((Path(__file__).parent / f"{m}.py").read_bytes())
+    return h.hexdigest()[:12]
+
+
+def cached(cache_dir: str | os.PathLike | None, name: str, key: dict[str, Any], compute):
+    """``compute()``, stored in ``cache_dir`` under a hash of ``key`` and reused while the key is
+    the same (no cache when ``cache_dir`` is None). Delete the ``.cache-*`` files to recompute."""
+    import hashlib
+    import json
+    import pickle
+
+    if cache_dir is None:
+        return compute()
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    path = Path(cache_dir) / f".cache-{name}-{digest}.pkl"
+    if path.is_file():
+        try:
+            with open(path, "rb") as f:
+                value = pickle.load(f)
+            print(f"{name}: reusing the stored result ({path.name}; delete it to recompute)")
+            return value
+        except Exception:  # a damaged cache is only recomputed
+            pass
+    value = compute()
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump(value, f)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return value
+
+
+# ---------------------------------------------------------------- models and evaluation (07, 08)
+def _device(name: str | Any):
+    """``auto`` → CUDA when available, else CPU (as the training engine)."""
+    from .train import resolve_device
+
+    return resolve_device(name) if isinstance(name, str) else name
+
+
+def _subset(data, n: int | None) -> tuple:
+    """The first ``n`` test images (all when ``None``); a fixed, class-mixed subset."""
+    x, y = data.test_x, data.test_y
+    if n is not None and n < len(y):
+        x, y = x[:n], y[:n]
+    return x, y
+
+
+def load_students(runs_dir: str | os.PathLike, profile: str, seeds: Sequence[int],
+                  configs: Sequence[str] = STUDENT_CONFIGS, device: Any = "cpu") -> dict[tuple[str, int], Any]:
+    """The best-by-validation model of every (config, seed), in eval mode."""
+    from .train import load_trained
+
+    return {(c, s): load_trained(require_run(runs_dir, profile, c, s), device) for c in configs for s in seeds}
+
+
+def load_teacher_of(runs_dir: str | os.PathLike, profile: str, seed: int = 0, device: Any = "cpu"):
+    """The frozen teacher (seed ``seed``) of ``profile``, or :class:`MissingInput` naming notebook 01."""
+    from .train import build_student
+    from .runs import BEST_FILE, load_torch
+    from .config import config_from_dict
+
+    d = require_run(runs_dir, profile, TEACHER, seed)
+    tcfg = config_from_dict(read_json(d / CONFIG_FILE))
+    model = build_student(tcfg)
+    model.load_state_dict(load_torch(d / BEST_FILE)["model"])
+    return model.to(device).eval().requires_grad_(False)
+
+
+def first_per_class(labels, num_classes: int) -> list[int]:
+    """Index of the first image of each class (classes without images are left out)."""
+    import torch
+
+    out = []
+    for c in range(num_classes):
+        idx = torch.nonzero(labels == c).flatten()
+        if len(idx):
+            out.append(int(idx[0]))
+    return out
+
+
+def attention_panel(runs_dir: str | os.PathLike, profile: str, seed: int, data, *, stage: str = "layer3",
+                    cam_stage: str = "layer3", keeps: Sequence[float] = (0.25, 0.5, 0.75),
+                    configs: Sequence[str] = STUDENT_CONFIGS, teacher_seed: int = 0) -> dict[str, Any]:
+    """For the first test image of each class: the image, the teacher's Grad-CAM for the true class
+    (at ``cam_stage``), binary causal masks at each ``keep`` (at the student's ``stage`` size) and the
+    attention maps (p=2) of the teacher and each student at ``stage``."""
+    import torch
+
+    from .data import normalize
+    from .losses import attention_map
+    from .masks import causal_mask, gradcam
+
+    idx = first_per_class(data.test_y, data.num_classes)
+    images, labels = data.test_x[idx], data.test_y[idx]
+    x = normalize(images)
+    teacher = load_teacher_of(runs_dir, profile, teacher_seed)
+    students = load_students(runs_dir, profile, [seed], configs)
+    cam = gradcam(teacher, x, cam_stage, labels)
+    with torch.no_grad():
+        s_feats = {c: students[(c, seed)](x, return_features=True) for c in configs}
+        t_logits, t_feats = teacher(x, return_features=True)
+    size = tuple(next(iter(s_feats.values()))[1][stage].shape[-2:])
+    masks = {float(k): causal_mask(cam, float(k), "binary", size) for k in keeps}
+
+    def amap(feat):
+        return attention_map(feat, 2, size=size).view(-1, *size)
+
+    attention = {"teacher": amap(t_feats[stage])}
+    predictions = {"teacher": t_logits.argmax(1) == labels}
+    for c in configs:
+        logits, feats = s_feats[c]
+        attention[LABELS[c]] = amap(feats[stage])
+        predictions[LABELS[c]] = logits.argmax(1) == labels
+    return {"images": images, "labels": labels, "classes": [data.classes[int(i)] for i in labels], "cam": cam,
+            "masks": masks, "attention": attention, "predictions": predictions, "stage": stage, "size": size}
+
+
+def mask_example(keeps: Sequence[float] = (0.25, 0.5, 0.75), size: int = 4) -> pd.DataFrame:
+    """Binary causal masks of a fixed ``size``×``size`` cam (values 0..1 in raster order): which
+    positions each ``keep`` retains. A deterministic check of the thresholding rule."""
+    import torch
+
+    from .masks import causal_mask
+
+    cam = torch.linspace(0, 1, size * size).view(1, size, size).flip(-1)
+    rows = {"cam": [" ".join(f"{v:.2f}" for v in r) for r in cam[0].tolist()]}
+    for k in keeps:
+        m = causal_mask(cam, float(k), "binary")[0]
+        rows[f"keep={k:g} ({int(m.sum())}/{size * size})"] = [" ".join(str(int(v)) for v in r) for r in m.tolist()]
+    return pd.DataFrame(rows).rename_axis("row")
+
+
+def attention_distances(runs_dir: str | os.PathLike, profile: str, seeds: Sequence[int], data, *,
+                        stage: str = "layer3", n_images: int | None = None, configs: Sequence[str] = STUDENT_CONFIGS,
+                        teacher_seed: int = 0, batch_size: int = 250, device: str = "auto",
+                        progress: bool = True, cache_dir: str | os.PathLike | None = None) -> pd.DataFrame:
+    """Per (config, seed): mean over test images of ‖a_s − a_t‖₂, the L2 distance between the
+    normalised attention maps (p=2) of student and teacher at ``stage`` (0 = identical, max 2).
+    With ``cache_dir`` the result is stored and reused while runs, settings and code are unchanged."""
+    keys = [(TEACHER, teacher_seed)] + [(c, s) for c in configs for s in seeds]
+    key = {"runs": _run_fingerprint(runs_dir, profile, keys) if all(
+               is_finished(run_path(runs_dir, profile, c, s)) for c, s in keys) else None,
+           "stage": stage, "n_images": n_images, "data": data.source, "code": _code_fingerprint("results", "losses")}
+    if key["runs"] is None:
+        cache_dir = None  # let the computation raise MissingInput
+    return cached(cache_dir, "attention_distance", key, lambda: _attention_distances(
+        runs_dir, profile, seeds, data, stage=stage, n_images=n_images, configs=configs,
+        teacher_seed=teacher_seed, batch_size=batch_size, device=device, progress=progress))
+
+
+def _attention_distances(runs_dir, profile, seeds, data, *, stage, n_images, configs, teacher_seed, batch_size,
+                         device, progress) -> pd.DataFrame:
+    import torch
+    from tqdm.auto import tqdm
+
+    from .data import normalize
+    from .losses import attention_map
+
+    dev = _device(device)
+    x_all, _ = _subset(data, n_images)
+    teacher = load_teacher_of(runs_dir, profile, teacher_seed, dev)
+    students = load_students(runs_dir, profile, seeds, configs, dev)
+    totals = {k: 0.0 for k in students}
+    with torch.inference_mode():
+        for i in tqdm(range(0, len(x_all), batch_size), desc="attention distance", disable=not progress):
+            x = normalize(x_all[i: i + batch_size].to(dev))
+            ft = teacher(x, return_features=True)[1][stage]
+            for key, model in students.items():
+                fs = model(x, return_features=True)[1][stage]
+                a_s = attention_map(fs, 2)
+                a_t = attention_map(ft, 2, size=tuple(fs.shape[-2:]))
+                totals[key] += (a_s - a_t).norm(dim=1).sum().item()
+    rows = [{"config": c, "label": LABELS[c], "seed": s, "attention_distance": totals[(c, s)] / len(x_all),
+             "images": len(x_all), "stage": stage} for (c, s) in students]
+    return pd.DataFrame(rows)
+
+
+def summarize_metric(df: pd.DataFrame, metric: str, digits: int = 4) -> pd.DataFrame:
+    """Per configuration: n, mean ± std over seeds and the seed-paired Δ vs baseline and vs KD
+    with 95% intervals and significance labels (``kdnb.stats.comparison_table``)."""
+    from .stats import comparison_table
+
+    t = comparison_table(df, metric, reference="baseline", other="kd", digits=digits)
+    out = pd.DataFrame({"configuration": t["config"].map(lambda c: LABELS.get(c, c)), "seeds": t["n"],
+                        f"{metric} (mean ± std)": [_mean_std(m, s, digits) for m, s in zip(t["mean"], t["std"])]})
+    for ref, name in (("baseline", "baseline"), ("kd", "KD")):
+        if f"Δ vs {ref}" not in t.columns:
+            continue
+        out[f"Δ vs {name}"] = [("0 (reference)" if sig == "reference" else _fmt(d, digits, signed=True))
+                               for d, sig in zip(t[f"Δ vs {ref}"], t[f"Δ vs {ref} sig"])]
+        out[f"95% CI vs {name}"] = [_ci_text(ci) for ci in t[f"Δ vs {ref} CI"]]
+        out[f"vs {name}"] = [("" if sig == "reference" else sig) for sig in t[f"Δ vs {ref} sig"]]
+    return out.set_index("configuration")
+
+
+def evaluate_models(runs_dir: str | os.PathLike, profile: str, seeds: Sequence[int], data, *,
+                    robustness_images: int | None = 1000, corruption_seed: int = 0, cifar10c_dir: str | None = None,
+                    configs: Sequence[str] = STUDENT_CONFIGS, teacher_seed: int = 0, n_bins: int = 15,
+                    device: str = "auto", progress: bool = True,
+                    cache_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Test-set predictions of the teacher and every student run → calibration (ECE, reliability
+    tables pooled over seeds), top-1 agreement with the teacher, and robustness to corruptions on
+    the first ``robustness_images`` test images (``kdnb.evaluate.robustness``).
+
+    Returns ``{"per_run": DataFrame, "robustness": long DataFrame, "reliability": {label: table}}``;
+    the teacher appears as config ``teacher`` (seed ``teacher_seed``) for reference. With
+    ``cache_dir`` the result is stored and reused while runs, settings and code are unchanged.
+    """
+    keys = [(TEACHER, teacher_seed)] + [(c, s) for c in configs for s in seeds]
+    for c, s in keys:
+        require_run(runs_dir, profile, c, s)
+    key = {"runs": _run_fingerprint(runs_dir, profile, keys), "robustness_images": robustness_images,
+           "corruption_seed": corruption_seed, "cifar10c_dir": cifar10c_dir, "n_bins": n_bins, "data": data.source,
+           "code": _code_fingerprint("results", "evaluate", "corruptions", "calibration")}
+    return cached(cache_dir, "evaluation", key, lambda: _evaluate_models(
+        runs_dir, profile, seeds, data, robustness_images=robustness_images, corruption_seed=corruption_seed,
+        cifar10c_dir=cifar10c_dir, configs=configs, teacher_seed=teacher_seed, n_bins=n_bins, device=device,
+        progress=progress))
+
+
+def _evaluate_models(runs_dir, profile, seeds, data, *, robustness_images, corruption_seed, cifar10c_dir, configs,
+                     teacher_seed, n_bins, device, progress) -> dict[str, Any]:
+    import torch
+    from tqdm.auto import tqdm
+
+    from .calibration import expected_calibration_error, reliability_table
+    from .data import normalize
+    from .evaluate import accuracy, agreement, predict, robustness, robustness_summary
+
+    dev = _device(device)
+    x, y = data.test_x, data.test_y
+    xr, yr = _subset(data, robustness_images)
+    models = {("teacher", teacher_seed): load_teacher_of(runs_dir, profile, teacher_seed, dev)}
+    models.update(load_students(runs_dir, profile, seeds, configs, dev))
+    logits: dict[tuple[str, int], torch.Tensor] = {}
+    rows, robust = [], []
+    for (c, s), model in tqdm(models.items(), desc="evaluating runs", disable=not progress):
+        lg = logits[(c, s)] = predict(model, x, normalize, device=dev)
+        rb = robustness(model, xr, yr, normalize, seed=corruption_seed, cifar10c_dir=cifar10c_dir, device=dev)
+        summ = robustness_summary(rb)
+        robust.append(rb.assign(config=c, label=LABELS[c], seed=s))
+        rows.append({
+            "config": c, "label": LABELS[c], "seed": s,
+            "test_acc": 100 * accuracy(lg, y),
+            "ece": expected_calibration_error(lg, y, n_bins, from_logits=True),
+            "agreement": 100 * agreement(lg, logits[("teacher", teacher_seed)]),
+            "clean_acc_subset": 100 * summ["clean"],
+            "mean_corruption_acc": 100 * summ["mean_corruption"],
+            "corruption_images": len(yr),
+        })
+    per_run = pd.DataFrame(rows)
+    reliability = {}
+    for c in ["teacher", *configs]:
+        keys = [k for k in logits if k[0] == c]
+        pooled = torch.cat([logits[k] for k in keys])
+        reliability[LABELS[c]] = reliability_table(pooled, y.repeat(len(keys)), n_bins, from_logits=True)
+    robust_df = pd.concat(robust, ignore_index=True)
+    return {"per_run": per_run, "robustness": robust_df, "reliability": reliability}
+
+
+def robustness_table(robust: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy (%) per configuration (rows) × corruption (columns, mean over severities and
+    seeds), with the clean accuracy first and the mean over corruptions last."""
+    order = [lab for lab in ("teacher", *[LABELS[c] for c in STUDENT_CONFIGS]) if lab in set(robust["label"])]
+    t = robust.pivot_table(index="label", columns="corruption", values="accuracy", aggfunc="mean", sort=False) * 100
+    cols = ["clean"] + [c for c in t.columns if c != "clean"]
+    t = t[cols]
+    t["mean corruption"] = t[[c for c in cols if c != "clean"]].mean(axis=1)
+    return t.reindex(order).rename_axis("configuration").round(1)
+
+
+def robustness_pivot(robust: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy (%) per (configuration, corruption) × severity, mean over seeds."""
+    order = [lab for lab in ("teacher", *[LABELS[c] for c in STUDENT_CONFIGS]) if lab in set(robust["label"])]
+    corr = robust[robust["corruption"] != "clean"]
+    t = corr.pivot_table(index=["label", "corruption"], columns="severity", values="accuracy", aggfunc="mean",
+                         sort=False) * 100
+    t = t.reindex(order, level=0)
+    t.index.names = ["configuration", "corruption"]
+    return t.round(1)
+
+
+def robustness_by_severity_table(robust: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy (%) per configuration × severity (mean over corruptions and seeds; 0 = clean)."""
+    order = [lab for lab in ("teacher", *[LABELS[c] for c in STUDENT_CONFIGS]) if lab in set(robust["label"])]
+    t = robust.pivot_table(index="label", columns="severity", values="accuracy", aggfunc="mean") * 100
+    return t.reindex(order).rename_axis("configuration").round(1)
+
+
+def efficiency_table(runs_dir: str | os.PathLike, profile: str, seeds: Sequence[int], *, repeats: int = 20,
+                     device: str = "auto", configs: Sequence[str] = STUDENT_CONFIGS, teacher_seed: int = 0,
+                     batch_sizes: Sequence[int] = (1, 256)) -> pd.DataFrame:
+    """Per model: deployed parameters (FA connectors excluded: they live in the objective), FLOPs
+    per 32×32 image, median latency per sample at each batch size on ``device`` (after warm-up;
+    the device is named), and training seconds per epoch relative to the baseline (run histories)."""
+    from .efficiency import count_parameters, flops_per_image, measure_latency, training_cost_ratio
+
+    device = _device(device)
+    models = {"teacher": load_teacher_of(runs_dir, profile, teacher_seed, device)}
+    first = min(seeds)
+    models.update({c: m for (c, _), m in load_students(runs_dir, profile, [first], configs, device).items()})
+    hist = collect_histories(runs_dir, profile, seeds, configs)
+    ratio = training_cost_ratio(
+        {c: [g.to_dict("records") for _, g in hist[hist["config"] == c].groupby("seed")] for c in configs})
+    rows = []
+    for c, model in models.items():
+        row = {"configuration": LABELS[c], "parameters": count_parameters(model),
+               "MFLOPs / image": flops_per_image(model) / 1e6}
+        for bs in batch_sizes:
+            lat = measure_latency(model, bs, device, warmup=max(2, repeats // 5), repeats=repeats)
+            row[f"latency bs={bs} (ms/image)"] = lat["median_ms_per_sample"]
+            row["device"] = lat["device"]
+        row["train s/epoch (median)"] = ratio.loc[c, "median_seconds_per_epoch"] if c in ratio.index else float("nan")
+        row["train time vs baseline"] = ratio.loc[c, "ratio"] if c in ratio.index else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("configuration")
+
+
+def research_answers(runs: pd.DataFrame, per_run: pd.DataFrame, efficiency: pd.DataFrame,
+                     distances: pd.DataFrame | None = None) -> str:
+    """Markdown answering the paper's three questions (accuracy, efficiency, robustness) from the
+    numbers just computed. Every number in the text comes from the arguments."""
+    from .stats import paired_difference, summarize
+
+    def by_seed(df, config, col):
+        return df[df["config"] == config].set_index("seed")[col]
+
+    def mean_sd(df, config, col, digits=2):
+        s = summarize(by_seed(df, config, col).to_numpy())
+        sd = "" if math.isnan(s["std"]) else f" ± {s['std']:.{digits}f}"
+        return f"{s['mean']:.{digits}f}{sd}"
+
+    def diff(df, a, b, col, unit="pp", digits=2):
+        d = paired_difference(by_seed(df, a, col), by_seed(df, b, col))
+        ci = "" if math.isnan(d["ci_low"]) else f", 95% CI [{d['ci_low']:+.{digits}f}, {d['ci_high']:+.{digits}f}]"
+        return f"{d['mean']:+.{digits}f} {unit}{ci}, {d['label']}"
+
+    n = runs["seed"].nunique()
+    best = runs.groupby("config")["test_acc"].mean().idxmax()
+    caveat = ("With one seed no difference can be called significant; run more seeds (`--seeds 0 1 2`)."
+              if n < 2 else f"Intervals are Student-t over {n} seed-paired differences.")
+    rq1 = (f"**RQ1 — accuracy.** KD+FA+AT reaches {mean_sd(runs, 'kd_fa_at', 'test_acc')} % test top-1 "
+           f"(baseline {mean_sd(runs, 'baseline', 'test_acc')} %, KD {mean_sd(runs, 'kd', 'test_acc')} %). "
+           f"Difference to the baseline: {diff(runs, 'kd_fa_at', 'baseline', 'test_acc')}; to plain KD: "
+           f"{diff(runs, 'kd_fa_at', 'kd', 'test_acc')}. The most accurate configuration here is "
+           f"{LABELS[best]}. The paper reports 83.77 vs 80.56 (baseline) and 83.64 (KD) from one run. {caveat}")
+    stud = efficiency.drop(index="teacher", errors="ignore")
+    lat_col = next(c for c in efficiency.columns if c.startswith("latency bs=1"))
+    rq2 = (f"**RQ2 — efficiency.** Every student deploys the same network: "
+           f"{int(stud['parameters'].iloc[0]):,} parameters and {stud['MFLOPs / image'].iloc[0]:.1f} MFLOPs per image "
+           f"(teacher: {int(efficiency.loc['teacher', 'parameters']):,} and "
+           f"{efficiency.loc['teacher', 'MFLOPs / image']:.1f}); batch-1 latency "
+           f"{stud[lat_col].min():.2f}–{stud[lat_col].max():.2f} ms/image on {efficiency['device'].iloc[0]}. "
+           f"The cost of distillation is paid in training: KD+FA+AT takes "
+           f"{efficiency.loc['KD+FA+AT', 'train time vs baseline']:.2f}× the baseline's time per epoch "
+           f"(KD {efficiency.loc['KD', 'train time vs baseline']:.2f}×).")
+    rq3 = (f"**RQ3 — robustness.** Mean accuracy over corruptions: KD+FA+AT "
+           f"{mean_sd(per_run, 'kd_fa_at', 'mean_corruption_acc')} %, baseline "
+           f"{mean_sd(per_run, 'baseline', 'mean_corruption_acc')} %, KD {mean_sd(per_run, 'kd', 'mean_corruption_acc')} %; "
+           f"difference to the baseline {diff(per_run, 'kd_fa_at', 'baseline', 'mean_corruption_acc')}, to KD "
+           f"{diff(per_run, 'kd_fa_at', 'kd', 'mean_corruption_acc')}. Calibration (ECE, lower is better): KD+FA+AT "
+           f"{mean_sd(per_run, 'kd_fa_at', 'ece', 3)}, baseline {mean_sd(per_run, 'baseline', 'ece', 3)}.")
+    if distances is not None and len(distances):
+        rq3 += (f" Attention distance to the teacher: KD+FA+AT "
+                f"{mean_sd(distances, 'kd_fa_at', 'attention_distance', 3)}, KD+AT "
+                f"{mean_sd(distances, 'kd_at', 'attention_distance', 3)}, baseline "
+                f"{mean_sd(distances, 'baseline', 'attention_distance', 3)}.")
+    return "\n\n".join([rq1, rq2, rq3])
+
+
+def read_attention_distances(results_dir: str | os.PathLike, seeds: Sequence[int],
+                             configs: Sequence[str] = STUDENT_CONFIGS) -> pd.DataFrame:
+    """The attention distances ``07_masks_and_attention`` wrote, for ``seeds``, or :class:`MissingInput`."""
+    path = Path(results_dir) / "attention_distance.csv"
+    hint = f"run notebooks/07_masks_and_attention.ipynb first (seeds={list(seeds)})"
+    if not path.is_file():
+        raise MissingInput(f"{hint}: {path} not found")
+    df = pd.read_csv(path)
+    have = set(zip(df["config"], df["seed"]))
+    missing = [(c, s) for c in configs for s in seeds if (c, s) not in have]
+    if missing:
+        raise MissingInput(f"{hint}: {path} has no distance for {missing[0][0]} seed {missing[0][1]}")
+    return df[df["seed"].isin(list(seeds)) & df["config"].isin(list(configs))].reset_index(drop=True)

@@ -1,0 +1,135 @@
+"""The notebook series: structure rules (fast, no kernel) and nbval in the smoke profile.
+
+nbval runs each notebook in its own ``pytest --nbval-lax`` subprocess on a copy prepared by
+``papermill --prepare-only`` (profile ``smoke``, the session's runs directory from
+``tests/conftest.py::smoke_pipeline``). Every cell must run without error and the cells marked
+``# NBVAL_CHECK_OUTPUT`` must reproduce their stored output (``notebooks/nbval_sanitize.cfg``
+masks paths and timings).
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import papermill
+import pytest
+
+from kdnb.results import NOTEBOOKS
+
+ROOT = Path(__file__).resolve().parent.parent
+NB_DIR = ROOT / "notebooks"
+SANITIZE = NB_DIR / "nbval_sanitize.cfg"
+CHECK = "# NBVAL_CHECK_OUTPUT"
+# Statements that would mean logic lives in a notebook instead of in kdnb.
+FORBIDDEN = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.For, ast.AsyncFor, ast.While, ast.Lambda,
+             ast.ListComp, ast.DictComp, ast.SetComp, ast.GeneratorExp)
+
+
+def _read(name: str) -> nbformat.NotebookNode:
+    return nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)
+
+
+def _code(nb):
+    return [c for c in nb.cells if c.cell_type == "code"]
+
+
+def _parameters_cells(nb):
+    return [c for c in _code(nb) if "parameters" in c.metadata.get("tags", [])]
+
+
+def test_series_is_complete():
+    assert sorted(p.stem for p in NB_DIR.glob("*.ipynb")) == sorted(NOTEBOOKS)
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_structure(name):
+    nb = _read(name)
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    first = nb.cells[0]
+    assert first.cell_type == "markdown", "a notebook opens with markdown"
+    text = first.source
+    assert "**Reads**" in text and "**Writes**" in text, "the intro says what the notebook reads and writes"
+    assert "$" in text, "the intro states the loss or method in LaTeX"
+    assert len(_parameters_cells(nb)) == 1, "exactly one cell tagged `parameters`"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_parameters_cell_holds_literals_only(name):
+    """Papermill injects values after the cell, so anything derived in it would go stale."""
+    (cell,) = _parameters_cells(_read(name))
+    tree = ast.parse(cell.source)
+    names = []
+    for stmt in tree.body:
+        assert isinstance(stmt, (ast.Assign, ast.AnnAssign)), f"only assignments: {ast.unparse(stmt)}"
+        ast.literal_eval(stmt.value)  # raises on anything but a literal
+        target = stmt.targets[0] if isinstance(stmt, ast.Assign) else stmt.target
+        names.append(target.id)
+    assert {"profile", "runs_dir", "data_dir", "figures_dir"} <= set(names)
+    # `papermill --help-notebook` must list every parameter with its default
+    inferred = papermill.inspect_notebook(str(NB_DIR / f"{name}.ipynb"))
+    assert list(inferred) == names
+    assert all(inferred[n]["default"] for n in names)
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_cells_hold_no_logic(name):
+    for cell in _code(_read(name)):
+        for node in ast.walk(ast.parse(cell.source)):
+            assert not isinstance(node, FORBIDDEN), (
+                f"{name}: `{type(node).__name__}` in a cell — move it into kdnb:\n{cell.source}")
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_committed_outputs_are_only_checked_ones(name):
+    nb = _read(name)
+    for cell in _code(nb):
+        if cell.source.startswith(CHECK):
+            assert cell.outputs, f"{name}: checked cell has no stored output (run tools/make_notebooks.py --outputs)"
+            assert all(o.output_type == "stream" and o.name == "stdout" for o in cell.outputs)
+        else:
+            assert not cell.outputs, f"{name}: commit notebooks without outputs except checked cells"
+
+
+def test_notebooks_match_generator():
+    out = subprocess.run([sys.executable, str(ROOT / "tools" / "make_notebooks.py"), "--check"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr + "\nregenerate: python tools/make_notebooks.py"
+
+
+# ---------------------------------------------------------------- nbval
+def _prepare(name: str, runs_dir: Path, dest: Path) -> Path:
+    out = dest / f"{name}.ipynb"
+    papermill.execute_notebook(str(NB_DIR / f"{name}.ipynb"), str(out), prepare_only=True, kernel_name="python3",
+                               parameters={"profile": "smoke", "runs_dir": str(runs_dir)}, progress_bar=False)
+    return out
+
+
+def _nbval(path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "--nbval-lax", "--sanitize-with", str(SANITIZE), "-p", "no:cacheprovider",
+         "-q", "--nbval-cell-timeout", "600", "-o", "addopts=", str(path)],
+        cwd=path.parent, capture_output=True, text=True,
+    )
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_nbval(name, smoke_pipeline, tmp_path):
+    result = _nbval(_prepare(name, smoke_pipeline.runs_dir, tmp_path))
+    assert result.returncode == 0, f"nbval failed for {name}:\n{result.stdout[-6000:]}\n{result.stderr[-2000:]}"
+
+
+def test_nbval_catches_a_changed_number(smoke_pipeline, tmp_path):
+    """A checked output that no longer matches fails: the check cells really are compared."""
+    path = _prepare("00_setup_and_data", smoke_pipeline.runs_dir, tmp_path)
+    nb = nbformat.read(path, as_version=4)
+    cell = next(c for c in nb.cells if c.cell_type == "code" and c.source.startswith(CHECK)
+                and "0.9" in c.outputs[0].text)  # the loss-weight table: KD weight 0.9
+    cell.outputs[0].text = cell.outputs[0].text.replace("0.9", "0.8")
+    nbformat.write(nb, path)
+    result = _nbval(path)
+    assert result.returncode != 0
+    assert "0.8" in result.stdout

@@ -1,0 +1,86 @@
+"""``python -m kdnb pipeline`` and the tables/figures it leaves behind (smoke profile)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from kdnb.cli import main
+from kdnb.config import STUDENT_CONFIGS, ConfigError
+from kdnb.pipeline import plan
+from kdnb.results import LABELS, NOTEBOOKS, MissingInput, notebook_hint, resolve_seeds
+
+FIGURES = [
+    "00_samples", "00_split", "01_teacher_curves",
+    *[f"{nb}_seed0_curves" for nb in ("02_baseline", "03_kd", "04_kd_fa", "05_kd_at", "06_kd_fa_at")],
+    "07_attention_seed0", "07_attention_distance",
+    "08_accuracy", "08_learning_curves", "08_robustness_heatmap", "08_robustness_severity", "08_reliability",
+]
+
+
+def test_smoke_pipeline_writes_table_and_figures(smoke_pipeline):
+    figs = smoke_pipeline.figures_dir
+    table = pd.read_csv(figs / "results.csv")
+    assert list(table["config"]) == list(STUDENT_CONFIGS)
+    assert table["test_acc_mean"].between(0, 100).all()
+    md = (figs / "results_table.md").read_text()
+    for config in STUDENT_CONFIGS:
+        assert f"| {LABELS[config]} |" in md
+    assert "## Provenance" in md and "profile: smoke" in md
+    missing = [f for f in FIGURES if not (figs / f"{f}.png").is_file()]
+    assert not missing, f"figures not written: {missing}"
+    evaluation = smoke_pipeline.runs_dir / "smoke" / "evaluation"
+    for csv in ("attention_distance", "efficiency", "per_run", "robustness"):
+        assert (evaluation / f"{csv}.csv").is_file()
+    executed = sorted(p.stem for p in (smoke_pipeline.runs_dir / "smoke" / "notebooks").glob("*.ipynb"))
+    assert len(executed) == len(NOTEBOOKS)
+    assert [s.notebook for s in smoke_pipeline.steps] == list(NOTEBOOKS)
+    assert all(s.seconds > 0 for s in smoke_pipeline.steps)
+
+
+def test_pipeline_skips_finished_runs(smoke_pipeline, capsys):
+    metrics = smoke_pipeline.runs_dir / "smoke" / "baseline" / "seed0" / "metrics.json"
+    before = metrics.stat().st_mtime_ns
+    assert main(["pipeline", "--profile", "smoke", "--runs-dir", str(smoke_pipeline.runs_dir), "--only", "02"]) == 0
+    assert metrics.stat().st_mtime_ns == before
+    out = capsys.readouterr().out
+    assert "kdnb pipeline finished in" in out and "02_baseline (seed 0)" in out
+
+
+def test_failure_names_notebook_and_cell(tmp_path, capsys):
+    """A student notebook without its teacher stops at its first code cell with one line."""
+    assert main(["pipeline", "--profile", "smoke", "--runs-dir", str(tmp_path), "--only", "03"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    line = err[0]
+    assert "notebook 03_kd (seed 0) failed in cell" in line
+    assert "MissingInput: run notebooks/01_train_teacher.ipynb first" in line
+    assert not (tmp_path / "smoke" / "kd").exists()
+
+
+def test_plan_runs_students_once_per_seed(tmp_path):
+    steps = plan("smoke", [0, 1], tmp_path, None, tmp_path / "figs")
+    names = [(s.notebook, s.parameters.get("seed")) for s in steps]
+    assert names[:2] == [("00_setup_and_data", None), ("01_train_teacher", 0)]
+    assert names[-2:] == [("07_masks_and_attention", 0), ("08_results", None)]
+    students = names[2:-2]
+    assert len(students) == 10 and {s for _, s in students} == {0, 1}
+    assert steps[-1].parameters["seeds"] == [0, 1]
+    assert all(Path(s.parameters["runs_dir"]).is_absolute() for s in steps)
+    assert "epochs" not in steps[0].parameters  # only parameters a notebook declares are passed
+
+
+def test_unknown_notebook_prefix_is_one_line(tmp_path, capsys):
+    assert main(["pipeline", "--profile", "smoke", "--runs-dir", str(tmp_path), "--only", "42"]) == 2
+    assert "no such notebook" in capsys.readouterr().err
+    with pytest.raises(ConfigError):
+        plan("smoke", [0], tmp_path, None, tmp_path, notebooks=["9"])
+
+
+def test_missing_input_message_names_the_notebook(tmp_path):
+    with pytest.raises(MissingInput, match=r"run notebooks/02_baseline.ipynb first \(profile='smoke', seed=0\)"):
+        resolve_seeds(tmp_path, "smoke")
+    assert notebook_hint("teacher", "cpu", 3) == "run notebooks/01_train_teacher.ipynb first (profile='cpu')"
+    assert MissingInput("x")._render_traceback_() == ["MissingInput: x"]
