@@ -22,11 +22,11 @@ TEACHER = "teacher"
 # - KD: T=4, CE 0.1 / KD 0.9 (Hinton et al.; RepDistiller and mdistiller use the same).
 # - AT: beta = 1000 (Zagoruyko & Komodakis; RepDistiller, mdistiller).
 # - FA: the literature's weight is 100 after a conv-BN-ReLU connector (FitNets hint loss as in
-#   RepDistiller). Measured at the start of a `cpu`-profile kd_fa_at run (first batch, trained
-#   teacher's layer3, student at initialisation): CE 2.5, KD 2.1, FA 1.9, AT 0.011 (raw), so
-#   w_fa=100 makes FA ~190 against ~1.9 for 0.9·KD and ~0.25 for 0.1·CE — two orders of magnitude
-#   above the other terms. kdnb therefore uses w_fa=1 (FA ≈ KD at the start); AT keeps the
-#   literature's 1000 (~10, within one order of magnitude of KD). Override with --set w_fa=100.
+#   RepDistiller). Measured at the start of a `cpu`-profile kd_fa_at run (student at
+#   initialisation, weighted terms on the first batches): with the teacher after 2 of its 15
+#   epochs CE 0.25, KD 1.9, FA 190, AT 10.6; after 10 epochs CE 0.25, KD 3.3, FA 70, AT 6.0. FA
+#   at weight 100 sits 20–100× above KD and ~300× above CE, so kdnb uses w_fa=1 (FA 0.7–1.9, the
+#   size of KD). AT keeps the literature's 1000 (2–6× KD). Override with --set w_fa=100.
 PRESETS: dict[str, dict[str, float]] = {
     TEACHER: {"w_ce": 1.0, "w_kd": 0.0, "w_fa": 0.0, "w_at": 0.0},
     "baseline": {"w_ce": 1.0, "w_kd": 0.0, "w_fa": 0.0, "w_at": 0.0},

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,8 +158,10 @@ def _decode_files(files: list[tuple[Path, int]]) -> tuple[torch.Tensor, torch.Te
             raise DataError(f"{item[0]} is {tuple(img.shape[1:])} pixels; kdnb expects 32×32 CIFAR images")
         return img
 
-    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
-        images = list(pool.map(one, files, chunksize=256))
+    with warnings.catch_warnings():  # torchvision 0.29 deprecates its codecs in favour of torchcodec
+        warnings.simplefilter("ignore", DeprecationWarning)
+        with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
+            images = list(pool.map(one, files, chunksize=256))
     return torch.stack(images), torch.tensor([lab for _, lab in files], dtype=torch.long)
 
 
@@ -215,7 +218,7 @@ def load_dataset(
         return _load_batches(batches)
     if (path / "train").is_dir() and (path / "test").is_dir():
         return _load_image_folder(path)
-    if name == DEFAULT_DATA_DIR and (not path.exists() or not any(path.iterdir())):
+    if path.name == DEFAULT_DATA_DIR and (not path.exists() or not any(path.iterdir())):  # ./data: download
         return _download(path)
     if not path.exists():
         raise DataError(f"data directory {name!r} does not exist. " + _options_hint(name))

@@ -99,7 +99,8 @@ def _top_fraction(scores: torch.Tensor, keep: float) -> torch.Tensor:
 def causal_mask(
     cam: torch.Tensor, keep: float = 0.5, mode: str = "binary", size: tuple[int, int] | None = None
 ) -> torch.Tensor:
-    """Mask from a Grad-CAM: ``binary`` keeps the top ``keep`` fraction, ``soft`` is the cam itself.
+    """Mask from a Grad-CAM: ``binary`` keeps the top ``keep`` fraction of the positions with a
+    positive cam, ``soft`` is the cam itself.
 
     ``size`` resizes the cam (bilinear) to the student's feature size *before* thresholding, so a
     binary mask keeps exactly the requested fraction at the student's resolution.
@@ -109,7 +110,9 @@ def causal_mask(
     if size is not None:
         cam = resize_map(cam, size)
     if mode == "binary":
-        return _top_fraction(cam, keep)
+        # Only positions the cam marks at all can be causal: an all-zero cam (no evidence for the
+        # class at this stage) gives an empty mask, not the top-left corner by tie-breaking.
+        return _top_fraction(cam, keep) * (cam > 0)
     if mode == "soft":
         return cam.float()
     raise ValueError(f"unknown cam mask type {mode!r}; allowed: {', '.join(CAM_TYPES)}")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import platform
 import shutil
 import subprocess
 import time
@@ -27,7 +26,8 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .config import RunConfig, config_from_dict
-from .data import Dataset, augment, epoch_batches, load_dataset, normalize, resolve_data_dir, stratified_split
+from .data import Dataset, augment, epoch_batches, load_dataset, normalize, stratified_split
+from .efficiency import device_name
 from .masks import make_masks, teacher_forward
 from .models import build_model, count_parameters
 from .objective import TERMS, Objective
@@ -165,7 +165,7 @@ def _provenance(cfg: RunConfig, device: torch.device, data: Dataset, n_train: in
         "kdnb_version": __version__,
         "git_commit": _git_commit(),
         "torch_version": torch.__version__,
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device_name": device_name(device),
         "device_type": device.type,
         "torch_threads": torch.get_num_threads(),
         "data_source": data.source,

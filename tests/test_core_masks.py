@@ -90,9 +90,10 @@ def test_binary_mask_keeps_exact_fraction_with_deterministic_ties():
         kept_min = torch.where(m.bool(), cam, torch.inf).flatten(1).amin(1)
         dropped_max = torch.where(m.bool(), -torch.inf, cam).flatten(1).amax(1)
         assert torch.all(kept_min >= dropped_max)
-    ties = torch.zeros(1, 4, 4)
+    ties = torch.full((1, 4, 4), 0.5)
     m = causal_mask(ties, 0.25)
     assert m.flatten().tolist()[:4] == [1, 1, 1, 1] and m.sum() == 4  # lowest indices win ties
+    assert causal_mask(torch.zeros(2, 4, 4), 0.5).sum() == 0  # no evidence, no mask
     torch.testing.assert_close(causal_mask(cam, 0.5, "soft"), cam)
 
 

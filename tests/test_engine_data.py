@@ -130,5 +130,5 @@ def test_real_cifar10_directory():
     assert ds.train_x.shape == (50000, 3, 32, 32) and ds.test_x.shape == (10000, 3, 32, 32)
     assert torch.all(ds.train_y.bincount() == 5000) and torch.all(ds.test_y.bincount() == 1000)
     assert ds.classes == ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-    mean = ds.train_x[:5000].float().mean((0, 2, 3)) / 255
+    mean = ds.train_x[::10].float().mean((0, 2, 3)) / 255  # every class (the files are sorted by class)
     assert torch.allclose(mean, torch.tensor([0.4914, 0.4822, 0.4465]), atol=0.02)
