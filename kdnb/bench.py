@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -40,6 +39,7 @@ import torch.nn.functional as F
 
 from .config import STUDENT_CONFIGS, TEACHER, RunConfig, make_config
 from .data import MEAN, STD, augment, epoch_batches, load_dataset, make_synthetic, normalize
+from .efficiency import device_name
 from .masks import causal_mask, teacher_forward
 from .models import build_model, count_parameters
 from .train import _autocast, build_stepper, build_student, resolve_device
@@ -112,19 +112,6 @@ class ReferenceStep:
 
 
 # ---------------------------------------------------------------- helpers
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or device.type
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -250,7 +237,7 @@ def run_bench(profile: str = "cpu", steps: int = 20, device: str = "auto", json_
     order = [v for v in VARIANTS if v in fns]
 
     meta = {
-        "profile": profile, "device": dev.type, "device_name": _device_name(dev),
+        "profile": profile, "device": dev.type, "device_name": device_name(dev),
         "torch_version": torch.__version__, "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(), "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY",
                                                                       "MKL_NUM_THREADS") if k in os.environ},

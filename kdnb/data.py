@@ -191,18 +191,21 @@ def _load_image_folder(path: Path) -> Dataset:
     return Dataset(train_x, train_y, test_x, test_y, tuple(train_classes), source)
 
 
-def _download(path: Path) -> Dataset:
+def download_cifar10(path: str | os.PathLike) -> Path:
+    """Download canonical CIFAR-10 with torchvision into ``path`` (nothing if it is there already)."""
     from torchvision.datasets import CIFAR10
 
-    try:
-        CIFAR10(str(path), train=True, download=True)
-    except Exception as exc:  # network errors come in many types
-        raise DataError(
-            f"could not download CIFAR-10 into {str(path)!r} ({exc.__class__.__name__}: {exc}). "
-            "Offline? Point --data-dir / KDNB_DATA_DIR at a local cifar-10-batches-py or image-folder copy, "
-            "or use 'synthetic'."
-        ) from None
-    return _load_batches(path / "cifar-10-batches-py")
+    path = Path(path)
+    if _find_batches_dir(path) is None:
+        try:
+            CIFAR10(str(path), train=True, download=True)
+        except Exception as exc:  # network errors come in many types
+            raise DataError(
+                f"could not download CIFAR-10 into {str(path)!r} ({exc.__class__.__name__}: {exc}). "
+                "Offline? Point --data-dir / data_dir / KDNB_DATA_DIR at a local cifar-10-batches-py or "
+                "image-folder copy, or use 'synthetic' (the smoke profile)."
+            ) from None
+    return path / "cifar-10-batches-py"
 
 
 def load_dataset(
@@ -219,7 +222,7 @@ def load_dataset(
     if (path / "train").is_dir() and (path / "test").is_dir():
         return _load_image_folder(path)
     if path.name == DEFAULT_DATA_DIR and (not path.exists() or not any(path.iterdir())):  # ./data: download
-        return _download(path)
+        return _load_batches(download_cifar10(path))
     if not path.exists():
         raise DataError(f"data directory {name!r} does not exist. " + _options_hint(name))
     raise DataError(_options_hint(name))

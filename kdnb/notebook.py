@@ -166,22 +166,11 @@ def context(
 
 
 def download_cifar10(path: str | os.PathLike) -> None:
-    """Download CIFAR-10 (torchvision) into ``path`` unless a copy is already there."""
-    from .data import DataError
+    """Download CIFAR-10 (torchvision) into ``path`` unless a copy (or an image folder) is there."""
+    from .data import download_cifar10 as _download
 
-    path = Path(path)
-    if (path / "cifar-10-batches-py" / "test_batch").is_file() or (path / "train").is_dir():
-        return
-    try:
-        from torchvision.datasets import CIFAR10
-
-        CIFAR10(str(path), train=True, download=True)
-    except Exception as exc:  # network errors come in many types
-        raise DataError(
-            f"could not download CIFAR-10 into {str(path)!r} ({exc.__class__.__name__}: {exc}). Offline? Set the "
-            "data_dir parameter or KDNB_DATA_DIR to a local cifar-10-batches-py or image-folder copy, or use "
-            "profile 'smoke'."
-        ) from None
+    if not (Path(path) / "train").is_dir():
+        _download(path)
 
 
 def presets_table():

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from kdnb.config import make_config
 from kdnb.runs import CHECKPOINT_FILE, METRICS_FILE
