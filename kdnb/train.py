@@ -387,7 +387,7 @@ def _check_finite(bad: torch.Tensor, epoch: int) -> None:
         if s >= 0:
             term = (*TERMS, "total")[i]
             raise TrainingError(
-                f"loss term '{term}' became {'NaN/inf'} at epoch {epoch}, step {s}: lower lr or the term's weight "
+                f"loss term '{term}' became NaN/inf at epoch {epoch}, step {s}: lower lr or the term's weight "
                 "(the last good epoch is in checkpoint.pt)"
             )
 
