@@ -42,7 +42,7 @@ from .data import MEAN, STD, augment, epoch_batches, load_dataset, make_syntheti
 from .efficiency import device_name
 from .masks import causal_mask, teacher_forward
 from .models import build_model, count_parameters
-from .train import _autocast, build_stepper, build_student, resolve_device
+from .train import _autocast, amp_active, build_stepper, build_student, resolve_device
 
 REFERENCE = "reference"
 PIECES: tuple[str, ...] = ("teacher_forward", "gradcam_mask")
@@ -176,8 +176,6 @@ def run_bench(profile: str = "cpu", steps: int = 20, device: str = "auto", json_
     torch.manual_seed(tcfg.seed)
     teacher = build_model(tcfg.arch, cbam=tcfg.cbam, stem=tcfg.stem, width=tcfg.width).to(dev)
     teacher.eval().requires_grad_(False)
-    if dev.type == "cuda":
-        teacher = teacher.to(memory_format=torch.channels_last)
     train_x, train_y = x_cpu.to(dev), y_cpu.to(dev)  # the dataset resident on the device
     steps_per_epoch = len(y_cpu) // bs
 
@@ -197,14 +195,14 @@ def run_bench(profile: str = "cpu", steps: int = 20, device: str = "auto", json_
 
         fns[c] = kdnb_step
 
-    # Pieces: a few fixed prepared batches, so only the teacher (and mask) work is timed.
+    # Pieces: a few fixed prepared batches, so only the teacher (and mask) work is timed, with the
+    # teacher exactly as the training steps prepare it (BN folded, channels_last, compiled if on).
     mcfg = cfgs["kd_fa_at"]
+    piece_teacher = build_stepper(mcfg, teacher, dev, steps_per_epoch).teacher
     g = torch.Generator().manual_seed(seed)
     fixed = []
     for idx in epoch_batches(len(y_cpu), bs, g)[:4]:
-        xb = normalize(augment(train_x[idx.to(dev)], g))
-        if dev.type == "cuda":
-            xb = xb.contiguous(memory_format=torch.channels_last)
+        xb = normalize(augment(train_x[idx.to(dev)], g)).contiguous(memory_format=torch.channels_last)
         fixed.append((xb, train_y[idx.to(dev)]))
     torch.manual_seed(base.seed)
     probe = build_student(base).to(dev).eval()
@@ -221,12 +219,12 @@ def run_bench(profile: str = "cpu", steps: int = 20, device: str = "auto", json_
     def teacher_piece() -> None:
         xb, _ = next_fixed()
         with _autocast(dev, mcfg.amp):
-            teacher_forward(teacher, xb)
+            teacher_forward(piece_teacher, xb)
 
     def mask_piece() -> None:
         xb, yb = next_fixed()
         with _autocast(dev, mcfg.amp):
-            _, _, cam = teacher_forward(teacher, xb, mcfg.cam_stage, yb)
+            _, _, cam = teacher_forward(piece_teacher, xb, mcfg.cam_stage, yb)
             for hw in sizes.values():
                 causal_mask(cam, mcfg.keep, mcfg.cam_type, hw)
 
@@ -247,7 +245,7 @@ def run_bench(profile: str = "cpu", steps: int = 20, device: str = "auto", json_
                     "params": count_parameters(build_student(base))},
         "teacher": {"arch": tcfg.arch, "width": tcfg.width, "cbam": tcfg.cbam, "stem": tcfg.stem,
                     "params": count_parameters(teacher), "weights": "random init (speed only)"},
-        "amp_bf16": bool(base.amp and dev.type == "cuda"), "channels_last": dev.type == "cuda",
+        "amp_bf16": amp_active(dev, base.amp), "channels_last": True, "teacher_bn_folded": True,
         "compile": base.compile, "cam_stage": mcfg.cam_stage, "stages": mcfg.stages,
         "reference_loader": {"num_workers": NUM_WORKERS, "persistent_workers": True,
                              "prefetch_factor": PREFETCH_FACTOR, "pin_memory": False, "fp32": True},

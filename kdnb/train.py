@@ -10,6 +10,7 @@ order, augmentation and random masks, and all random states are saved in the che
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
 import shutil
@@ -31,6 +32,7 @@ from .efficiency import device_name
 from .masks import make_masks, teacher_forward
 from .models import build_model, count_parameters
 from .objective import TERMS, Objective
+from .speedups import compile_stages, fold_batchnorm
 from .runs import (
     BEST_FILE, CHECKPOINT_FILE, CONFIG_FILE, HISTORY_FILE, METRICS_FILE,
     is_finished, load_torch, read_json, run_path, save_torch, write_json,
@@ -71,9 +73,19 @@ def _git_commit() -> str | None:
         return None
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU runs bf16 convolutions natively (AVX512-BF16/AMX), so autocast pays off."""
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def amp_active(device: torch.device, enabled: bool) -> bool:
+    """bf16 autocast is used on CUDA and on CPUs with native bf16; elsewhere ``amp`` is a no-op."""
+    return enabled and (device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16()))
+
+
 def _autocast(device: torch.device, enabled: bool):
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if amp_active(device, enabled):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -245,7 +257,11 @@ def build_stepper(cfg: RunConfig, teacher: nn.Module | None, device: torch.devic
     student = student.to(memory_format=torch.channels_last)
     objective = objective.to(memory_format=torch.channels_last)
     if teacher is not None:
-        teacher = teacher.to(memory_format=torch.channels_last)
+        # A private copy with BN folded into the convolutions (exact up to rounding), so the
+        # caller's teacher is untouched; compiled stage by stage when ``compile`` is on.
+        teacher = fold_batchnorm(copy.deepcopy(teacher)).to(memory_format=torch.channels_last)
+        if cfg.compile:
+            compile_stages(teacher)
     params = list(student.parameters()) + list(objective.parameters())
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                           nesterov=cfg.nesterov)
