@@ -40,7 +40,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     result = train(cfg, args.runs_dir, force=args.force, progress=not args.quiet)
     m = result.metrics
-    print(f"{cfg.config} seed{cfg.seed}: best epoch {m['best_epoch']}, val acc {m['val_acc']:.4f}, "
+    print(f"{cfg.run_name} seed{cfg.seed}: best epoch {m['best_epoch']}, val acc {m['val_acc']:.4f}, "
           f"test acc {m['test_acc']:.4f}")
     print(f"results: {result.run_dir}")
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -72,6 +73,8 @@ class RunConfig:
 
     config: str = "baseline"
     profile: str = "smoke"
+    # the run's folder under the profile (None: the config's name); ablations name their variants
+    name: str | None = None
     seed: int = 0
     # data
     data_dir: str | None = None  # None: KDNB_DATA_DIR, else ./data (torchvision download)
@@ -119,6 +122,11 @@ class RunConfig:
     @property
     def is_teacher(self) -> bool:
         return self.config == TEACHER
+
+    @property
+    def run_name(self) -> str:
+        """Folder of this run under ``<runs_dir>/<profile>/`` (one per seed below it)."""
+        return self.name or self.config
 
     @property
     def needs_teacher(self) -> bool:
@@ -227,6 +235,11 @@ def validate(cfg: RunConfig) -> RunConfig:
     for s in cfg.stages:
         if s not in STAGES:
             raise ConfigError(f"setting stages: unknown stage {s!r}; allowed: {', '.join(STAGES)}")
+    if cfg.name is not None:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", cfg.name):
+            raise ConfigError(f"setting name={cfg.name!r}: use letters, digits, '_', '-' and '.' only")
+        if cfg.name in CONFIGS and cfg.name != cfg.config or cfg.name in ("notebooks", "evaluation"):
+            raise ConfigError(f"setting name={cfg.name!r} is taken by another run folder; choose another name")
     if cfg.is_teacher and (cfg.w_kd or cfg.w_fa or cfg.w_at):
         raise ConfigError("the teacher trains with cross-entropy only: w_kd, w_fa and w_at must be 0")
     if cfg.w_ce + cfg.w_kd + cfg.w_fa + cfg.w_at == 0:

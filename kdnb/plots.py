@@ -261,3 +261,24 @@ def attention_grid(panel: Mapping[str, object]):
                             rotation=20)
     fig.tight_layout()
     return fig
+
+
+def ablation_points(runs: pd.DataFrame, title: str = "KD+FA+AT: which mask?"):
+    """Test top-1 per mask variant of the ablation (09): lines join each seed's runs, so the
+    seed-paired comparison the table makes is visible; black bars = mean ± 1 std."""
+    import seaborn as sns
+
+    order = list(dict.fromkeys(runs["variant"]))
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    x = {v: i for i, v in enumerate(order)}
+    for seed, grp in runs.groupby("seed"):
+        g = grp.set_index("variant").reindex(order)
+        ax.plot([x[v] for v in order], g["test_acc"], marker="o", alpha=0.6, label=f"seed {seed}")
+    sns.pointplot(data=runs, x="variant", y="test_acc", order=order, errorbar="sd", color="black",
+                  linestyles="none", markers="_", capsize=0.2, ax=ax)
+    ax.set_xlabel("mask (mode, keep fraction)")
+    ax.set_ylabel("test top-1 accuracy (%)")
+    ax.set_title(title)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig

@@ -24,7 +24,7 @@ from .runs import CONFIG_FILE, HISTORY_FILE, METRICS_FILE, is_finished, read_jso
 # The numbered notebooks, in the order the pipeline runs them.
 NOTEBOOKS: tuple[str, ...] = (
     "00_setup_and_data", "01_train_teacher", "02_baseline", "03_kd", "04_kd_fa", "05_kd_at",
-    "06_kd_fa_at", "07_masks_and_attention", "08_results",
+    "06_kd_fa_at", "07_masks_and_attention", "08_results", "09_mask_ablation",
 )
 # The notebook that trains each configuration.
 NOTEBOOK_FOR: dict[str, str] = {

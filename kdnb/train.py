@@ -286,7 +286,7 @@ def train(
     ``max_epochs`` stops after that many completed epochs *of this call* without finishing the
     run (for tests and benchmarks); a later call resumes where it stopped.
     """
-    run_dir = run_path(runs_dir, cfg.profile, cfg.config, cfg.seed)
+    run_dir = run_path(runs_dir, cfg.profile, cfg.run_name, cfg.seed)
     if is_finished(run_dir) and not force:
         _prepare_run_dir(run_dir, cfg, force=False)
         return RunResult(run_dir, cfg, read_json(run_dir / HISTORY_FILE), read_json(run_dir / METRICS_FILE))
@@ -339,7 +339,7 @@ def train(
         sums = torch.zeros(len(TERMS) + 2, device=device)  # terms..., total, correct
         bad = torch.full((len(TERMS) + 1,), -1, device=device, dtype=torch.long)
         t0 = time.perf_counter()
-        bar = tqdm(batches, desc=f"{cfg.config} epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False,
+        bar = tqdm(batches, desc=f"{cfg.run_name} epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False,
                    mininterval=1.0)
         seen = 0
         for step, idx in enumerate(bar, start=1):
@@ -384,7 +384,7 @@ def train(
         write_json(run_dir / HISTORY_FILE, state["history"])
         epochs_this_call += 1
         if progress:
-            print(f"{cfg.config} seed{cfg.seed} epoch {epoch:>2}: train loss {record['train_loss']:.4f}  "
+            print(f"{cfg.run_name} seed{cfg.seed} epoch {epoch:>2}: train loss {record['train_loss']:.4f}  "
                   f"val loss {val_loss:.4f}  val acc {val_acc:.4f}  {record['images_per_s']:.0f} img/s  "
                   f"{train_seconds:.1f} s" + ("  (early stop)" if state["stopped_early"] else ""))
 
@@ -417,7 +417,7 @@ def _finish(run_dir: Path, cfg: RunConfig, model: nn.Module, state: dict, data: 
     test_loss, test_acc = evaluate(model, data.test_x.to(device), data.test_y.to(device), cfg.eval_batch_size, cfg.amp)
     best = state["history"][state["best_epoch"] - 1]
     metrics = {
-        "config": cfg.config, "profile": cfg.profile, "seed": cfg.seed, "finished": True,
+        "config": cfg.config, "run_name": cfg.run_name, "profile": cfg.profile, "seed": cfg.seed, "finished": True,
         "best_epoch": state["best_epoch"], "epochs_run": state["epoch"], "stopped_early": state["stopped_early"],
         "val_loss": best["val_loss"], "val_acc": best["val_acc"], "test_loss": test_loss, "test_acc": test_acc,
         "params": count_parameters(model), "train_seconds": sum(h["seconds"] for h in state["history"]),

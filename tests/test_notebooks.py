@@ -84,14 +84,20 @@ def test_cells_hold_no_logic(name):
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_committed_outputs_are_only_checked_ones(name):
+def test_committed_outputs_are_checked_ones_or_a_named_reference_run(name):
     nb = _read(name)
+    origin = nb.metadata.get("kdnb", {}).get("outputs_from")
     for cell in _code(nb):
         if cell.source.startswith(CHECK):
             assert cell.outputs, f"{name}: checked cell has no stored output (run tools/make_notebooks.py --outputs)"
             assert all(o.output_type == "stream" and o.name == "stdout" for o in cell.outputs)
-        else:
-            assert not cell.outputs, f"{name}: commit notebooks without outputs except checked cells"
+        elif cell.outputs:
+            assert origin, f"{name}: outputs outside checked cells must come from a reference run (--from-run)"
+            for o in cell.outputs:
+                assert not (o.output_type == "stream" and o.name == "stderr"), f"{name}: stderr committed"
+                assert "application/vnd.jupyter.widget-view+json" not in o.get("data", {}), f"{name}: widget"
+                text = str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
+                assert str(ROOT.parent) + "/" not in text, f"{name}: absolute path in a committed output"
 
 
 def test_notebooks_match_generator():

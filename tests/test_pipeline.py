@@ -17,6 +17,7 @@ FIGURES = [
     *[f"{nb}_seed0_curves" for nb in ("02_baseline", "03_kd", "04_kd_fa", "05_kd_at", "06_kd_fa_at")],
     "07_attention_seed0", "07_attention_distance",
     "08_accuracy", "08_learning_curves", "08_robustness_heatmap", "08_robustness_severity", "08_reliability",
+    "09_mask_ablation",
 ]
 
 
@@ -34,6 +35,12 @@ def test_smoke_pipeline_writes_table_and_figures(smoke_pipeline):
     evaluation = smoke_pipeline.runs_dir / "smoke" / "evaluation"
     for csv in ("attention_distance", "efficiency", "per_run", "robustness"):
         assert (evaluation / f"{csv}.csv").is_file()
+    ablation = (figs / "ablation_table.md").read_text()
+    for variant in ("none", "random 0.25", "random 0.5", "gradcam 0.25", "gradcam 0.5"):
+        assert f"| {variant} |" in ablation
+    assert "## Conclusion" in ablation and "## Provenance" in ablation
+    for run in ("kd_fa_at-none", "kd_fa_at-random-keep0.25", "kd_fa_at-random-keep0.5", "kd_fa_at-gradcam-keep0.25"):
+        assert (smoke_pipeline.runs_dir / "smoke" / run / "seed0" / "metrics.json").is_file(), run
     executed = sorted(p.stem for p in (smoke_pipeline.runs_dir / "smoke" / "notebooks").glob("*.ipynb"))
     assert len(executed) == len(NOTEBOOKS)
     assert [s.notebook for s in smoke_pipeline.steps] == list(NOTEBOOKS)
@@ -64,8 +71,8 @@ def test_plan_runs_students_once_per_seed(tmp_path):
     steps = plan("smoke", [0, 1], tmp_path, None, tmp_path / "figs")
     names = [(s.notebook, s.parameters.get("seed")) for s in steps]
     assert names[:2] == [("00_setup_and_data", None), ("01_train_teacher", 0)]
-    assert names[-2:] == [("07_masks_and_attention", 0), ("08_results", None)]
-    students = names[2:-2]
+    assert names[-3:] == [("07_masks_and_attention", 0), ("08_results", None), ("09_mask_ablation", None)]
+    students = names[2:-3]
     assert len(students) == 10 and {s for _, s in students} == {0, 1}
     assert steps[-1].parameters["seeds"] == [0, 1]
     assert all(Path(s.parameters["runs_dir"]).is_absolute() for s in steps)
@@ -76,7 +83,7 @@ def test_unknown_notebook_prefix_is_one_line(tmp_path, capsys):
     assert main(["pipeline", "--profile", "smoke", "--runs-dir", str(tmp_path), "--only", "42"]) == 2
     assert "no such notebook" in capsys.readouterr().err
     with pytest.raises(ConfigError):
-        plan("smoke", [0], tmp_path, None, tmp_path, notebooks=["9"])
+        plan("smoke", [0], tmp_path, None, tmp_path, notebooks=["19"])
 
 
 def test_missing_input_message_names_the_notebook(tmp_path):

@@ -550,6 +550,87 @@ ctx.save(fig, "08_reliability")
         code('results.summarize_metric(distances, "attention_distance")'),
         md("## Answers to the paper's questions\n\nThe text below is built from the tables above."),
         code("Markdown(results.research_answers(runs, students, efficiency, distances))"),
+        md("Next: `09_mask_ablation.ipynb` tests the causal masks against no mask and random masks."),
+    ]
+
+
+def nb09() -> list[dict]:
+    return [
+        md(r"""
+# 09 · Causal-mask ablation: Grad-CAM masks against no mask and random masks
+
+**What.** Trains KD+FA+AT (the paper's full method, notebook 06) with three kinds of mask $M$ in
+$\mathcal{L}_{FA}(M)$ and $\mathcal{L}_{AT}(M)$:
+
+- `none`: $M \equiv 1$, transfer over the whole feature map;
+- `random`: for every image and step a fresh binary mask keeping a random `keep` fraction of positions;
+- `gradcam`: the teacher's Grad-CAM causal mask keeping the top `keep` fraction (as in 04–06),
+
+with `keep` ∈ {0.25, 0.5}, over the same seeds, split, teacher and recipe as the main series. The table
+gives test top-1 mean ± std and the seed-paired difference to `none`,
+$\Delta = \frac{1}{n}\sum_s (a^{mask}_s - a^{none}_s)$ with its 95% Student-t interval, plus Grad-CAM − random
+at equal `keep`.
+
+**Why.** The paper's second question is whether restricting transfer to causally relevant regions helps. Its
+evidence compares masked transfer with nothing; the two controls here separate "restricting transfer at all"
+(random masks) from "restricting it to where the teacher's evidence lies" (Grad-CAM).
+
+**Reads** the teacher (`01`) and the KD+FA+AT runs of `06` (they are the `gradcam 0.5` row). **Writes** the
+other ablation runs to `<runs_dir>/<profile>/kd_fa_at-<mask>[-keep<k>]/seed<seed>/`, `ablation_table.md` and
+`09_mask_ablation.png` into the figures folder. Finished runs are skipped, interrupted ones resume.
+"""),
+        params(PROFILE_LINE + "\n" + 'seeds: "Optional[list]" = None     # None: every seed of the finished KD+FA+AT runs (06)\n'
+               + COMMON_PATHS + '\nkeeps: list = [0.25, 0.5]     # mask fractions for the random and Grad-CAM variants\n'
+               'device: str = "auto"          # auto (CUDA if available), cpu, cuda or mps'),
+        code("""
+import kdnb.notebook as nb
+from IPython.display import Markdown
+from kdnb import ablation, plots, results
+
+ctx = nb.context(profile, data_dir=data_dir, runs_dir=runs_dir, figures_dir=figures_dir, device=device)
+ctx.require("teacher", 0)
+seeds_used = results.resolve_seeds(ctx.runs_dir, profile, seeds, configs=[ablation.ABLATION_CONFIG])
+print(ctx.describe())
+print("seeds:", seeds_used)
+"""),
+        md("""
+## The runs
+
+One row per (mask, seed). The `gradcam 0.5` runs are the main series' KD+FA+AT runs; every other run is
+trained here with exactly their settings except `mask_mode` and `keep`.
+"""),
+        code("""
+plan = ablation.plan(profile, seeds_used, ctx.runs_dir, keeps, overrides=ctx.overrides)
+plan
+"""),
+        md("## Training (skips finished runs)"),
+        code("""
+data = ctx.load_data()
+trained = ablation.train_missing(plan, profile, ctx.runs_dir, data=data, overrides=ctx.overrides)
+print(f"trained {len(trained)} run(s) in this session:", ", ".join(trained) or "none")
+"""),
+        md("## Results"),
+        code("""
+runs = ablation.collect(plan, profile, ctx.runs_dir)
+table = ablation.table(runs)
+table
+"""),
+        md("Grad-CAM against random masks of the same size (seed-paired):"),
+        code("""
+versus_random = ablation.gradcam_vs_random(runs)
+versus_random
+"""),
+        code("""
+fig = plots.ablation_points(runs)
+ctx.save(fig, "09_mask_ablation")
+"""),
+        md("## Conclusion\n\nBuilt from the table above."),
+        code("""
+sentence = ablation.conclusion(runs)
+provenance = results.provenance(ctx.runs_dir, profile, seeds_used, configs=[ablation.ABLATION_CONFIG])
+print(ablation.write_table(table, versus_random, sentence, provenance, ctx.figures_dir))
+Markdown(sentence)
+"""),
     ]
 
 
@@ -559,20 +640,35 @@ def notebooks() -> dict[str, list[dict]]:
         out[spec["nb"]] = student_nb(config)
     out["07_masks_and_attention"] = nb07()
     out["08_results"] = nb08()
+    out["09_mask_ablation"] = nb09()
     return out
 
 
 # ------------------------------------------------------------------------------------------------
+INJECTED = "injected-parameters"  # papermill's tag for the cell holding a run's parameter values
+
+
+def _kept_cells(old: nbformat.NotebookNode | None) -> tuple[dict, dict | None]:
+    """Outputs of ``old`` by cell source (kept while the source is unchanged), and its injected cell."""
+    kept, injected = {}, None
+    for c in (old.cells if old is not None else []):
+        if c.cell_type != "code":
+            continue
+        if INJECTED in c.metadata.get("tags", []):
+            injected = c
+        elif c.get("outputs"):
+            kept[c.source] = (c.get("outputs", []), c.get("execution_count"))
+    return kept, injected
+
+
 def build(name: str, cells: list[dict], old: nbformat.NotebookNode | None) -> nbformat.NotebookNode:
-    """A notebook with deterministic cell ids; check-cell outputs are kept from ``old`` when the
-    cell's source is unchanged."""
-    old_outputs = {}
-    if old is not None:
-        for c in old.cells:
-            if c.cell_type == "code" and c.source.startswith(CHECK):
-                old_outputs[c.source] = (c.get("outputs", []), c.get("execution_count"))
+    """A notebook with deterministic cell ids. Outputs are kept from ``old`` for every cell whose
+    source is unchanged (check cells, and a reference run's outputs stored by ``--from-run``)."""
+    kept, injected = _kept_cells(old)
     nb = nbformat.v4.new_notebook()
     nb.metadata = {"kernelspec": dict(KERNELSPEC), "language_info": dict(LANGUAGE_INFO)}
+    if old is not None and "kdnb" in old.metadata and kept:
+        nb.metadata["kdnb"] = copy.deepcopy(old.metadata["kdnb"])
     for i, spec in enumerate(cells):
         cid = f"{name[:2]}-{i:02d}"
         if spec["type"] == "markdown":
@@ -582,12 +678,88 @@ def build(name: str, cells: list[dict], old: nbformat.NotebookNode | None) -> nb
             if spec["tags"]:
                 cell.metadata["tags"] = list(spec["tags"])
             # nbval only compares cells that were run: checked cells keep their execution count
-            outputs, count = old_outputs.get(spec["source"], ([], None))
+            outputs, count = kept.get(spec["source"], ([], None))
             cell.outputs = copy.deepcopy(outputs)
             cell.execution_count = count if cell.outputs else None
         nb.cells.append(cell)
+        if "parameters" in spec.get("tags", []) and injected is not None and "kdnb" in nb.metadata:
+            nb.cells.append(copy.deepcopy(injected))
     nbformat.validate(nb)
     return nb
+
+
+def signature(nb: nbformat.NotebookNode) -> list:
+    """What the generator owns: cell ids, types, sources and tags, and the check cells' outputs
+    (a reference run's other outputs and its injected parameters cell are data, not source)."""
+    out = []
+    for c in nb.cells:
+        if INJECTED in c.metadata.get("tags", []):
+            continue
+        checked = c.cell_type == "code" and c.source.startswith(CHECK)
+        out.append((c.get("id"), c.cell_type, c.source, c.metadata.get("tags", []),
+                    [dict(o) for o in c.get("outputs", [])] if checked else None))
+    return out
+
+
+def _relative(text: str, root: str) -> str:
+    """Absolute paths of this checkout (and beside it) written relative to the repository root."""
+    return text.replace(root + "/", "").replace(str(Path(root).parent) + "/", "../")
+
+
+def _clean_outputs(outputs: list, root: str) -> list:
+    """A reference run's outputs as committed: no progress widgets or stderr (compile warnings,
+    progress bars), and paths relative to the repository."""
+    kept = []
+    for o in outputs:
+        if o.get("output_type") == "stream" and o.get("name") == "stderr":
+            continue
+        data = o.get("data", {})
+        if "application/vnd.jupyter.widget-view+json" in data:
+            continue
+        o = copy.deepcopy(o)
+        if o.get("output_type") == "stream":
+            o["text"] = _relative(o["text"], root)
+        for mime in ("text/plain", "text/html", "text/markdown"):
+            if mime in data:
+                text = "".join(data[mime]) if isinstance(data[mime], list) else data[mime]
+                o["data"][mime] = _relative(text, root)
+        kept.append(o)
+    return kept
+
+
+def from_run(nbs: dict[str, nbformat.NotebookNode], run_dir: Path, description: dict) -> None:
+    """Store the outputs of the executed notebooks in ``run_dir`` (a pipeline's ``notebooks/``
+    folder; student notebooks from their lowest seed) in the generated notebooks, cell by cell id.
+    Check cells keep their recorded outputs: those are compared by nbval in CI."""
+    root = str(ROOT)
+    for name, nb in nbs.items():
+        path = run_dir / f"{name}.ipynb"
+        if not path.is_file():
+            seeds = sorted(run_dir.glob(f"{name}_seed*.ipynb"), key=lambda p: int(p.stem.rsplit("seed", 1)[1]))
+            if not seeds:
+                raise SystemExit(f"{run_dir}: no executed copy of {name}")
+            path = seeds[0]
+        ran = nbformat.read(path, as_version=4)
+        by_id = {c.get("id"): c for c in ran.cells}
+        injected = next((c for c in ran.cells if INJECTED in c.metadata.get("tags", [])), None)
+        cells = []
+        for cell in nb.cells:
+            cells.append(cell)
+            if cell.cell_type != "code":
+                continue
+            if "parameters" in cell.metadata.get("tags", []) and injected is not None:
+                inj = copy.deepcopy(injected)
+                inj.outputs = []
+                inj.source = _relative(inj.source, root).replace(root, ".")
+                cells.append(inj)
+            src = by_id.get(cell.id)
+            if cell.source.startswith(CHECK) or src is None or src.source != cell.source:
+                continue
+            cell.outputs = _clean_outputs(src.get("outputs", []), root)
+            cell.execution_count = src.get("execution_count") if cell.outputs else None
+        nb.cells = cells
+        nb.metadata["kdnb"] = {"outputs_from": {**description, "executed_copy": path.name}}
+        nbformat.validate(nb)
 
 
 def record_outputs(nbs: dict[str, nbformat.NotebookNode]) -> None:
@@ -615,6 +787,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--outputs", action="store_true", help="re-record check-cell outputs (runs the smoke series)")
     ap.add_argument("--check", action="store_true", help="exit 1 if notebooks/ differ from this script")
+    ap.add_argument("--from-run", metavar="DIR", help="store the outputs of the executed notebooks in DIR "
+                    "(e.g. runs/cpu/notebooks) in the committed notebooks; check cells keep theirs")
+    ap.add_argument("--describe", metavar="TEXT", default="", help="with --from-run: what run it was")
     args = ap.parse_args(argv)
     specs = notebooks()
     built = {}
@@ -625,12 +800,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         stale = [name for name, nb in built.items()
                  if not (NB_DIR / f"{name}.ipynb").is_file()
-                 or nbformat.writes(nb).rstrip("\n") != (NB_DIR / f"{name}.ipynb").read_text().rstrip("\n")]
+                 or signature(nb) != signature(nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4))]
         for name in stale:
             print(f"notebooks/{name}.ipynb differs from tools/make_notebooks.py")
         return 1 if stale else 0
     if args.outputs:
         record_outputs(built)
+    if args.from_run:
+        from_run(built, Path(args.from_run).resolve(), {"run": args.describe})
     NB_DIR.mkdir(exist_ok=True)
     for name, nb in built.items():
         nbformat.write(nb, NB_DIR / f"{name}.ipynb")
