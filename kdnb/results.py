@@ -248,22 +248,37 @@ def accuracy_numbers(runs: pd.DataFrame) -> pd.DataFrame:
 # ---------------------------------------------------------------- provenance and markdown
 def provenance(runs_dir: str | os.PathLike, profile: str, seeds: Sequence[int],
                configs: Sequence[str] = STUDENT_CONFIGS) -> dict[str, Any]:
-    """Where the numbers come from: profile, seeds, hardware, data, code version and date."""
-    cfgs = [read_json(run_path(runs_dir, profile, c, s) / CONFIG_FILE) for c in configs for s in seeds]
+    """Where the numbers come from: profile, seeds, hardware, data, sizes, the teacher, code
+    version, training time and date."""
+    dirs = [run_path(runs_dir, profile, c, s) for c in configs for s in seeds]
+    cfgs = [read_json(d / CONFIG_FILE) for d in dirs]
     first = cfgs[0]
     uniq = lambda key: ", ".join(sorted({str(c.get(key)) for c in cfgs}))  # noqa: E731
-    return {
+    out = {
         "profile": profile,
         "seeds": ", ".join(str(s) for s in seeds),
-        "hardware": uniq("device_name") + f" ({uniq('device_type')})",
+        "hardware": uniq("device_name") + f" ({uniq('device_type')}, {uniq('torch_threads')} threads)",
         "data": first.get("data_source", "?"),
         "train/val/test images": f"{first.get('n_train')} / {first.get('n_val')} / {first.get('n_test')}",
-        "student width": uniq("width"),
-        "epochs (max)": uniq("epochs"),
-        "kdnb": f"{first.get('kdnb_version')} (git {str(first.get('git_commit'))[:10]})",
-        "torch": uniq("torch_version"),
-        "date": _dt.datetime.now().strftime("%Y-%m-%d"),
+        "student": f"ResNet-18 width {uniq('width')}, batch {uniq('batch_size')}, lr {uniq('lr')}",
+        "epochs (max)": f"{uniq('epochs')} (early stopping patience {uniq('patience')})",
     }
+    tdir = run_path(runs_dir, profile, TEACHER, int(first.get("teacher_seed", 0)))
+    if is_finished(tdir):
+        t, tm = read_json(tdir / CONFIG_FILE), read_json(tdir / METRICS_FILE)
+        out["teacher"] = (f"{t.get('arch')}{'+CBAM' if t.get('cbam') else ''} width {t.get('width')}, "
+                          f"{t.get('epochs')} epochs, seed {first.get('teacher_seed', 0)}: test top-1 "
+                          f"{100 * tm['test_acc']:.2f} % (one teacher for every student seed)")
+        dirs = [tdir, *dirs]
+    seconds = sum(read_json(d / METRICS_FILE).get("train_seconds", 0.0) for d in dirs if is_finished(d))
+    out.update({
+        "training time (sum over these runs)": f"{seconds / 60:.1f} min",
+        "kdnb": f"{first.get('kdnb_version')} (git {str(first.get('git_commit'))[:10]})",
+        "torch": uniq("torch_version") + (", bf16 autocast" if uniq("amp") == "True" else "")
+        + (", compiled" if uniq("compile") == "True" else ""),
+        "date": _dt.datetime.now().strftime("%Y-%m-%d"),
+    })
+    return out
 
 
 def markdown_table(df: pd.DataFrame, index: bool = True) -> str:
