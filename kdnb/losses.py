@@ -55,7 +55,9 @@ def masked_mean(err: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Te
     mask = mask.to(err.dtype)
     if mask.shape != err.shape:
         raise ValueError(f"mask shape {tuple(mask.shape)} does not match the loss map {tuple(err.shape)}")
-    return (err * mask).sum() / mask.sum().clamp_min(torch.finfo(err.dtype).tiny)
+    # eps, not tiny: the backward divides the (weighted) upstream gradient by this, and with
+    # weight 1000 / tiny the quotient overflows to inf and inf × 0 gives NaN for an empty mask.
+    return (err * mask).sum() / mask.sum().clamp_min(torch.finfo(err.dtype).eps)
 
 
 def at_loss(

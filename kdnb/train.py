@@ -261,7 +261,7 @@ def build_stepper(cfg: RunConfig, teacher: nn.Module | None, device: torch.devic
         # caller's teacher is untouched; compiled stage by stage when ``compile`` is on.
         teacher = fold_batchnorm(copy.deepcopy(teacher)).to(memory_format=torch.channels_last)
         if cfg.compile:
-            compile_stages(teacher)
+            compile_stages(teacher, grad_from=cfg.cam_stage if cfg.needs_cam else None)
     params = list(student.parameters()) + list(objective.parameters())
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                           nesterov=cfg.nesterov)

@@ -126,3 +126,14 @@ def test_objective_is_the_weighted_sum():
     assert set(terms) == {"ce", "kd", "fa", "at"}
     assert total.item() == pytest.approx(sum(w[k] * terms[k].item() for k in w), rel=1e-5)
     assert list(Objective({"ce": 1.0}).connectors) == []  # no connector unless FA is on
+
+
+def test_empty_mask_gives_zero_loss_and_finite_gradients_at_large_weight():
+    """An all-zero mask (a cam that is zero everywhere) must not turn the step into NaN."""
+    s_feat = torch.randn(2, 4, 8, 8, requires_grad=True)
+    t_feat = torch.randn(2, 6, 8, 8)
+    mask = torch.zeros(2, 8, 8)
+    loss = 1000.0 * at_loss(s_feat, t_feat, mask)
+    loss.backward()
+    assert float(loss) == 0.0
+    assert torch.isfinite(s_feat.grad).all() and float(s_feat.grad.abs().max()) == 0.0

@@ -56,13 +56,25 @@ def test_folding_changes_something_a_wrong_fold_would_break():
         assert not torch.allclose(broken(x), model(x), rtol=1e-4, atol=1e-4)
 
 
-def test_compiled_stages_keep_gradcam(monkeypatch):
+@pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16"])
+def test_compiled_stages_keep_gradcam(amp):
+    """The teacher as the cpu profile runs it: ResNet-50+CBAM, BN folded, compiled up to the cam stage."""
+    from kdnb.train import _autocast
+
     torch.set_num_threads(1)
-    model = fold_batchnorm(_trained_like("resnet18", False))
+    model = fold_batchnorm(_trained_like("resnet50", True))
     x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
-    want_logits, want_feats, want_cam = teacher_forward(model, x, "layer3", y)
-    compiled = compile_stages(copy.deepcopy(model))
-    logits, feats, cam = teacher_forward(compiled, x, "layer3", y)
-    torch.testing.assert_close(logits, want_logits, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(feats["layer4"], want_feats["layer4"], rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(cam, want_cam, rtol=1e-3, atol=1e-4)
+    compiled = compile_stages(copy.deepcopy(model), grad_from="layer3")
+    with _autocast(torch.device("cpu"), amp):
+        want_logits, want_feats, want_cam = teacher_forward(model, x, "layer3", y)
+        logits, feats, cam = teacher_forward(compiled, x, "layer3", y)
+    assert float(want_cam.amax()) == 1.0  # a real cam, so the comparison is not vacuous
+    tol = {"rtol": 5e-2, "atol": 5e-2} if amp else {"rtol": 1e-3, "atol": 1e-4}
+    torch.testing.assert_close(logits, want_logits, **tol)
+    torch.testing.assert_close(feats["layer3"], want_feats["layer3"], **tol)
+    if amp:  # bf16 rounding moves single positions; the maps must still agree image by image
+        live = want_cam.flatten(1).amax(1) > 0
+        cos = torch.nn.functional.cosine_similarity(cam.flatten(1)[live], want_cam.flatten(1)[live])
+        assert live.any() and cos.min() > 0.98, cos
+    else:
+        torch.testing.assert_close(cam, want_cam, **tol)
