@@ -25,6 +25,9 @@ from .train import TrainingError
 
 KERNEL = "python3"
 STUDENT_NOTEBOOKS = ("02_baseline", "03_kd", "04_kd_fa", "05_kd_at", "06_kd_fa_at")
+# Studies beyond the series (teacher + five configurations + evaluation): run when asked for, with
+# ``--ablation`` or by name in ``--only``, because they multiply the training cost.
+OPTIONAL_NOTEBOOKS = ("09_mask_ablation",)
 
 
 class PipelineError(TrainingError):
@@ -48,9 +51,9 @@ class Step:
     label: str = ""
 
 
-def _select(only: Sequence[str] | None) -> list[str]:
+def _select(only: Sequence[str] | None, ablation: bool = False) -> list[str]:
     if not only:
-        return list(NOTEBOOKS)
+        return [nb for nb in NOTEBOOKS if ablation or nb not in OPTIONAL_NOTEBOOKS]
     chosen = [nb for nb in NOTEBOOKS if any(nb.startswith(str(p)) for p in only)]
     unknown = [p for p in only if not any(nb.startswith(str(p)) for nb in NOTEBOOKS)]
     if unknown:
@@ -59,7 +62,8 @@ def _select(only: Sequence[str] | None) -> list[str]:
 
 
 def plan(profile: str, seeds: Sequence[int], runs_dir: Path, data_dir: str | None, figures_dir: Path,
-         notebooks: Sequence[str] | None = None, extra: dict[str, Any] | None = None) -> list[Step]:
+         notebooks: Sequence[str] | None = None, extra: dict[str, Any] | None = None,
+         ablation: bool = False) -> list[Step]:
     """The papermill executions, in order (students once per seed)."""
     import papermill
 
@@ -68,7 +72,7 @@ def plan(profile: str, seeds: Sequence[int], runs_dir: Path, data_dir: str | Non
     common = {"profile": profile, "runs_dir": str(runs_dir), "data_dir": data_dir, "figures_dir": str(figures_dir),
               **(extra or {})}
     steps = []
-    for name in _select(notebooks):
+    for name in _select(notebooks, ablation):
         declared = set(papermill.inspect_notebook(str(nb_dir / f"{name}.ipynb")))
         params = {k: v for k, v in common.items() if k in declared}
         if "seeds" in declared:
@@ -111,10 +115,12 @@ def run_pipeline(
     figures_dir: str | os.PathLike | None = None,
     parameters: dict[str, Any] | None = None,
     verbose: bool = True,
+    ablation: bool = False,
 ) -> list[Step]:
     """Execute the series; return the executed steps with their wall times.
 
-    ``notebooks``: name prefixes to run (e.g. ``["00", "01"]``); default all. ``parameters``: extra
+    ``notebooks``: name prefixes to run (e.g. ``["00", "01"]``); default the series 00–08, plus
+    the mask ablation 09 with ``ablation``. ``parameters``: extra
     values for every notebook that declares them (e.g. ``{"epochs": 1}``). Relative paths are
     taken relative to the current directory. ``verbose`` streams the notebooks' printed output
     (training progress) to this process's stdout/stderr. Raises :class:`PipelineError` at the first failure.
@@ -134,7 +140,7 @@ def run_pipeline(
         raise ConfigError(f"--data-dir {data_dir}: no such directory")
     nb_dir = notebooks_dir()
     figs = figures_dir_for(profile, runs_path, figures_dir, base=Path.cwd() if figures_dir else nb_dir)
-    steps = plan(profile, seeds, runs_path, data, figs, notebooks, parameters)
+    steps = plan(profile, seeds, runs_path, data, figs, notebooks, parameters, ablation)
     steps[0].output.parent.mkdir(parents=True, exist_ok=True)
 
     print(f"kdnb pipeline: profile {profile}, seeds {' '.join(map(str, seeds))}, {len(steps)} notebook runs\n"

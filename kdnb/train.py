@@ -213,6 +213,7 @@ class Stepper:
         self.forward = torch.compile(student) if cfg.compile else student  # same parameters
         self.sizes: dict[str, tuple[int, int]] | None = None
         self.last_cam: torch.Tensor | None = None
+        self.mask_share: torch.Tensor | float = 0.0  # summed over the steps of the current epoch
 
     def prepare(self, xb: torch.Tensor) -> torch.Tensor:
         """uint8 batch → augmented, normalised float batch in the device's preferred layout."""
@@ -233,6 +234,8 @@ class Stepper:
                     self.sizes = {s: tuple(s_feats[s].shape[-2:]) for s in cfg.stages}
                 masks = make_masks(cfg.mask_mode, self.sizes, cam=cam, keep=cfg.keep, cam_type=cfg.cam_type,
                                    batch=len(y), generator=self.mask_gen, device=self.device)
+                if masks is not None:  # share of positions the masks keep (a device scalar, no sync)
+                    self.mask_share = self.mask_share + torch.stack([m.float().mean() for m in masks.values()]).mean()
             total, terms = self.objective(s_logits, s_feats, y, t_logits, t_feats, masks)
         self.opt.zero_grad(set_to_none=True)
         total.backward()
@@ -342,6 +345,7 @@ def train(
         bar = tqdm(batches, desc=f"{cfg.run_name} epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False,
                    mininterval=1.0)
         seen = 0
+        stepper.mask_share = 0.0
         for step, idx in enumerate(bar, start=1):
             idx_dev = idx.to(device)
             y = train_y[idx_dev]
@@ -362,9 +366,15 @@ def train(
         val_loss, val_acc = evaluate(student, val_x, val_y, cfg.eval_batch_size, cfg.amp)
         n = len(batches)
         avg = (sums / max(n, 1)).tolist()
+        mask_share = float(stepper.mask_share) / max(n, 1)
+        if cfg.needs_cam and cfg.mask_mode != "none" and mask_share == 0.0:
+            raise TrainingError(
+                f"every causal mask of epoch {epoch} was empty (the teacher's Grad-CAM was zero everywhere), so "
+                "FA/AT transferred nothing: check the teacher checkpoint, or try compile=false / amp=false")
         record = {"epoch": epoch, "train_loss": avg[len(TERMS)],
                   **{f"train_{t}": avg[i] for i, t in enumerate(TERMS)},
                   "train_acc": sums[-1].item() / max(seen, 1), "val_loss": val_loss, "val_acc": val_acc,
+                  "mask_share": mask_share,
                   "lr": opt.param_groups[0]["lr"], "seconds": train_seconds,
                   "images_per_s": seen / max(train_seconds, 1e-9)}
         state["history"].append(record)

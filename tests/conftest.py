@@ -44,6 +44,6 @@ def smoke_pipeline(tmp_path_factory):
     keep = os.environ.get("KDNB_TEST_RUNS_DIR")
     runs_dir = Path(keep) if keep else tmp_path_factory.mktemp("kdnb-smoke-runs")
     t0 = time.perf_counter()
-    steps = run_pipeline(profile="smoke", seeds=[0], runs_dir=runs_dir, verbose=False)
+    steps = run_pipeline(profile="smoke", seeds=[0], runs_dir=runs_dir, verbose=False, ablation=True)
     return SimpleNamespace(runs_dir=runs_dir.resolve(), profile="smoke", steps=steps,
                            figures_dir=runs_dir.resolve() / "smoke" / "figures", seconds=time.perf_counter() - t0)

@@ -88,6 +88,31 @@ def test_nan_loss_names_epoch_step_and_term(tmp_path, smoke_runs, monkeypatch):
         train(make_config("kd", "smoke", 0, {"epochs": 1}), smoke_runs, progress=False)
 
 
+def test_all_empty_causal_masks_stop_the_run(tmp_path, smoke_runs, monkeypatch):
+    """A Grad-CAM that is zero everywhere would silently turn FA/AT off (it happened once, with a
+    compiled teacher under bf16): the engine refuses to go on after such an epoch."""
+    import torch
+
+    import kdnb.train as engine
+
+    real = engine.teacher_forward
+
+    def zero_cam(model, x, layer=None, target=None):
+        logits, feats, cam = real(model, x, layer, target)
+        return logits, feats, None if cam is None else torch.zeros_like(cam)
+
+    monkeypatch.setattr(engine, "teacher_forward", zero_cam)
+    with pytest.raises(TrainingError, match="every causal mask of epoch 1 was empty"):
+        train(make_config("kd_at", "smoke", 0, {"epochs": 1, "name": "zero-cam"}), smoke_runs, progress=False)
+
+
+def test_masks_keep_their_share_in_the_history(tmp_path, smoke_runs):
+    result = train(make_config("kd_fa_at", "smoke", 0, {"epochs": 1, "name": "share-check"}), smoke_runs,
+                   progress=False)
+    share = result.history[0]["mask_share"]
+    assert 0.3 < share <= 0.5 + 1e-6  # keep 0.5 of the positions where the cam is > 0
+
+
 def _cli(args, env, **kw):
     return subprocess.run([sys.executable, "-m", "kdnb", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, **kw)

@@ -68,7 +68,9 @@ def test_failure_names_notebook_and_cell(tmp_path, capsys):
 
 
 def test_plan_runs_students_once_per_seed(tmp_path):
-    steps = plan("smoke", [0, 1], tmp_path, None, tmp_path / "figs")
+    assert plan("smoke", [0], tmp_path, None, tmp_path)[-1].notebook == "08_results"  # 09 only on request
+    assert plan("smoke", [0], tmp_path, None, tmp_path, notebooks=["09"])[-1].notebook == "09_mask_ablation"
+    steps = plan("smoke", [0, 1], tmp_path, None, tmp_path / "figs", ablation=True)
     names = [(s.notebook, s.parameters.get("seed")) for s in steps]
     assert names[:2] == [("00_setup_and_data", None), ("01_train_teacher", 0)]
     assert names[-3:] == [("07_masks_and_attention", 0), ("08_results", None), ("09_mask_ablation", None)]
