@@ -79,11 +79,15 @@ def robustness(
     batch_size: int = 256,
     device: torch.device | str = "cpu",
     cifar10c_dir: str | None = None,
+    cache: dict | None = None,
 ) -> pd.DataFrame:
     """Long table (corruption, severity, accuracy, source), with the clean row as ("clean", 0).
 
     Corruptions are generated from ``images`` with ``seed``; with ``cifar10c_dir`` those that
     exist in CIFAR-10-C are read from the official files instead (``source`` says which).
+    Pass the same ``cache`` dict when evaluating several models on the same images: each
+    corrupted set is then made once instead of once per model (generation costs more than
+    a small model's predictions).
     """
     names = list(CORRUPTIONS) if corruptions is None else list(corruptions)
     unknown = [n for n in names if n not in CORRUPTIONS]
@@ -93,10 +97,15 @@ def robustness(
              "accuracy": accuracy(predict(model, images, normalize, batch_size, device), labels)}]
     for name in names:
         for severity in severities:
-            if cifar10c_dir is not None and name in CIFAR10C_NAMES:
+            key = (name, int(severity), seed, cifar10c_dir, id(images))
+            if cache is not None and key in cache:
+                x, y, source = cache[key]
+            elif cifar10c_dir is not None and name in CIFAR10C_NAMES:
                 x, y, source = *load_cifar10c(cifar10c_dir, name, severity), "cifar10c"
             else:
                 x, y, source = corrupt(images, name, severity, seed), labels, "generated"
+            if cache is not None:
+                cache[key] = (x, y, source)
             acc = accuracy(predict(model, x, normalize, batch_size, device), y)
             rows.append({"corruption": name, "severity": int(severity), "source": source, "accuracy": acc})
     return pd.DataFrame(rows, columns=["corruption", "severity", "source", "accuracy"])

@@ -573,9 +573,11 @@ def _evaluate_models(runs_dir, profile, seeds, data, *, robustness_images, corru
     models.update(load_students(runs_dir, profile, seeds, configs, dev))
     logits: dict[tuple[str, int], torch.Tensor] = {}
     rows, robust = [], []
+    corrupted: dict = {}  # every model sees the same corrupted sets, made once
     for (c, s), model in tqdm(models.items(), desc="evaluating runs", disable=not progress):
         lg = logits[(c, s)] = predict(model, x, normalize, device=dev)
-        rb = robustness(model, xr, yr, normalize, seed=corruption_seed, cifar10c_dir=cifar10c_dir, device=dev)
+        rb = robustness(model, xr, yr, normalize, seed=corruption_seed, cifar10c_dir=cifar10c_dir, device=dev,
+                        cache=corrupted)
         summ = robustness_summary(rb)
         robust.append(rb.assign(config=c, label=LABELS[c], seed=s))
         rows.append({

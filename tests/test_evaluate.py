@@ -1,5 +1,6 @@
 """evaluate.py: predictions, agreement and attention distance against direct computations."""
 
+import pandas as pd
 import torch
 
 from kdnb.data import make_synthetic, normalize
@@ -34,3 +35,27 @@ def test_attention_distance_direct():
     a_t = ft["layer3"].pow(2).mean(1).flatten(1)
     expected = (a_s / a_s.norm(dim=1, keepdim=True) - a_t / a_t.norm(dim=1, keepdim=True)).norm(dim=1).mean()
     assert abs(attention_distance(s, t, x, normalize, batch_size=5) - expected.item()) < 1e-5
+
+
+def test_robustness_cache_makes_each_corrupted_set_once(monkeypatch):
+    """Several models share one cache: the corruptions are generated once, the results are unchanged."""
+    import kdnb.evaluate as ev
+    from kdnb.data import normalize as norm
+    from kdnb.models import build_model
+
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (16,))
+    model = build_model("resnet18", width=0.125).eval()
+    plain = ev.robustness(model, images, labels, norm, corruptions=["gaussian_noise", "contrast"], severities=[1, 3])
+    calls = []
+    real = ev.corrupt
+    monkeypatch.setattr(ev, "corrupt", lambda *a, **k: calls.append(a[1:3]) or real(*a, **k))
+    cache: dict = {}
+    first = ev.robustness(model, images, labels, norm, corruptions=["gaussian_noise", "contrast"], severities=[1, 3],
+                          cache=cache)
+    second = ev.robustness(model, images, labels, norm, corruptions=["gaussian_noise", "contrast"], severities=[1, 3],
+                           cache=cache)
+    assert len(calls) == 4
+    pd.testing.assert_frame_equal(first, plain)
+    pd.testing.assert_frame_equal(second, plain)
