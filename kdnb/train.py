@@ -234,8 +234,9 @@ class Stepper:
                     self.sizes = {s: tuple(s_feats[s].shape[-2:]) for s in cfg.stages}
                 masks = make_masks(cfg.mask_mode, self.sizes, cam=cam, keep=cfg.keep, cam_type=cfg.cam_type,
                                    batch=len(y), generator=self.mask_gen, device=self.device)
-                if masks is not None:  # share of positions the masks keep (a device scalar, no sync)
-                    self.mask_share = self.mask_share + torch.stack([m.float().mean() for m in masks.values()]).mean()
+                if masks is not None:  # share of positions the masks keep (a device scalar, no sync; None = all)
+                    shares = [torch.ones((), device=self.device) if m is None else m.float().mean() for m in masks.values()]
+                    self.mask_share = self.mask_share + torch.stack(shares).mean()
             total, terms = self.objective(s_logits, s_feats, y, t_logits, t_feats, masks)
         self.opt.zero_grad(set_to_none=True)
         total.backward()

@@ -111,6 +111,10 @@ def test_masks_keep_their_share_in_the_history(tmp_path, smoke_runs):
                    progress=False)
     share = result.history[0]["mask_share"]
     assert 0.3 < share <= 0.5 + 1e-6  # keep 0.5 of the positions where the cam is > 0
+    for mode, expected in (("none", 1.0), ("random", 0.25)):
+        result = train(make_config("kd_fa_at", "smoke", 0, {"epochs": 1, "name": f"share-{mode}", "mask_mode": mode,
+                                                            "keep": 0.25}), smoke_runs, progress=False)
+        assert abs(result.history[0]["mask_share"] - expected) < 1e-6, mode
 
 
 def _cli(args, env, **kw):
