@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -702,8 +703,12 @@ def signature(nb: nbformat.NotebookNode) -> list:
 
 
 def _relative(text: str, root: str) -> str:
-    """Absolute paths of this checkout (and beside it) written relative to the repository root."""
-    return text.replace(root + "/", "").replace(str(Path(root).parent) + "/", "../")
+    """No machine's paths in committed outputs: the data folder shows as ``$KDNB_DATA_DIR``, paths
+    in this checkout relative to it, anything else beside it as ``<local>/``."""
+    data = os.environ.get("KDNB_DATA_DIR")
+    if data:
+        text = text.replace(str(Path(data).resolve()), "$KDNB_DATA_DIR")
+    return text.replace(root + "/", "").replace(str(Path(root).parent) + "/", "<local>/")
 
 
 def _clean_outputs(outputs: list, root: str) -> list:
@@ -745,6 +750,8 @@ def from_run(nbs: dict[str, nbformat.NotebookNode], run_dir: Path, description: 
         injected = next((c for c in ran.cells if INJECTED in c.metadata.get("tags", [])), None)
         cells = []
         for cell in nb.cells:
+            if INJECTED in cell.metadata.get("tags", []):
+                continue  # the previous reference run's parameters: replaced by this run's below
             cells.append(cell)
             if cell.cell_type != "code":
                 continue
