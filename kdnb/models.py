@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
@@ -37,7 +38,7 @@ class ChannelGate(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         avg = self.mlp(x.mean(dim=(2, 3)))
-        mx = self.mlp(x.amax(dim=(2, 3)))
+        mx = self.mlp(F.adaptive_max_pool2d(x, 1).flatten(1))  # not amax: see SpatialGate.forward
         return x * torch.sigmoid(avg + mx)[:, :, None, None]
 
 
@@ -51,7 +52,12 @@ class SpatialGate(nn.Module):
         self.bn = nn.BatchNorm2d(1, eps=1e-5, momentum=0.01)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = torch.cat([x.amax(dim=1, keepdim=True), x.mean(dim=1, keepdim=True)], dim=1)
+        # max(...).values, not amax: the same forward, but the backward routes the gradient by the
+        # saved index. amax's backward finds the maximum again by comparing values; compiled under
+        # bf16 autocast (torch 2.14, CPU) that comparison matched nothing and gave NaN input
+        # gradients, so every Grad-CAM through a compiled CBAM came out empty. Eager, the
+        # index-based backward is also cheaper (amax's was 8 % of a masked step).
+        pooled = torch.cat([x.max(dim=1, keepdim=True).values, x.mean(dim=1, keepdim=True)], dim=1)
         return x * torch.sigmoid(self.bn(self.conv(pooled)))
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -258,7 +259,7 @@ def provenance(runs_dir: str | os.PathLike, profile: str, seeds: Sequence[int],
         "profile": profile,
         "seeds": ", ".join(str(s) for s in seeds),
         "hardware": uniq("device_name") + f" ({uniq('device_type')}, {uniq('torch_threads')} threads)",
-        "data": first.get("data_source", "?"),
+        "data": public_source(first.get("data_source", "?")),
         "train/val/test images": f"{first.get('n_train')} / {first.get('n_val')} / {first.get('n_test')}",
         "student": f"ResNet-18 width {uniq('width')}, batch {uniq('batch_size')}, lr {uniq('lr')}",
         "epochs (max)": f"{uniq('epochs')} (early stopping patience {uniq('patience')})",
@@ -270,15 +271,22 @@ def provenance(runs_dir: str | os.PathLike, profile: str, seeds: Sequence[int],
                           f"{t.get('epochs')} epochs, seed {first.get('teacher_seed', 0)}: test top-1 "
                           f"{100 * tm['test_acc']:.2f} % (one teacher for every student seed)")
         dirs = [tdir, *dirs]
+    run_cfgs = [read_json(d / CONFIG_FILE) for d in dirs]  # the teacher's commit too
     seconds = sum(read_json(d / METRICS_FILE).get("train_seconds", 0.0) for d in dirs if is_finished(d))
     out.update({
         "training time (sum over these runs)": f"{seconds / 60:.1f} min",
-        "kdnb": f"{first.get('kdnb_version')} (git {str(first.get('git_commit'))[:10]})",
+        "kdnb": f"{uniq('kdnb_version')} (git {', '.join(sorted({str(c.get('git_commit'))[:10] for c in run_cfgs}))})",
         "torch": uniq("torch_version") + (", bf16 autocast" if uniq("amp") == "True" else "")
         + (", compiled" if uniq("compile") == "True" else ""),
         "date": _dt.datetime.now().strftime("%Y-%m-%d"),
     })
     return out
+
+
+def public_source(source: str) -> str:
+    """A data source as published tables show it: absolute paths cut to their last folder, so a
+    table names the dataset copy, not the machine it was read on."""
+    return re.sub(r"(?<![\w.])/(?:[^\s/()]+/)*([^\s/()]+)/?", r"\1", source)
 
 
 def markdown_table(df: pd.DataFrame, index: bool = True) -> str:

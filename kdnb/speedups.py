@@ -10,6 +10,8 @@ still take the gradient with respect to one stage's activation.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
@@ -53,17 +55,26 @@ def fold_batchnorm(model: ResNet) -> ResNet:
     return model
 
 
-def compile_stages(model: ResNet, grad_from: str | None = None) -> ResNet:
+def compile_stages(model: ResNet) -> ResNet:
     """``torch.compile`` the stem and each stage separately, in place.
 
-    The stage boundaries stay eager, so :func:`kdnb.masks.teacher_forward` can run the stages
-    up to the Grad-CAM stage without a graph. The stages after ``grad_from`` (those Grad-CAM
-    differentiates through) and the head stay eager: compiled, under bf16 autocast, their input
-    gradient came out as zeros (measured: all-zero cams, so every mask was empty).
+    The stage boundaries stay eager, so :func:`kdnb.masks.teacher_forward` can run the stages up
+    to the Grad-CAM stage without a graph and differentiate the later ones with respect to that
+    stage's activation. (The head, an average pool and one linear layer, stays eager.)
     """
     model.stem.compile()
     for s in STAGES:
         getattr(model, s).compile()
-        if s == grad_from:
-            break
     return model
+
+
+def prepare_teacher(teacher: ResNet, compile: bool = False) -> ResNet:
+    """A private copy of a frozen ``teacher`` for training steps: BN folded, channels_last, and
+    compiled stage by stage when ``compile`` is on. The caller's teacher is left untouched.
+
+    Share one prepared teacher between steppers where possible (the benchmark does): every
+    compiled copy adds entries to dynamo's per-function cache, which is bounded
+    (``torch._dynamo.config.recompile_limit``); past it, dynamo silently runs eager.
+    """
+    prepared = fold_batchnorm(copy.deepcopy(teacher)).to(memory_format=torch.channels_last)
+    return compile_stages(prepared) if compile else prepared

@@ -628,7 +628,7 @@ ctx.save(fig, "09_mask_ablation")
         md("## Conclusion\n\nBuilt from the table above."),
         code("""
 sentence = ablation.conclusion(runs)
-provenance = results.provenance(ctx.runs_dir, profile, seeds_used, configs=[ablation.ABLATION_CONFIG])
+provenance = results.provenance(ctx.runs_dir, profile, seeds_used, configs=list(dict.fromkeys(plan["run"])))
 print(ablation.write_table(table, versus_random, sentence, provenance, ctx.figures_dir))
 Markdown(sentence)
 """),
