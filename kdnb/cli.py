@@ -50,7 +50,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     from .pipeline import run_pipeline
 
     run_pipeline(profile=args.profile, seeds=args.seeds, runs_dir=args.runs_dir, data_dir=args.data_dir,
-                 notebooks=args.only, ablation=args.ablation)
+                 figures_dir=args.figures_dir, notebooks=args.only, ablation=args.ablation)
     return 0
 
 
@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--seeds", type=int, nargs="+", default=[0])
     pl.add_argument("--runs-dir", default="runs")
     pl.add_argument("--data-dir", default=None)
+    pl.add_argument("--figures-dir", default=None,
+                    help="where tables and figures go (default: figures/, the committed ones; smoke: under the runs dir)")
     pl.add_argument("--only", nargs="*", default=None, help="run only these notebooks (name prefixes, e.g. 00 01)")
     pl.add_argument("--ablation", action="store_true",
                     help="also run 09_mask_ablation (4 more KD+FA+AT runs per seed)")

@@ -93,3 +93,13 @@ def test_missing_input_message_names_the_notebook(tmp_path):
         resolve_seeds(tmp_path, "smoke")
     assert notebook_hint("teacher", "cpu", 3) == "run notebooks/01_train_teacher.ipynb first (profile='cpu')"
     assert MissingInput("x")._render_traceback_() == ["MissingInput: x"]
+
+
+def test_pipeline_command_passes_the_figures_dir(monkeypatch, tmp_path):
+    """A second cpu run (say in another runs dir) can keep its tables away from the committed figures."""
+    seen = {}
+    monkeypatch.setattr("kdnb.pipeline.run_pipeline", lambda **kw: seen.update(kw))
+    assert main(["pipeline", "--profile", "cpu", "--runs-dir", str(tmp_path), "--figures-dir", str(tmp_path / "f")]) == 0
+    assert seen["figures_dir"] == str(tmp_path / "f") and seen["runs_dir"] == str(tmp_path)
+    main(["pipeline", "--profile", "cpu"])
+    assert seen["figures_dir"] is None  # default: the committed figures/
