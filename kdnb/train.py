@@ -210,7 +210,8 @@ class Stepper:
         self.cfg, self.student, self.objective, self.teacher = cfg, student, objective, teacher
         self.opt, self.sched, self.gen, self.mask_gen, self.device = opt, sched, gen, mask_gen, device
         # Compiled callables share the modules' parameters. The objective is compiled on its own
-        # (the FA connector and the loss maps were a third of a masked step when eager).
+        # (eager, the FA connector and the loss maps cost a fifth of a kd_fa_at step: 283 → 229 ms
+        # when compiled, profiled at 1 thread).
         self.forward = torch.compile(student) if cfg.compile else student
         self.loss = torch.compile(objective) if cfg.compile else objective
         self.sizes: dict[str, tuple[int, int]] | None = None
