@@ -38,12 +38,11 @@ import torch
 import torch.nn.functional as F
 
 from .config import STUDENT_CONFIGS, TEACHER, RunConfig, make_config
-from .data import MEAN, STD, augment, epoch_batches, load_dataset, make_synthetic, normalize
+from .data import MEAN, STD, augment, epoch_batches, load_dataset, make_synthetic, normalize, plan_epoch
 from .efficiency import device_name
 from .masks import causal_mask, teacher_forward
 from .models import build_model, count_parameters
-from .speedups import prepare_teacher
-from .train import _autocast, amp_active, build_stepper, build_student, resolve_device
+from .train import _autocast, amp_active, build_stepper, build_student, prepare_teacher_for, resolve_device
 
 REFERENCE = "reference"
 PIECES: tuple[str, ...] = ("teacher_forward", "gradcam_mask")
@@ -129,18 +128,21 @@ def _images(data_dir: str | None, n: int) -> tuple[torch.Tensor, torch.Tensor, s
     return d.train_x[:n].contiguous(), d.train_y[:n].contiguous(), f"{d.source}, first {min(n, len(d.train_y))} images"
 
 
-def _cycle_batches(n: int, batch_size: int, seed: int):
-    """Shuffled index batches, epoch after epoch (as the training loop draws them)."""
+def _cycle_batches(n: int, batch_size: int, seed: int, device: torch.device):
+    """Device-resident (indices, (offsets, flips)) per step, epoch after epoch, as the training
+    loop draws them (one :class:`~kdnb.data.EpochPlan` per epoch, moved to the device once)."""
     g = torch.Generator().manual_seed(seed)
     while True:
-        yield from epoch_batches(n, batch_size, g)
+        plan = plan_epoch(n, batch_size, g).to(device)
+        for i in range(len(plan)):
+            yield plan.index[i], (plan.offsets[i], plan.flips[i])
 
 
 # ---------------------------------------------------------------- the benchmark
 def run_bench(profile: str = "cpu", steps: int = 20, device: str = "auto", json_path: str | None = None,
               data_dir: str | None = None, repeats: int = 3, *, warmup: int = 3, settle: int | None = None,
               n_images: int = DEFAULT_IMAGES, variants: tuple[str, ...] | list[str] | None = None,
-              seed: int = 0, quiet: bool = False) -> dict[str, Any]:
+              seed: int = 0, quiet: bool = False, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Measure images/s of a whole training step for every variant; print a table; return the numbers.
 
     ``warmup`` untimed steps per variant before the first round (at most ``steps + 1``); ``settle``
@@ -158,7 +160,7 @@ def run_bench(profile: str = "cpu", steps: int = 20, device: str = "auto", json_
     out = print if not quiet else (lambda *a, **k: None)
 
     dev = resolve_device(device)
-    overrides = {"device": device}
+    overrides = {**(overrides or {}), "device": device}
     cfgs = {c: make_config(c, profile, seed, overrides) for c in STUDENT_CONFIGS}
     tcfg = make_config(TEACHER, profile, seed, overrides)
     base = cfgs["baseline"]
@@ -179,7 +181,7 @@ def run_bench(profile: str = "cpu", steps: int = 20, device: str = "auto", json_
     teacher.eval().requires_grad_(False)
     # One prepared (BN-folded, channels_last, compiled if on) teacher for every variant, as each
     # training run has one; separate compiled copies would overflow dynamo's cache.
-    prepared = prepare_teacher(teacher, base.compile)
+    prepared = prepare_teacher_for(base, teacher, dev)
     train_x, train_y = x_cpu.to(dev), y_cpu.to(dev)  # the dataset resident on the device
     steps_per_epoch = len(y_cpu) // bs
 
@@ -192,11 +194,11 @@ def run_bench(profile: str = "cpu", steps: int = 20, device: str = "auto", json_
         cfg = cfgs[c]
         stepper = build_stepper(cfg, prepared if cfg.needs_teacher else None, dev, steps_per_epoch,
                                 teacher_prepared=True)
-        idx_iter = _cycle_batches(len(y_cpu), bs, seed)
+        idx_iter = _cycle_batches(len(y_cpu), bs, seed, dev)
 
         def kdnb_step(stepper=stepper, idx_iter=idx_iter) -> None:
-            idx = next(idx_iter).to(dev)
-            stepper(train_x[idx], train_y[idx])
+            idx, draws = next(idx_iter)
+            stepper(train_x[idx], train_y[idx], draws)
 
         fns[c] = kdnb_step
 
@@ -251,7 +253,7 @@ def run_bench(profile: str = "cpu", steps: int = 20, device: str = "auto", json_
         "teacher": {"arch": tcfg.arch, "width": tcfg.width, "cbam": tcfg.cbam, "stem": tcfg.stem,
                     "params": count_parameters(teacher), "weights": "random init (speed only)"},
         "amp_bf16": amp_active(dev, base.amp), "channels_last": True, "teacher_bn_folded": True,
-        "compile": base.compile, "cam_stage": mcfg.cam_stage, "stages": mcfg.stages,
+        "compile": base.compile, "compile_mode": base.compile_mode, "overrides": dict(overrides), "cam_stage": mcfg.cam_stage, "stages": mcfg.stages,
         "reference_loader": {"num_workers": NUM_WORKERS, "persistent_workers": True,
                              "prefetch_factor": PREFETCH_FACTOR, "pin_memory": False, "fp32": True},
     }

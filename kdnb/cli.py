@@ -58,7 +58,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
     run_bench(profile=args.profile, steps=args.steps, device=args.device, json_path=args.json,
-              data_dir=args.data_dir, repeats=args.repeats)
+              data_dir=args.data_dir, repeats=args.repeats, overrides=_parse_sets(args.set))
     return 0
 
 
@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--runs-dir", default="runs")
     pl.add_argument("--data-dir", default=None)
     pl.add_argument("--figures-dir", default=None,
-                    help="where tables and figures go (default: figures/, the committed ones; smoke: under the runs dir)")
+                    help="where tables and figures go (default: RUNS_DIR/PROFILE/figures; "
+                         "'figures' refreshes the committed reference)")
     pl.add_argument("--only", nargs="*", default=None, help="run only these notebooks (name prefixes, e.g. 00 01)")
     pl.add_argument("--ablation", action="store_true",
                     help="also run 09_mask_ablation (4 more KD+FA+AT runs per seed)")
@@ -96,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="auto")
     b.add_argument("--data-dir", default=None, help="images for the benchmark (default: synthetic)")
     b.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one setting of every benchmarked configuration (e.g. compile=true)")
     b.set_defaults(func=_cmd_bench)
     return p
 

@@ -268,11 +268,19 @@ def epoch_batches(n: int, batch_size: int, generator: torch.Generator, drop_last
     return [order[i : i + batch_size] for i in range(0, stop, batch_size)]
 
 
-def augment(x: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
-    """Random crop (zero padding, as torchvision's RandomCrop) + horizontal flip on a whole batch."""
+def draw_augmentation(batch: int, generator: torch.Generator, padding: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crop offsets (B,2) and flip flags (B,) for one batch, drawn on the CPU generator."""
+    offsets = torch.randint(0, 2 * padding + 1, (batch, 2), generator=generator)
+    flips = torch.rand(batch, generator=generator) < 0.5
+    return offsets, flips
+
+
+def apply_augmentation(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, padding: int = 4) -> torch.Tensor:
+    """Random crop (zero padding, as torchvision's RandomCrop) + horizontal flip with given draws.
+
+    ``offsets``/``flips`` live on ``x``'s device, so nothing here synchronises the host.
+    """
     b, c, h, w = x.shape
-    offsets = torch.randint(0, 2 * padding + 1, (b, 2), generator=generator).to(x.device)
-    flips = (torch.rand(b, generator=generator) < 0.5).to(x.device)
     padded = torch.nn.functional.pad(x, (padding, padding, padding, padding))
     rows = offsets[:, 0:1] + torch.arange(h, device=x.device)  # (B,h)
     cols = offsets[:, 1:2] + torch.arange(w, device=x.device)  # (B,w)
@@ -282,8 +290,53 @@ def augment(x: torch.Tensor, generator: torch.Generator, padding: int = 4) -> to
     return out.permute(0, 3, 1, 2).contiguous()
 
 
+def augment(x: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
+    """Random crop + horizontal flip on a whole batch, drawing from ``generator`` (CPU)."""
+    offsets, flips = draw_augmentation(len(x), generator, padding)
+    return apply_augmentation(x, offsets.to(x.device), flips.to(x.device), padding)
+
+
+@dataclass
+class EpochPlan:
+    """Everything random about one epoch's batches, drawn up front and moved to the device once.
+
+    The draws come from the generator in exactly the order the per-step code used (the
+    permutation, then each batch's offsets and flips), so a CPU run is unchanged; on a GPU the
+    training step then needs no host-to-device copy and no host read.
+    """
+
+    index: torch.Tensor  # (steps, B) sample indices
+    offsets: torch.Tensor  # (steps, B, 2) crop offsets
+    flips: torch.Tensor  # (steps, B) horizontal flips
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def to(self, device: torch.device | str) -> EpochPlan:
+        return EpochPlan(*(t.to(device, non_blocking=True) for t in (self.index, self.offsets, self.flips)))
+
+
+def plan_epoch(n: int, batch_size: int, generator: torch.Generator, padding: int = 4) -> EpochPlan:
+    """Batch order and augmentation draws for one epoch (full batches only, as :func:`epoch_batches`)."""
+    batches = epoch_batches(n, batch_size, generator)
+    draws = [draw_augmentation(len(b), generator, padding) for b in batches]
+    if not batches:
+        raise DataError(f"{n} training images are fewer than one batch of {batch_size}")
+    return EpochPlan(torch.stack(batches), torch.stack([d[0] for d in draws]), torch.stack([d[1] for d in draws]))
+
+
+_CONSTANTS: dict[tuple[str, torch.device], torch.Tensor] = {}
+
+
+def _constant(name: str, device: torch.device) -> torch.Tensor:
+    """Small constant tensors cached per device (no host-to-device copy per step)."""
+    key = (name, torch.device(device))
+    if key not in _CONSTANTS:
+        values = {"mean": MEAN, "std": STD}[name]
+        _CONSTANTS[key] = torch.tensor(values, device=device).view(1, 3, 1, 1)
+    return _CONSTANTS[key]
+
+
 def normalize(x: torch.Tensor) -> torch.Tensor:
     """uint8 (B,3,H,W) → float32 normalised with the CIFAR-10 mean/std."""
-    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
-    return (x.float() / 255.0 - mean) / std
+    return (x.float() / 255.0 - _constant("mean", x.device)) / _constant("std", x.device)

@@ -59,7 +59,9 @@ def teacher_forward(
         logits = model.head(h)
         if target is None:
             target = logits.argmax(dim=1)
-        score = logits.gather(1, target.view(-1, 1).to(logits.device)).sum()
+        if target.device != logits.device:  # (no copy, and no host sync, when already there)
+            target = target.to(logits.device)
+        score = logits.gather(1, target.view(-1, 1)).sum()
         (grad,) = torch.autograd.grad(score, act)
     with torch.no_grad():
         weights = grad.float().mean(dim=(2, 3), keepdim=True)

@@ -9,9 +9,10 @@ after it, so anything computed there would go stale). :func:`context` derives ev
   pass ``--cwd notebooks``);
 - ``data_dir=None`` means the profile's own source (``synthetic`` for smoke), else
   ``$KDNB_DATA_DIR``, else ``../data`` (CIFAR-10 is downloaded there on first use);
-- ``figures_dir=None`` means ``../figures`` (the committed figures), except for the ``smoke``
-  profile, whose throw-away figures go to ``<runs_dir>/smoke/figures`` so tests and CI never
-  touch the committed ones.
+- ``figures_dir=None`` means ``<runs_dir>/<profile>/figures``, next to the runs the figures come
+  from, for every profile: a user's run never overwrites the committed reference tables and
+  figures in ``../figures`` (the README quotes them). Refreshing those is an explicit step:
+  ``figures_dir="../figures"`` (``python -m kdnb pipeline --figures-dir figures``).
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ from typing import Any
 from .config import PROFILES, PRESETS, RunConfig, make_config
 from .results import MissingInput, require_run  # noqa: F401  (re-exported for the notebooks)
 
-SMOKE = "smoke"
-DEFAULT_FIGURES_DIR = "../figures"
 DEFAULT_DATA_DIR = "../data"
 CIFAR10_TRAIN = 50000
 
@@ -40,13 +39,12 @@ EVAL_DEFAULTS: dict[str, dict[str, Any]] = {
 
 def figures_dir_for(profile: str, runs_dir: str | os.PathLike, figures_dir: str | os.PathLike | None,
                     base: str | os.PathLike | None = None) -> Path:
-    """Where a notebook saves its figures (see the module docstring for the rule)."""
+    """Where a notebook saves its tables and figures: ``figures_dir`` if given, else
+    ``<runs_dir>/<profile>/figures`` (never the committed ``figures/``; see the module docstring)."""
     base = Path(base) if base is not None else Path.cwd()
     if figures_dir is not None:
         return (base / Path(figures_dir).expanduser()).resolve()
-    if profile == SMOKE:
-        return (base / Path(runs_dir).expanduser()).resolve() / SMOKE / "figures"
-    return (base / DEFAULT_FIGURES_DIR).resolve()
+    return (base / Path(runs_dir).expanduser()).resolve() / profile / "figures"
 
 
 def data_dir_for(profile: str, data_dir: str | os.PathLike | None, base: str | os.PathLike | None = None) -> str | None:
@@ -162,7 +160,19 @@ def context(
         download_to=data if data_dir is None and data == str((base_path / DEFAULT_DATA_DIR).resolve()) else None,
     )
     ctx.config("baseline")  # validate the overrides now, before any long work
+    share_compile_cache(ctx.runs_dir)
     return ctx
+
+
+def share_compile_cache(runs_dir: str | os.PathLike) -> Path:
+    """Point torch.compile's on-disk cache at ``<runs_dir>/compile-cache`` (unless the user chose one).
+
+    Every notebook runs in a fresh kernel; with one cache beside the runs, the second kernel of a
+    series (and a JupyterLab kernel opened on the same runs) reuses the first one's compiled
+    kernels instead of compiling again. Must run before the first compilation of the process.
+    """
+    path = Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(runs_dir).resolve() / "compile-cache")))
+    return path
 
 
 def download_cifar10(path: str | os.PathLike) -> None:

@@ -2,15 +2,18 @@
 
 Each notebook runs in a fresh ``python3`` kernel whose working directory is ``notebooks/``;
 paths are passed as absolute parameters. The student notebooks (02–06) run once per seed. Every
-executed copy is saved under ``<runs_dir>/<profile>/notebooks/``. Finished runs are skipped and
-interrupted ones resumed by the engine, so rerunning the pipeline after a failure or a kill only
-does the missing work. The first failing notebook stops the pipeline with one line naming the
-notebook, the cell and the error.
+executed copy is saved under ``<runs_dir>/<profile>/notebooks/``, the tables and figures under
+``<runs_dir>/<profile>/figures/``: a run never overwrites the committed reference in ``figures/``
+unless asked to with ``figures_dir="figures"`` (``--figures-dir figures``). Finished runs are
+skipped and interrupted ones resumed by the engine, so rerunning the pipeline after a failure or a
+kill only does the missing work. The first failing notebook stops the pipeline with one line naming
+the notebook, the cell, the line of the cell that raised and the error.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -19,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import PROFILES, ConfigError
-from .notebook import figures_dir_for
+from .notebook import figures_dir_for, share_compile_cache
 from .results import NOTEBOOKS
 from .train import TrainingError
 
@@ -87,22 +90,54 @@ def plan(profile: str, seeds: Sequence[int], runs_dir: Path, data_dir: str | Non
     return steps
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# How IPython names a cell's frame: "Cell In[6], line 3" (IPython >= 8), "<ipython-input-6-...>" (older,
+# the line then marked "----> 3").
+_CELL_FRAME = re.compile(r"Cell In\[(\d+)\], line (\d+)|<ipython-input-(\d+)-\w+>")
+_ARROW = re.compile(r"^-+>\s*(\d+)", re.M)
+
+
+def failing_line(source: str, traceback: Sequence[str], exec_count: int | None = None) -> int | None:
+    """The 1-based line of the cell ``source`` where the error was raised, read from the cell's
+    frame in IPython's traceback (``None`` when it has none, e.g. MissingInput's one-line display).
+
+    Taken from the first frame of the cell in the last exception of a chain: later frames of the
+    same cell (a generator expression defined there) may point at other lines."""
+    line = None
+    for entry in traceback:
+        text = _ANSI.sub("", entry)
+        if "above exception" in text:  # "During handling of the above exception…": a chained one follows
+            line = None
+            continue
+        m = _CELL_FRAME.search(text)
+        if line is not None or m is None or (exec_count is not None and int(m[1] or m[3]) != exec_count):
+            continue
+        arrow = _ARROW.search(text)
+        n = int(m[2]) if m[2] else int(arrow[1]) if arrow else 0
+        if 1 <= n <= len(source.splitlines()):
+            line = n
+    return line
+
+
 def _failure(step: Step, exc: Exception) -> PipelineError:
-    """One line: notebook, cell and error (papermill's execution error carries them)."""
+    """One line: notebook, cell, the cell's failing line and the error (papermill's execution
+    error carries them), so the user sees which statement to look at without opening the copy."""
     cell = getattr(exc, "exec_count", None)
     index = getattr(exc, "cell_index", None)
     ename, evalue = getattr(exc, "ename", type(exc).__name__), getattr(exc, "evalue", str(exc))
-    first = ""
     src = getattr(exc, "source", "") or ""
-    for line in src.splitlines():
-        if line.strip() and not line.lstrip().startswith("#"):
-            first = f" `{line.strip()[:60]}`"
-            break
+    lines = src.splitlines()
+    n = failing_line(src, getattr(exc, "traceback", None) or [], cell)
+    # not in the traceback: quote the cell's first statement, which identifies the cell (no line number)
+    quoted = n or next((i for i, line in enumerate(lines, 1) if line.strip() and not line.lstrip().startswith("#")), 0)
+    quote = f" `{lines[quoted - 1].strip()[:60]}`" if quoted else ""
     where = f"cell {index}" if index is not None else "startup"
     if cell is not None:
         where += f" [{cell}]"
+    if n is not None:
+        where += f" line {n}"
     seed = f" ({step.label})" if step.label else ""
-    return PipelineError(f"notebook {step.notebook}{seed} failed in {where}{first}: {ename}: {evalue.strip()} "
+    return PipelineError(f"notebook {step.notebook}{seed} failed in {where}{quote}: {ename}: {evalue.strip()} "
                          f"(executed copy: {step.output})")
 
 
@@ -120,7 +155,8 @@ def run_pipeline(
     """Execute the series; return the executed steps with their wall times.
 
     ``notebooks``: name prefixes to run (e.g. ``["00", "01"]``); default the series 00–08, plus
-    the mask ablation 09 with ``ablation``. ``parameters``: extra
+    the mask ablation 09 with ``ablation``. ``figures_dir``: where tables and figures go, default
+    ``<runs_dir>/<profile>/figures`` (``"figures"`` refreshes the committed reference). ``parameters``: extra
     values for every notebook that declares them (e.g. ``{"epochs": 1}``). Relative paths are
     taken relative to the current directory. ``verbose`` streams the notebooks' printed output
     (training progress) to this process's stdout/stderr. Raises :class:`PipelineError` at the first failure.
@@ -139,8 +175,9 @@ def run_pipeline(
     if data is not None and data != "synthetic" and not Path(data).exists():
         raise ConfigError(f"--data-dir {data_dir}: no such directory")
     nb_dir = notebooks_dir()
-    figs = figures_dir_for(profile, runs_path, figures_dir, base=Path.cwd() if figures_dir else nb_dir)
+    figs = figures_dir_for(profile, runs_path, figures_dir)
     steps = plan(profile, seeds, runs_path, data, figs, notebooks, parameters, ablation)
+    share_compile_cache(runs_path)  # the kernels inherit it: one compile cache for the series
     steps[0].output.parent.mkdir(parents=True, exist_ok=True)
 
     print(f"kdnb pipeline: profile {profile}, seeds {' '.join(map(str, seeds))}, {len(steps)} notebook runs\n"
@@ -174,6 +211,8 @@ def run_pipeline(
     if table.is_file():
         print(f"results table: {table}")
     print(f"figures:       {figs}\nnotebooks:     {steps[0].output.parent}\nruns:          {runs_path / profile}")
+    if figs != nb_dir.parent / "figures":
+        print("the committed reference in figures/ is unchanged (--figures-dir figures refreshes it)")
     return steps
 
 

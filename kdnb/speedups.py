@@ -11,6 +11,7 @@ still take the gradient with respect to one stage's activation.
 from __future__ import annotations
 
 import copy
+import functools
 
 import torch
 from torch import nn
@@ -55,6 +56,12 @@ def fold_batchnorm(model: ResNet) -> ResNet:
     return model
 
 
+# torch 2.11's inductor failed an internal assertion (tiling_utils.get_pw_red_splits, in its
+# memory-coalescing analysis) compiling the folded CBAM teacher's stages for CUDA; without that
+# analysis it compiles (seen on an H200). Only a tiling heuristic is lost.
+CUDA_TEACHER_OPTIONS = {"triton.coalesce_tiling_analysis": False}
+
+
 def compile_stages(model: ResNet) -> ResNet:
     """``torch.compile`` the stem and each stage separately, in place.
 
@@ -62,19 +69,75 @@ def compile_stages(model: ResNet) -> ResNet:
     to the Grad-CAM stage without a graph and differentiate the later ones with respect to that
     stage's activation. (The head, an average pool and one linear layer, stays eager.)
     """
-    model.stem.compile()
+    options = CUDA_TEACHER_OPTIONS if next(model.parameters()).is_cuda else None
+    model.stem.compile(options=options)
     for s in STAGES:
-        getattr(model, s).compile()
+        getattr(model, s).compile(options=options)
     return model
 
 
-def prepare_teacher(teacher: ResNet, compile: bool = False) -> ResNet:
+def prepare_teacher(teacher: ResNet, compile: bool = False, low_precision: bool = False) -> ResNet:
     """A private copy of a frozen ``teacher`` for training steps: BN folded, channels_last, and
     compiled stage by stage when ``compile`` is on. The caller's teacher is left untouched.
+
+    ``low_precision`` stores the folded weights in bf16 (for CUDA under bf16 autocast): autocast
+    re-casts frozen fp32 weights on every forward, since it caches casts only of trainable ones.
 
     Share one prepared teacher between steppers where possible (the benchmark does): every
     compiled copy adds entries to dynamo's per-function cache, which is bounded
     (``torch._dynamo.config.recompile_limit``); past it, dynamo silently runs eager.
     """
     prepared = fold_batchnorm(copy.deepcopy(teacher)).to(memory_format=torch.channels_last)
+    if low_precision:
+        prepared = prepared.to(torch.bfloat16)
     return compile_stages(prepared) if compile else prepared
+
+
+# ---------------------------------------------------------------- bf16 on CPUs
+def cpu_bf16_pays() -> bool:
+    """Whether bf16 autocast makes training faster on this CPU: only with AMX tiles.
+
+    Measured (``python -m kdnb bench``, cpu profile, compiled, idle 2-core Xeon with AVX512-BF16
+    but no AMX): fp32 steps were faster than bf16 (baseline 42.5 vs 50.0 ms, kd 132 vs 147 ms,
+    kd_fa_at 156 vs 180 ms); on a machine with AMX bf16 was faster (the README's benchmark).
+    """
+    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+
+
+def _bf16_transpose_probe() -> bool:
+    """True when inductor's CPU code for a sum of two channels_last and one contiguous bf16
+    tensor into a contiguous fp32 result is right (it read garbage on AVX-512, torch 2.14)."""
+    g = torch.Generator().manual_seed(0)
+    shape = (16, 64, 16, 16)
+    a, b, c = (torch.randn(shape, generator=g).to(torch.bfloat16) for _ in range(3))
+    a, c = a.contiguous(memory_format=torch.channels_last), c.contiguous(memory_format=torch.channels_last)
+
+    def add3(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return (a.float() + b.float() + c.float()).contiguous()
+
+    got = torch.compile(add3, dynamic=False)(a, b, c)
+    return bool(torch.equal(got, add3(a, b, c)))
+
+
+@functools.cache
+def ensure_compiled_bf16_correct() -> dict[str, object]:
+    """Check inductor's bf16 CPU kernels once per process and work around the miscompile.
+
+    Why: with AVX-512 vectors, inductor (torch 2.14) tiles a kernel that reads two channels_last
+    and one contiguous bf16 tensor into a contiguous output through 32×32 bf16 transposes, and
+    the result is garbage (values up to 1e38 and NaN, different per thread). In the compiled
+    CBAM teacher's backward that is a BatchNorm-backward kernel, so every gradient before it was
+    NaN and training stopped at step 2. Narrowing inductor's vectors to 256 bits gives correct
+    kernels (convolutions and matrix products are oneDNN's and keep their full width).
+    Returns what was found, for the run's provenance.
+    """
+    import torch._inductor.config as inductor_config
+
+    if _bf16_transpose_probe():
+        return {"inductor_bf16_probe": "ok"}
+    inductor_config.cpp.simdlen = 256
+    torch._dynamo.reset()
+    if _bf16_transpose_probe():
+        return {"inductor_bf16_probe": "miscompiled at the default vector width; using simdlen=256"}
+    raise RuntimeError("inductor miscompiles bf16 kernels on this CPU even at simdlen=256: "
+                       "use --set amp=false or --set compile=false")

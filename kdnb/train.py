@@ -26,19 +26,23 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .config import RunConfig, config_from_dict
-from .data import Dataset, augment, epoch_batches, load_dataset, normalize, stratified_split
+from .data import Dataset, apply_augmentation, augment, load_dataset, normalize, plan_epoch, stratified_split
 from .efficiency import device_name
 from .masks import make_masks, teacher_forward
 from .models import build_model, count_parameters
 from .objective import TERMS, Objective
-from .speedups import prepare_teacher
+from .speedups import cpu_bf16_pays, ensure_compiled_bf16_correct, prepare_teacher
 from .runs import (
     BEST_FILE, CHECKPOINT_FILE, CONFIG_FILE, HISTORY_FILE, METRICS_FILE,
     is_finished, load_torch, read_json, run_path, save_torch, write_json,
 )
 
+# Host reads in the training loop happen only every so many steps (a read waits for the device).
+CHECK_EVERY = 50
+PROGRESS_EVERY = 20
+
 # Settings that change how fast a run goes, not what it computes: they may differ on resume.
-ENGINE_FIELDS = ("device", "threads", "compile", "eval_batch_size", "data_dir")
+ENGINE_FIELDS = ("device", "threads", "compile", "compile_mode", "eval_batch_size", "data_dir")
 
 
 class TrainingError(RuntimeError):
@@ -72,14 +76,10 @@ def _git_commit() -> str | None:
         return None
 
 
-def cpu_has_bf16() -> bool:
-    """Whether this CPU runs bf16 convolutions natively (AVX512-BF16/AMX), so autocast pays off."""
-    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
 def amp_active(device: torch.device, enabled: bool) -> bool:
-    """bf16 autocast is used on CUDA and on CPUs with native bf16; elsewhere ``amp`` is a no-op."""
-    return enabled and (device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16()))
+    """bf16 autocast is used on CUDA and on CPUs where it is faster (AMX, see
+    :func:`kdnb.speedups.cpu_bf16_pays`); elsewhere ``amp`` is a no-op."""
+    return enabled and (device.type == "cuda" or (device.type == "cpu" and cpu_bf16_pays()))
 
 
 def _autocast(device: torch.device, enabled: bool):
@@ -179,6 +179,12 @@ def _provenance(cfg: RunConfig, device: torch.device, data: Dataset, n_train: in
         "device_name": device_name(device),
         "device_type": device.type,
         "torch_threads": torch.get_num_threads(),
+        # what the engine switches did on this machine (amp is only a request on CPUs)
+        "amp_active": amp_active(device, cfg.amp),
+        "cpu_bf16": {"amx": cpu_bf16_pays(), "avx512_bf16": bool(torch.cpu._is_avx512_bf16_supported())}
+        if device.type == "cpu" else None,
+        "compiled_bf16_check": ensure_compiled_bf16_correct()
+        if cfg.compile and device.type == "cpu" and amp_active(device, cfg.amp) else None,
         "data_source": data.source,
         "n_train": n_train,
         "n_val": n_val,
@@ -212,19 +218,25 @@ class Stepper:
         # Compiled callables share the modules' parameters. The objective is compiled on its own
         # (eager, the FA connector and the loss maps cost a fifth of a kd_fa_at step: 283 → 229 ms
         # when compiled, profiled at 1 thread).
-        self.forward = torch.compile(student) if cfg.compile else student
-        self.loss = torch.compile(objective) if cfg.compile else objective
+        mode = None if cfg.compile_mode == "default" else cfg.compile_mode
+        self.forward = torch.compile(student, mode=mode) if cfg.compile else student
+        self.loss = torch.compile(objective, mode=mode) if cfg.compile else objective
         self.sizes: dict[str, tuple[int, int]] | None = None
         self.last_cam: torch.Tensor | None = None
         self.mask_share: torch.Tensor | float = 0.0  # summed over the steps of the current epoch
 
-    def prepare(self, xb: torch.Tensor) -> torch.Tensor:
-        """uint8 batch → augmented, normalised float batch in the device's preferred layout."""
-        return normalize(augment(xb, self.gen)).contiguous(memory_format=torch.channels_last)
+    def prepare(self, xb: torch.Tensor, draws: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """uint8 batch → augmented, normalised float batch in the device's preferred layout.
 
-    def __call__(self, xb: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        ``draws``: the batch's crop offsets and flips from an :class:`~kdnb.data.EpochPlan`
+        (already on the device); without them they are drawn from the stepper's generator."""
+        x = augment(xb, self.gen) if draws is None else apply_augmentation(xb, *draws)
+        return normalize(x).contiguous(memory_format=torch.channels_last)
+
+    def __call__(self, xb: torch.Tensor, y: torch.Tensor, draws: tuple[torch.Tensor, torch.Tensor] | None = None
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         cfg = self.cfg
-        x = self.prepare(xb)
+        x = self.prepare(xb, draws)
         with _autocast(self.device, cfg.amp):
             s_logits, s_feats = self.forward(x, return_features=True)
             t_logits = t_feats = cam = None
@@ -249,12 +261,29 @@ class Stepper:
         return total, terms, s_logits
 
 
+def _check_compiler(cfg: RunConfig, device: torch.device) -> None:
+    """Before compiling under bf16 on a CPU, make sure inductor's bf16 kernels are right here."""
+    if cfg.compile and device.type == "cpu" and amp_active(device, cfg.amp):
+        try:
+            ensure_compiled_bf16_correct()
+        except RuntimeError as exc:
+            raise TrainingError(str(exc)) from None
+
+
+def prepare_teacher_for(cfg: RunConfig, teacher: nn.Module, device: torch.device) -> nn.Module:
+    """The frozen teacher as ``cfg``'s training steps use it (see :func:`kdnb.speedups.prepare_teacher`):
+    stored in bf16 on CUDA under autocast, compiled when ``cfg.compile``."""
+    _check_compiler(cfg, device)
+    return prepare_teacher(teacher, cfg.compile, low_precision=device.type == "cuda" and amp_active(device, cfg.amp))
+
+
 def build_stepper(cfg: RunConfig, teacher: nn.Module | None, device: torch.device, steps_per_epoch: int,
                   num_classes: int = 10, teacher_prepared: bool = False) -> Stepper:
     """Seeded student, objective (with connectors), SGD, LR schedule and generators for ``cfg``.
 
     ``teacher_prepared``: ``teacher`` already went through :func:`kdnb.speedups.prepare_teacher`
     (so several steppers can share one compiled teacher)."""
+    _check_compiler(cfg, device)
     torch.manual_seed(cfg.seed)
     student = build_student(cfg, num_classes).to(device)
     objective = Objective(
@@ -269,10 +298,11 @@ def build_stepper(cfg: RunConfig, teacher: nn.Module | None, device: torch.devic
     if teacher is not None and not teacher_prepared:
         # A private copy with BN folded into the convolutions (exact up to rounding), so the
         # caller's teacher is untouched; compiled stage by stage when ``compile`` is on.
-        teacher = prepare_teacher(teacher, cfg.compile)
+        teacher = prepare_teacher_for(cfg, teacher, device)
     params = list(student.parameters()) + list(objective.parameters())
+    # One fused kernel for the whole update on CUDA (the foreach path launches several per step).
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                          nesterov=cfg.nesterov)
+                          nesterov=cfg.nesterov, fused=device.type == "cuda" or None)
     sched = _make_scheduler(cfg, opt, steps_per_epoch)
     gen = torch.Generator().manual_seed(cfg.seed)
     mask_gen = torch.Generator().manual_seed(cfg.seed + 1_000_003)
@@ -311,7 +341,9 @@ def train(
     train_x, train_y = on_dev(data.train_x[train_idx]), on_dev(data.train_y[train_idx])
     val_x, val_y = on_dev(data.train_x[val_idx]), on_dev(data.train_y[val_idx])
 
-    steps_per_epoch = len(epoch_batches(len(train_y), cfg.batch_size, torch.Generator()))
+    steps_per_epoch = max(1, len(train_y) // cfg.batch_size)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
     stepper = build_stepper(cfg, teacher, device, steps_per_epoch, data.num_classes)
     student, objective, opt, sched = stepper.student, stepper.objective, stepper.opt, stepper.sched
     gen, mask_gen = stepper.gen, stepper.mask_gen
@@ -320,7 +352,7 @@ def train(
              "stopped_early": False}
     ckpt_path = run_dir / CHECKPOINT_FILE
     if ckpt_path.is_file():
-        ck = load_torch(ckpt_path, device)
+        ck = load_torch(ckpt_path)  # on the CPU: generator states must stay there; modules copy to their device
         student.load_state_dict(ck["model"])
         objective.load_state_dict(ck["objective"])
         opt.load_state_dict(ck["optimizer"])
@@ -343,18 +375,19 @@ def train(
         epoch = state["epoch"] + 1
         student.train()
         objective.train()
-        batches = epoch_batches(len(train_y), cfg.batch_size, gen)
+        plan = plan_epoch(len(train_y), cfg.batch_size, gen).to(device)
         sums = torch.zeros(len(TERMS) + 2, device=device)  # terms..., total, correct
         bad = torch.full((len(TERMS) + 1,), -1, device=device, dtype=torch.long)
         t0 = time.perf_counter()
-        bar = tqdm(batches, desc=f"{cfg.run_name} epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False,
+        n = len(plan)
+        bar = tqdm(total=n, desc=f"{cfg.run_name} epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False,
                    mininterval=1.0)
         seen = 0
         stepper.mask_share = 0.0
-        for step, idx in enumerate(bar, start=1):
-            idx_dev = idx.to(device)
-            y = train_y[idx_dev]
-            total, terms, s_logits = stepper(train_x[idx_dev], y)
+        for step in range(1, n + 1):
+            idx = plan.index[step - 1]
+            y = train_y[idx]
+            total, terms, s_logits = stepper(train_x[idx], y, (plan.offsets[step - 1], plan.flips[step - 1]))
             with torch.no_grad():
                 vals = torch.stack([terms[t].detach().float() if t in terms else torch.zeros((), device=device)
                                     for t in TERMS] + [total.detach().float()])
@@ -362,14 +395,15 @@ def train(
                 sums[:-1] += vals
                 sums[-1] += (s_logits.argmax(1) == y).sum()
             seen += len(y)
-            if device.type == "cpu" or step % 50 == 0 or step == len(batches):
-                _check_finite(bad, epoch)
-            if progress and (step % 20 == 0 or step == len(batches)):
+            # The only host reads of the loop, rate-limited: a non-finite term names its first step anyway.
+            if step % CHECK_EVERY == 0 or step == n:
+                _check_finite(bad, epoch, cfg, amp_active(device, cfg.amp))
+            if progress and (step % PROGRESS_EVERY == 0 or step == n):
+                bar.update(step - bar.n)
                 bar.set_postfix(loss=f"{sums[-2].item() / step:.4f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
         bar.close()
         train_seconds = time.perf_counter() - t0
         val_loss, val_acc = evaluate(student, val_x, val_y, cfg.eval_batch_size, cfg.amp)
-        n = len(batches)
         avg = (sums / max(n, 1)).tolist()
         mask_share = float(stepper.mask_share) / max(n, 1)
         if cfg.needs_cam and cfg.mask_mode != "none" and mask_share == 0.0:
@@ -412,15 +446,24 @@ def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
-def _check_finite(bad: torch.Tensor, epoch: int) -> None:
+def _check_finite(bad: torch.Tensor, epoch: int, cfg: RunConfig, amp: bool) -> None:
+    """Raise for the earliest non-finite loss term (``bad``: first bad step per term, -1 if none).
+
+    With the engine's compile or bf16 switched on, the message first suggests ruling those out:
+    a miscompiled kernel gives NaN at any learning rate (it happened: see speedups)."""
     flags = bad.tolist()
-    for i, s in enumerate(flags):
-        if s >= 0:
-            term = (*TERMS, "total")[i]
-            raise TrainingError(
-                f"loss term '{term}' became NaN/inf at epoch {epoch}, step {s}: lower lr or the term's weight "
-                "(the last good epoch is in checkpoint.pt)"
-            )
+    found = [(s, i) for i, s in enumerate(flags) if s >= 0]
+    if not found:
+        return
+    step, i = min(found)
+    term = (*TERMS, "total")[i]
+    engine = [name for name, on in (("compile", cfg.compile), ("amp", amp)) if on]
+    check = (f"first rerun with {' and '.join(f'--set {k}=false' for k in engine)} to rule out a compiler or "
+             "bf16 fault, then " if engine else "")
+    raise TrainingError(
+        f"loss term '{term}' became NaN/inf at epoch {epoch}, step {step}: {check}lower lr or the term's weight "
+        "(the last good epoch is in checkpoint.pt)"
+    )
 
 
 def _finish(run_dir: Path, cfg: RunConfig, model: nn.Module, state: dict, data: Dataset, device: torch.device,

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from papermill.exceptions import PapermillExecutionError
 
 from kdnb.cli import main
 from kdnb.config import STUDENT_CONFIGS, ConfigError
-from kdnb.pipeline import plan
+from kdnb.pipeline import Step, _failure, failing_line, plan
 from kdnb.results import LABELS, NOTEBOOKS, MissingInput, notebook_hint, resolve_seeds
 
 FIGURES = [
@@ -67,6 +68,46 @@ def test_failure_names_notebook_and_cell(tmp_path, capsys):
     assert not (tmp_path / "smoke" / "kd").exists()
 
 
+# A training cell whose third line raised, as the kernel reports it (IPython 9, ANSI colours).
+CELL = "data = ctx.load_data(cfg)\n# resumes an interrupted run\nresult = train(cfg, ctx.runs_dir, data=data, progress=True)"
+TRACEBACK = [
+    "\x1b[31m---------------------------------------------------------------------------\x1b[39m",
+    "\x1b[31mTrainingError\x1b[39m                             Traceback (most recent call last)",
+    "\x1b[36mCell\x1b[39m\x1b[36m \x1b[39m\x1b[32mIn[6]\x1b[39m\x1b[32m, line 3\x1b[39m\n"
+    "\x1b[32m      1\x1b[39m data = ctx.load_data(cfg)\n"
+    "\x1b[32m      2\x1b[39m \x1b[38;5;66;03m# resumes an interrupted run\x1b[39;00m\n"
+    "\x1b[32m----> \x1b[39m\x1b[32m3\x1b[39m result = \x1b[43mtrain\x1b[49m(cfg, ctx.runs_dir, data=data, "
+    "progress=\x1b[38;5;28;01mTrue\x1b[39;00m)\n",
+    "\x1b[36mFile \x1b[39m\x1b[32m~/kdnb/kdnb/train.py:412\x1b[39m, in \x1b[36mtrain\x1b[39m\x1b[34m(cfg, runs_dir, data)"
+    "\x1b[39m\n\x1b[32m    411\x1b[39m \x1b[38;5;28;01mif\x1b[39;00m \x1b[38;5;129;01mnot\x1b[39;00m finite:\n"
+    "\x1b[32m--> \x1b[39m\x1b[32m412\x1b[39m     \x1b[38;5;28;01mraise\x1b[39;00m TrainingError(msg)\n",
+    "\x1b[31mTrainingError\x1b[39m: loss term 'ce' became NaN at epoch 2",
+]
+STEP = Step("02_baseline", {}, Path("runs/cpu/notebooks/02_baseline_seed0.ipynb"), label="seed 0")
+
+
+def test_failure_quotes_the_line_that_raised():
+    exc = PapermillExecutionError(9, 6, CELL, "TrainingError", "loss term 'ce' became NaN at epoch 2", TRACEBACK)
+    msg = str(_failure(STEP, exc))
+    assert "failed in cell 9 [6] line 3 `result = train(cfg, ctx.runs_dir, data=data, progress=True)`: " \
+           "TrainingError: loss term 'ce' became NaN" in msg, msg
+    assert "load_data" not in msg and "\x1b" not in msg
+    # IPython < 8 names the frame <ipython-input-6-…> and marks the line with an arrow
+    old = ["\x1b[0;32m<ipython-input-6-3f2a9c1b7d4e>\x1b[0m in \x1b[0;36m<module>\x1b[0;34m\x1b[0m\n"
+           "\x1b[1;32m      1\x1b[0m \x1b[0mdata\x1b[0m \x1b[0;34m=\x1b[0m ctx.load_data(cfg)\n"
+           "\x1b[0;32m----> 3\x1b[0;31m \x1b[0mresult\x1b[0m \x1b[0;34m=\x1b[0m train(cfg)\n"]
+    assert failing_line(CELL, old, 6) == 3
+    assert failing_line(CELL, TRACEBACK, 7) is None  # another cell's frame
+
+
+def test_failure_without_a_cell_frame_quotes_the_first_statement():
+    """MissingInput shows one line instead of a traceback: the cell is named by its first statement."""
+    exc = PapermillExecutionError(4, 2, "# check inputs\n" + CELL, "MissingInput", "run notebooks/01 first",
+                                  ["MissingInput: run notebooks/01 first"])
+    msg = str(_failure(STEP, exc))
+    assert "failed in cell 4 [2] `data = ctx.load_data(cfg)`: MissingInput: run notebooks/01 first" in msg, msg
+
+
 def test_plan_runs_students_once_per_seed(tmp_path):
     assert plan("smoke", [0], tmp_path, None, tmp_path)[-1].notebook == "08_results"  # 09 only on request
     assert plan("smoke", [0], tmp_path, None, tmp_path, notebooks=["09"])[-1].notebook == "09_mask_ablation"
@@ -102,4 +143,4 @@ def test_pipeline_command_passes_the_figures_dir(monkeypatch, tmp_path):
     assert main(["pipeline", "--profile", "cpu", "--runs-dir", str(tmp_path), "--figures-dir", str(tmp_path / "f")]) == 0
     assert seen["figures_dir"] == str(tmp_path / "f") and seen["runs_dir"] == str(tmp_path)
     main(["pipeline", "--profile", "cpu"])
-    assert seen["figures_dir"] is None  # default: the committed figures/
+    assert seen["figures_dir"] is None  # default: <runs_dir>/cpu/figures (tests/test_pipeline_paths.py)

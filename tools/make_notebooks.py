@@ -61,7 +61,7 @@ def params(text: str) -> dict:
 COMMON_PATHS = '''
 data_dir: "Optional[str]" = None  # None: the profile's own source (smoke: synthetic), else $KDNB_DATA_DIR, else ../data
 runs_dir: str = "../runs"     # runs are written to <runs_dir>/<profile>/<config>/seed<k>/
-figures_dir: "Optional[str]" = None  # None: ../figures (profile smoke: <runs_dir>/smoke/figures)
+figures_dir: "Optional[str]" = None  # None: <runs_dir>/<profile>/figures; "../figures" refreshes the committed reference
 '''.strip("\n")
 
 PROFILE_LINE = 'profile: str = "cpu"          # smoke: seconds, synthetic data (CI) · cpu: CIFAR-10 on 2 CPU cores, ~1 h · paper: GPU'

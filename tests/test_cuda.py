@@ -1,0 +1,72 @@
+"""CUDA-only checks, run by the device check (tools/device_check.sh) on a GPU; skipped elsewhere.
+
+Their CPU-side counterparts: tests/test_engine_sync.py (host reads per step) and
+tests/test_engine_train.py (resume).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kdnb.config import STUDENT_CONFIGS, TEACHER, make_config
+from kdnb.data import make_synthetic, plan_epoch
+from kdnb.models import build_model
+from kdnb.train import build_stepper, train
+
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+CUDA = torch.device("cuda")
+
+
+def test_resume_on_cuda(tmp_path):
+    """A run interrupted after one epoch resumes on CUDA (the generator states stay on the CPU)."""
+    cfg = make_config("baseline", "smoke", 0, {"epochs": 2, "patience": 2, "device": "cuda"})
+    first = train(cfg, tmp_path / "split", progress=False, max_epochs=1)
+    assert not first.metrics["finished"]
+    resumed = train(cfg, tmp_path / "split", progress=False)
+    whole = train(cfg, tmp_path / "whole", progress=False)
+    assert resumed.metrics["finished"] and len(resumed.history) == 2
+    # cuDNN may choose other kernels per process, so equal up to float noise, not bit for bit
+    for a, b in zip(resumed.history, whole.history):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=2e-2)
+
+
+# Every configuration eager; compiled, the one with every piece (compiling costs ~30 s per case).
+CASES = [(c, False) for c in (TEACHER, *STUDENT_CONFIGS)] + [("kd_fa_at", True)]
+
+
+@pytest.mark.parametrize(("config", "compiled"), CASES, ids=[f"{c}-{'compiled' if k else 'eager'}" for c, k in CASES])
+def test_training_step_never_waits_for_the_host(config, compiled):
+    """Steps with device-resident batches and draws run under sync-debug mode "error"."""
+    cfg = make_config(config, "smoke", 0, {"device": "cuda", "compile": compiled})
+    teacher = None
+    if cfg.needs_teacher:
+        tcfg = make_config(TEACHER, "smoke", 0)
+        teacher = build_model(tcfg.arch, cbam=True, width=tcfg.width).to(CUDA).eval().requires_grad_(False)
+    stepper = build_stepper(cfg, teacher, CUDA, steps_per_epoch=20)
+    data = make_synthetic(64 * 8, 10)
+    x, y = data.train_x.to(CUDA), data.train_y.to(CUDA)
+    plan = plan_epoch(len(y), cfg.batch_size, torch.Generator().manual_seed(0)).to(CUDA)
+    for i in range(3):  # warm-up: compilation and cuDNN autotuning may synchronise
+        stepper(x[plan.index[i]], y[plan.index[i]], (plan.offsets[i], plan.flips[i]))
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for i in range(3, len(plan)):
+            total, _, _ = stepper(x[plan.index[i]], y[plan.index[i]], (plan.offsets[i], plan.flips[i]))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(total).item()
+
+
+def test_compiled_bf16_teacher_trains_on_cuda():
+    """The compiled CBAM teacher under bf16 autocast gives finite, falling losses on CUDA."""
+    cfg = make_config(TEACHER, "paper", 0, {"device": "cuda", "width": 0.25, "batch_size": 64})
+    stepper = build_stepper(cfg, None, CUDA, steps_per_epoch=100)
+    data = make_synthetic(64, 10)
+    x, y = data.train_x.to(CUDA), data.train_y.to(CUDA)
+    draws = (torch.full((64, 2), 4, device=CUDA), torch.zeros(64, dtype=torch.bool, device=CUDA))
+    losses = [float(stepper(x, y, draws)[0]) for _ in range(8)]
+    assert all(torch.isfinite(torch.tensor(losses))), losses
+    assert losses[-1] < losses[0], losses

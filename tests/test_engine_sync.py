@@ -1,0 +1,81 @@
+"""The training loop makes no host read and no host-to-device move per step (issue: sync-free step).
+
+On a GPU every ``.item()``, ``.tolist()``, ``bool(t)``, ``.cpu()`` waits for the device, and every
+tensor built from host data or moved with ``.to(device)`` is a copy. A CPU cannot show either, so
+these tests count the *calls* that would cost them while ``train()`` runs, at two epoch lengths
+(50 and 100 steps): the difference is what 50 more steps cost, and it may only be the
+rate-limited reads (the NaN check every ``CHECK_EVERY`` steps). The device check repeats the step
+under ``torch.cuda.set_sync_debug_mode("error")`` on a real GPU (tests/test_cuda.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+
+import pytest
+import torch
+
+from kdnb.config import STUDENT_CONFIGS, make_config
+from kdnb.train import CHECK_EVERY, train
+
+HOST_READS = ("item", "tolist", "__bool__", "__float__", "__int__", "cpu", "numpy")
+
+
+@contextlib.contextmanager
+def count_host_traffic():
+    """Count host reads (Tensor methods above) and would-be host-to-device copies
+    (``torch.tensor``/``as_tensor``/``from_numpy`` and ``Tensor.to``/``.cuda`` with a device)."""
+    counts: Counter[str] = Counter()
+    patched: list[tuple[object, str, object]] = []
+
+    def wrap(owner, name, is_move=None):
+        original = getattr(owner, name)
+
+        def counting(*args, **kwargs):
+            if is_move is None or is_move(args, kwargs):
+                counts[name] += 1
+            return original(*args, **kwargs)
+
+        patched.append((owner, name, original))
+        setattr(owner, name, counting)
+
+    def names_device(args, kwargs) -> bool:  # Tensor.to(self, device?, dtype?, ...) or .to(device=...)
+        return "device" in kwargs or any(isinstance(a, (str, torch.device)) for a in args[1:2])
+
+    for name in HOST_READS:
+        wrap(torch.Tensor, name)
+    wrap(torch.Tensor, "to", names_device)
+    wrap(torch.Tensor, "cuda")
+    for name in ("tensor", "as_tensor", "from_numpy"):
+        wrap(torch, name)
+    try:
+        yield counts
+    finally:
+        for owner, name, original in reversed(patched):
+            setattr(owner, name, original)
+
+
+def _one_epoch(config: str, steps: int, runs, data) -> Counter:
+    n_val = 200
+    cfg = make_config(config, "smoke", 0, {"epochs": 1, "patience": 1, "train_size": 64 * steps, "val_size": n_val,
+                                            "synthetic_train": 64 * steps + n_val})
+    with count_host_traffic() as counts:
+        train(cfg, runs / f"{config}-{steps}", progress=False, data=data, max_epochs=1)
+    return counts
+
+
+@pytest.mark.parametrize("config", STUDENT_CONFIGS)
+def test_no_host_reads_or_moves_per_step(config, tmp_path, smoke_runs):
+    from kdnb.data import make_synthetic
+
+    data = make_synthetic(64 * 100 + 200, 100)
+    import shutil
+
+    for steps in (50, 100):  # the distilling configurations need the smoke teacher beside their runs
+        shutil.copytree(smoke_runs / "smoke" / "teacher", tmp_path / f"{config}-{steps}" / "smoke" / "teacher")
+    short = _one_epoch(config, 50, tmp_path, data)
+    long = _one_epoch(config, 100, tmp_path, data)
+    extra = long - short  # Counter subtraction keeps positive differences only
+    assert extra == Counter({"tolist": 50 // CHECK_EVERY}), (
+        f"50 more training steps of {config} made these extra host reads / moves: {dict(extra)}")
