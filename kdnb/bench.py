@@ -40,14 +40,16 @@ import torch.nn.functional as F
 from .config import STUDENT_CONFIGS, TEACHER, RunConfig, make_config
 from .data import MEAN, STD, augment, epoch_batches, load_dataset, make_synthetic, normalize, plan_epoch
 from .efficiency import device_name
-from .masks import causal_mask, teacher_forward
+from .masks import causal_mask, teacher_forward, teacher_forwards
 from .models import build_model, count_parameters
+from .speedups import cpu_bf16_pays
 from .train import _autocast, amp_active, build_stepper, build_student, prepare_teacher_for, resolve_device
 
 REFERENCE = "reference"
 PIECES: tuple[str, ...] = ("teacher_forward", "gradcam_mask")
-VARIANTS: tuple[str, ...] = (REFERENCE, *STUDENT_CONFIGS, *PIECES)
-KINDS = {REFERENCE: "paper pipeline", **{c: "kdnb step" for c in STUDENT_CONFIGS},
+COHORT = "cohort"
+VARIANTS: tuple[str, ...] = (REFERENCE, *STUDENT_CONFIGS, COHORT, *PIECES)
+KINDS = {REFERENCE: "paper pipeline", **{c: "kdnb step" for c in STUDENT_CONFIGS}, COHORT: "all 5 students",
          "teacher_forward": "piece", "gradcam_mask": "piece"}
 NUM_WORKERS = 2
 PREFETCH_FACTOR = 2
@@ -188,19 +190,39 @@ def run_bench(profile: str = "cpu", steps: int = 20, device: str = "auto", json_
     fns: dict[str, Callable[[], None]] = {}
     if REFERENCE in names:
         fns[REFERENCE] = ReferenceStep(base, ref_iter, dev)
+    steppers = {}
     for c in STUDENT_CONFIGS:
-        if c not in names:
+        if c not in names and COHORT not in names:
             continue
         cfg = cfgs[c]
-        stepper = build_stepper(cfg, prepared if cfg.needs_teacher else None, dev, steps_per_epoch,
-                                teacher_prepared=True)
+        steppers[c] = stepper = build_stepper(cfg, prepared if cfg.needs_teacher else None, dev, steps_per_epoch,
+                                              teacher_prepared=True)
         idx_iter = _cycle_batches(len(y_cpu), bs, seed, dev)
 
         def kdnb_step(stepper=stepper, idx_iter=idx_iter) -> None:
             idx, draws = next(idx_iter)
             stepper(train_x[idx], train_y[idx], draws)
 
-        fns[c] = kdnb_step
+        if c in names:
+            fns[c] = kdnb_step
+    if COHORT in names:
+        # One step of all five students as train_cohort takes it: one augmentation and one teacher
+        # pass (Grad-CAM included) per batch, then each student's own update. It reuses the solo
+        # variants' students: separately compiled copies would overflow dynamo's cache.
+        cohort_iter = _cycle_batches(len(y_cpu), bs, seed, dev)
+        cam_keys = sorted({st.cam_key for st in steppers.values() if st.cfg.needs_teacher}, key=str)
+        lead = steppers["baseline"]
+
+        def cohort_step() -> None:
+            idx, draws = next(cohort_iter)
+            y = train_y[idx]
+            x = lead.prepare(train_x[idx], draws)
+            with _autocast(dev, base.amp):
+                outs = teacher_forwards(prepared, x, cam_keys, y)
+            for st in steppers.values():
+                st.update(x, y, outs[st.cam_key] if st.cfg.needs_teacher else None)
+
+        fns[COHORT] = cohort_step
 
     # Pieces: a few fixed prepared batches, so only the teacher (and mask) work is timed, with the
     # teacher exactly as the training steps prepare it (BN folded, channels_last, compiled if on).
@@ -252,7 +274,9 @@ def run_bench(profile: str = "cpu", steps: int = 20, device: str = "auto", json_
                     "params": count_parameters(build_student(base))},
         "teacher": {"arch": tcfg.arch, "width": tcfg.width, "cbam": tcfg.cbam, "stem": tcfg.stem,
                     "params": count_parameters(teacher), "weights": "random init (speed only)"},
-        "amp_bf16": amp_active(dev, base.amp), "channels_last": True, "teacher_bn_folded": True,
+        "amp_bf16": amp_active(dev, base.amp),
+        "cpu_bf16": {"amx": cpu_bf16_pays(), "avx512_bf16": bool(torch.cpu._is_avx512_bf16_supported())}
+        if dev.type == "cpu" else None, "channels_last": True, "teacher_bn_folded": True,
         "compile": base.compile, "compile_mode": base.compile_mode, "overrides": dict(overrides), "cam_stage": mcfg.cam_stage, "stages": mcfg.stages,
         "reference_loader": {"num_workers": NUM_WORKERS, "persistent_workers": True,
                              "prefetch_factor": PREFETCH_FACTOR, "pin_memory": False, "fp32": True},
@@ -309,6 +333,11 @@ def run_bench(profile: str = "cpu", steps: int = 20, device: str = "auto", json_
         "kd_fa_at_over_kd_step_time": masked,
         "gradcam_mask_over_teacher_forward_time": paired("gradcam_mask", "teacher_forward"),
         "kd_over_baseline_step_time": paired("kd", "baseline"),
+        "cohort_over_kd_step_time": paired(COHORT, "kd"),
+        # the cohort against the five students' solo steps one after another (per-round sums)
+        "cohort_over_sum_of_solo_step_time": (
+            statistics.median(c / sum(rounds[v][k] for v in STUDENT_CONFIGS) for k, c in enumerate(rounds[COHORT]))
+            if COHORT in rounds and all(v in rounds for v in STUDENT_CONFIGS) else None),
     }
     targets = {
         "baseline_over_reference_throughput": {
@@ -333,6 +362,10 @@ def run_bench(profile: str = "cpu", steps: int = 20, device: str = "auto", json_
             out(f"{label}: {t['value']:.2f}x  (target {t['target']}x on {t['applies_to']}: {verdict})")
     if ratios["gradcam_mask_over_teacher_forward_time"] is not None:
         out(f"gradcam_mask / teacher_forward (time): {ratios['gradcam_mask_over_teacher_forward_time']:.2f}x")
+    if ratios["cohort_over_kd_step_time"] is not None:
+        out(f"cohort of all 5 students / kd (step time): {ratios['cohort_over_kd_step_time']:.2f}x"
+            + (f"; / the 5 solo steps together: {ratios['cohort_over_sum_of_solo_step_time']:.2f}x"
+               if ratios["cohort_over_sum_of_solo_step_time"] is not None else ""))
     out("cached masks: not implemented (masks are live Grad-CAM every step), so no mean IoU to report")
     if os.cpu_count() and dev.type == "cpu":
         try:

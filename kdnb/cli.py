@@ -35,14 +35,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     overrides = _parse_sets(args.set)
     if args.data_dir is not None:
         overrides["data_dir"] = args.data_dir
-    cfg = make_config(args.config, args.profile, args.seed, overrides)
-    from .train import train
+    cfgs = [make_config(c, args.profile, args.seed, overrides) for c in args.config]
+    from .train import check_cohort, train_cohort
 
-    result = train(cfg, args.runs_dir, force=args.force, progress=not args.quiet)
-    m = result.metrics
-    print(f"{cfg.run_name} seed{cfg.seed}: best epoch {m['best_epoch']}, val acc {m['val_acc']:.4f}, "
-          f"test acc {m['test_acc']:.4f}")
-    print(f"results: {result.run_dir}")
+    check_cohort(cfgs)  # before any work: members must share seed, data and teacher
+    for result in train_cohort(cfgs, args.runs_dir, force=args.force, progress=not args.quiet):
+        m, cfg = result.metrics, result.config
+        print(f"{cfg.run_name} seed{cfg.seed}: best epoch {m['best_epoch']}, val acc {m['val_acc']:.4f}, "
+              f"test acc {m['test_acc']:.4f}")
+        print(f"results: {result.run_dir}")
     return 0
 
 
@@ -66,8 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m kdnb", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train one run (teacher or a student configuration)")
-    t.add_argument("--config", required=True, help=f"one of {', '.join(CONFIGS)}")
+    t = sub.add_parser("train", help="train one run (teacher or a student configuration), or a cohort of students")
+    t.add_argument("--config", required=True, nargs="+",
+                   help=f"one of {', '.join(CONFIGS)}; several student configurations of one seed train together "
+                        "as a cohort (one teacher pass per batch, each run as it would be alone)")
     t.add_argument("--profile", default="smoke", help=f"one of {', '.join(PROFILES)} (default smoke)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--runs-dir", default="runs")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -163,10 +164,88 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "device": ("auto", "cpu", "cuda", "mps"),
     "compile_mode": ("default", "reduce-overhead", "max-autotune-no-cudagraphs"),
 }
-_POSITIVE = ("epochs", "batch_size", "eval_batch_size", "width", "temperature", "at_p",
-             "synthetic_train", "synthetic_test", "patience")
-_NON_NEGATIVE = ("lr", "momentum", "weight_decay", "w_ce", "w_kd", "w_fa", "w_at", "val_size",
-                 "seed", "split_seed", "teacher_seed")
+
+# The working range of every numeric setting, as interval text: "(" / ")" exclude the bound,
+# "[" / "]" include it. Float settings must also be finite (no nan, no inf); integer settings
+# must be ints (an int-valued float such as 3.0 is a type error, as before). Settings whose type
+# allows None (train_size, threads) accept None as well. This table is the single source of the
+# bounds and of the text of the error messages.
+RANGES: dict[str, str] = {
+    # seeds: torch.Generator.manual_seed takes 64-bit values; keep them non-negative int64
+    "seed": "[0, 2**63)",
+    "split_seed": "[0, 2**63)",
+    "teacher_seed": "[0, 2**63)",
+    # data
+    "val_size": "[0, 10000000]",
+    "train_size": "[10, 10000000]",  # one image per class at least
+    "synthetic_train": "[10, 1000000]",  # one image per class at least; held in memory
+    "synthetic_test": "[10, 1000000]",
+    # model
+    "width": "(0, 8]",
+    # optimisation
+    "epochs": "[1, 10000]",
+    "patience": "[1, 10000]",
+    "batch_size": "[2, 65536]",  # BatchNorm needs 2 images per batch in training
+    "lr": "(0, 10]",
+    "momentum": "[0, 1)",
+    "weight_decay": "[0, 1)",
+    "warmup_frac": "(0, 1)",
+    # objective
+    "w_ce": "[0, 1e6]",
+    "w_kd": "[0, 1e6]",
+    "w_fa": "[0, 1e6]",
+    "w_at": "[0, 1e6]",
+    "temperature": "(0, 100]",
+    "at_p": "(0, 16]",
+    # causal masks
+    "keep": "(0, 1]",
+    # engine
+    "threads": "[1, 1024]",
+    "eval_batch_size": "[1, 65536]",
+}
+
+
+def _bound(text: str) -> int | float:
+    """``"10"`` -> 10, ``"1e6"`` -> 1000000.0, ``"2**63"`` -> 2**63 (exact)."""
+    if "**" in text:
+        base, exp = text.split("**")
+        return int(base) ** int(exp)
+    return int(text) if re.fullmatch(r"-?\d+", text) else float(text)
+
+
+def _parse_range(text: str) -> tuple[int | float, int | float, bool, bool]:
+    m = re.fullmatch(r"([\[(])\s*(\S+?)\s*,\s*(\S+?)\s*([\])])", text)
+    if m is None:
+        raise ValueError(f"bad range {text!r}")
+    return _bound(m[2]), _bound(m[3]), m[1] == "(", m[4] == ")"
+
+
+_BOUNDS = {name: _parse_range(text) for name, text in RANGES.items()}
+
+
+def _in_range(name: str, value: int | float) -> bool:
+    lo, hi, lo_open, hi_open = _BOUNDS[name]
+    if isinstance(value, float) and not math.isfinite(value):
+        return False  # ints (of any size) are finite; comparisons below are exact for them
+    above = value > lo if lo_open else value >= lo
+    below = value < hi if hi_open else value <= hi
+    return above and below
+
+
+def _range_error(name: str, value: Any) -> ConfigError:
+    t = _field_types()[name]
+    kind = "an integer" if t.startswith("int") else "a finite number"
+    none = " or None" if "None" in t else ""
+    return ConfigError(f"setting {name}={_show(value)} must be {kind} in {RANGES[name]}{none}")
+
+
+def _show(value: Any) -> str:
+    """``repr(value)``, shortened for hostile sizes (a 5000-digit int has no repr in Python 3.11+)."""
+    try:
+        text = repr(value)
+    except ValueError:
+        return f"<int of {value.bit_length()} bits>"
+    return text if len(text) <= 40 else text[:30] + "..." + text[-6:]
 
 
 def _field_types() -> dict[str, str]:
@@ -179,6 +258,8 @@ def parse_value(key: str, text: str) -> Any:
     if key not in types:
         raise ConfigError(f"unknown setting {key!r}; allowed: {', '.join(sorted(types))}")
     t = types[key]
+    if t.startswith("int") and key in RANGES and not _is_int(text) and _is_float(text):
+        raise _range_error(key, text)  # a number (3.5, 1e3, nan, inf) but not an integer: name the range
     try:
         if text.lower() in ("none", "null") and "None" in t:
             return None
@@ -191,12 +272,29 @@ def parse_value(key: str, text: str) -> Any:
         if t.startswith("int"):
             return int(text)
         if t.startswith("float"):
+            # float() also reads "nan", "inf", "-inf", "infinity": validate() then names the range
             return float(text)
         if t.startswith("list"):
             return [s.strip() for s in text.split(",") if s.strip()]
         return text
     except ValueError:
         raise ConfigError(f"setting {key}={text!r}: expected {t}") from None
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _check_type(name: str, value: Any, t: str) -> None:
@@ -217,24 +315,25 @@ def _check_type(name: str, value: Any, t: str) -> None:
 def validate(cfg: RunConfig) -> RunConfig:
     """Check every field; raise ConfigError naming the first bad field and what is allowed."""
     for name, t in _field_types().items():
-        _check_type(name, getattr(cfg, name), t)
+        value = getattr(cfg, name)
+        if name in RANGES and isinstance(value, float) and not math.isfinite(value):
+            raise _range_error(name, value)  # nan/inf, also for an integer setting: name the range
+        _check_type(name, value, t)
     for name, allowed in _CHOICES.items():
         if getattr(cfg, name) not in allowed:
             raise ConfigError(f"setting {name}={getattr(cfg, name)!r} is unknown; allowed: {', '.join(allowed)}")
-    for name in _POSITIVE:
-        if not getattr(cfg, name) > 0:
-            raise ConfigError(f"setting {name}={getattr(cfg, name)!r} must be > 0")
-    for name in _NON_NEGATIVE:
-        if getattr(cfg, name) < 0:
-            raise ConfigError(f"setting {name}={getattr(cfg, name)!r} must be >= 0")
-    if not 0 < cfg.keep <= 1:
-        raise ConfigError(f"setting keep={cfg.keep!r} must be in (0, 1]")
-    if not 0 < cfg.warmup_frac < 1:
-        raise ConfigError(f"setting warmup_frac={cfg.warmup_frac!r} must be in (0, 1)")
-    if cfg.train_size is not None and cfg.train_size < 10:
-        raise ConfigError(f"setting train_size={cfg.train_size!r} must be >= 10 (one image per class) or None")
-    if cfg.threads is not None and cfg.threads < 1:
-        raise ConfigError(f"setting threads={cfg.threads!r} must be >= 1 or None")
+    for name in RANGES:
+        value = getattr(cfg, name)
+        if value is not None and not _in_range(name, value):
+            raise _range_error(name, value)
+    if cfg.data_dir == "synthetic":  # the synthetic set's size is known here (10 balanced classes)
+        if cfg.val_size > cfg.synthetic_train - 10:
+            raise ConfigError(f"setting val_size={cfg.val_size!r} must be in [0, {cfg.synthetic_train - 10}] "
+                              f"(synthetic_train={cfg.synthetic_train} less one training image per class)")
+        if cfg.train_size is not None and cfg.train_size > cfg.synthetic_train - cfg.val_size:
+            raise ConfigError(f"setting train_size={cfg.train_size!r} must be in [10, "
+                              f"{cfg.synthetic_train - cfg.val_size}] or None (synthetic_train="
+                              f"{cfg.synthetic_train} less val_size={cfg.val_size})")
     if not cfg.stages:
         raise ConfigError("setting stages is empty; allowed: a comma list of " + ", ".join(STAGES))
     for s in cfg.stages:

@@ -13,6 +13,7 @@ the KD term needs no second teacher pass.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -38,19 +39,43 @@ def teacher_forward(
     activation so Grad-CAM for ``target`` (class indices; ``None`` = the model's prediction)
     costs only the backward from the logits to that stage.
     """
-    if cam_layer is not None:
-        _check_stage(cam_layer)
-    feats: dict[str, torch.Tensor] = {}
+    return teacher_forwards(model, x, (cam_layer,), target)[cam_layer]
+
+
+def teacher_forwards(
+    model: nn.Module, x: torch.Tensor, cam_layers: Iterable[str | None], target: torch.Tensor | None = None
+) -> dict[str | None, tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None]]:
+    """:func:`teacher_forward` for several ``cam_layers`` at once (``None``: no cam), sharing the
+    graph-free stages they have in common, so a cohort of students pays for one teacher pass.
+
+    Each entry is computed by exactly the operations :func:`teacher_forward` would run for that
+    ``cam_layer`` alone (same modules, same grad mode), so its values are the same bit for bit.
+    """
+    keys = list(dict.fromkeys(cam_layers))
+    for k in keys:
+        if k is not None:
+            _check_stage(k)
+    depth = len(STAGES) if None in keys else 1 + max(STAGES.index(k) for k in keys)
+    prefix: dict[str, torch.Tensor] = {}
+    out: dict[str | None, tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None]] = {}
     with torch.no_grad():
         h = model.stem(x)
-        for name in STAGES:
+        for name in STAGES[:depth]:
             h = getattr(model, name)(h)
-            feats[name] = h
-            if name == cam_layer:
-                break
-        if cam_layer is None:
-            return model.head(h), feats, None
-    act = h.detach().requires_grad_(True)
+            prefix[name] = h
+        if None in keys:
+            out[None] = (model.head(h), dict(prefix), None)
+    for k in keys:
+        if k is not None:
+            out[k] = _cam_tail(model, prefix, k, target)
+    return out
+
+
+def _cam_tail(model: nn.Module, prefix: dict[str, torch.Tensor], cam_layer: str, target: torch.Tensor | None
+              ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """The stages after ``cam_layer`` with autograd, the logits, and Grad-CAM at ``cam_layer``."""
+    feats = {name: prefix[name] for name in STAGES[: STAGES.index(cam_layer) + 1]}
+    act = prefix[cam_layer].detach().requires_grad_(True)
     with torch.enable_grad():
         h = act
         for name in STAGES[STAGES.index(cam_layer) + 1 :]:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import PROFILES, PRESETS, RunConfig, make_config
+from .config import PROFILES, PRESETS, RunConfig, make_config, parse_value
 from .results import MissingInput, require_run  # noqa: F401  (re-exported for the notebooks)
 
 DEFAULT_DATA_DIR = "../data"
@@ -147,7 +147,7 @@ def context(
     if data is not None:
         extra["data_dir"] = data
     if epochs is not None:
-        extra["epochs"] = int(epochs)
+        extra["epochs"] = _int_parameter("epochs", epochs)
     if device is not None:
         extra["device"] = device
     ctx = Context(
@@ -155,13 +155,23 @@ def context(
         runs_dir=(base_path / Path(runs_dir).expanduser()).resolve(),
         figures_dir=figures_dir_for(profile, runs_dir, figures_dir, base_path),
         data_dir=data,
-        seed=int(seed),
+        seed=_int_parameter("seed", seed),
         overrides=extra,
         download_to=data if data_dir is None and data == str((base_path / DEFAULT_DATA_DIR).resolve()) else None,
     )
     ctx.config("baseline")  # validate the overrides now, before any long work
     share_compile_cache(ctx.runs_dir)
     return ctx
+
+
+def _int_parameter(name: str, value: Any) -> Any:
+    """A notebook's integer parameter as the setting: ints and whole floats (3.0) as int, text as
+    ``--set`` reads it; anything else (2.5, nan, inf) is left for ``validate`` to name the range."""
+    if isinstance(value, str):
+        return parse_value(name, value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 def share_compile_cache(runs_dir: str | os.PathLike) -> Path:

@@ -28,7 +28,7 @@ from . import __version__
 from .config import RunConfig, config_from_dict
 from .data import Dataset, apply_augmentation, augment, load_dataset, normalize, plan_epoch, stratified_split
 from .efficiency import device_name
-from .masks import make_masks, teacher_forward
+from .masks import make_masks, teacher_forward, teacher_forwards
 from .models import build_model, count_parameters
 from .objective import TERMS, Objective
 from .speedups import cpu_bf16_pays, ensure_compiled_bf16_correct, prepare_teacher
@@ -43,6 +43,9 @@ PROGRESS_EVERY = 20
 
 # Settings that change how fast a run goes, not what it computes: they may differ on resume.
 ENGINE_FIELDS = ("device", "threads", "compile", "compile_mode", "eval_batch_size", "data_dir")
+
+
+TeacherOut = tuple[torch.Tensor, dict[str, torch.Tensor], "torch.Tensor | None"]  # logits, stage features, cam
 
 
 class TrainingError(RuntimeError):
@@ -233,15 +236,28 @@ class Stepper:
         x = augment(xb, self.gen) if draws is None else apply_augmentation(xb, *draws)
         return normalize(x).contiguous(memory_format=torch.channels_last)
 
+    @property
+    def cam_key(self) -> str | None:
+        """The stage whose Grad-CAM this student's masks need (``None``: no cam)."""
+        return self.cfg.cam_stage if self.cfg.needs_cam else None
+
     def __call__(self, xb: torch.Tensor, y: torch.Tensor, draws: tuple[torch.Tensor, torch.Tensor] | None = None
                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-        cfg = self.cfg
         x = self.prepare(xb, draws)
+        teacher_out = None
+        if self.teacher is not None:
+            with _autocast(self.device, self.cfg.amp):
+                teacher_out = teacher_forward(self.teacher, x, self.cam_key, y)
+        return self.update(x, y, teacher_out)
+
+    def update(self, x: torch.Tensor, y: torch.Tensor, teacher_out: TeacherOut | None
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        """Student forward, masks, objective, backward and SGD on a prepared batch ``x``, given the
+        teacher's ``(logits, feats, cam)`` for it (computed once per batch for a whole cohort)."""
+        cfg = self.cfg
         with _autocast(self.device, cfg.amp):
             s_logits, s_feats = self.forward(x, return_features=True)
-            t_logits = t_feats = cam = None
-            if self.teacher is not None:
-                t_logits, t_feats, cam = teacher_forward(self.teacher, x, cfg.cam_stage if cfg.needs_cam else None, y)
+            t_logits, t_feats, cam = teacher_out if teacher_out is not None else (None, None, None)
             self.last_cam = cam
             masks = None
             if cfg.w_fa > 0 or cfg.w_at > 0:
@@ -310,6 +326,12 @@ def build_stepper(cfg: RunConfig, teacher: nn.Module | None, device: torch.devic
 
 
 # ---------------------------------------------------------------- the loop
+# Settings every member of a cohort must share: they fix the data, the batches and the teacher.
+COHORT_SHARED = ("profile", "seed", "data_dir", "val_size", "train_size", "split_seed", "synthetic_train",
+                 "synthetic_test", "batch_size", "teacher_seed", "device", "threads", "compile", "amp",
+                 "eval_batch_size")
+
+
 def train(
     cfg: RunConfig,
     runs_dir: str | os.PathLike = "runs",
@@ -324,122 +346,244 @@ def train(
     ``max_epochs`` stops after that many completed epochs *of this call* without finishing the
     run (for tests and benchmarks); a later call resumes where it stopped.
     """
-    run_dir = run_path(runs_dir, cfg.profile, cfg.run_name, cfg.seed)
-    if is_finished(run_dir) and not force:
-        _prepare_run_dir(run_dir, cfg, force=False)
-        return RunResult(run_dir, cfg, read_json(run_dir / HISTORY_FILE), read_json(run_dir / METRICS_FILE))
-    device = resolve_device(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    teacher = load_teacher(runs_dir, cfg, device) if cfg.needs_teacher else None  # fail before loading data
-    _prepare_run_dir(run_dir, cfg, force)
+    return train_cohort([cfg], runs_dir, force=force, progress=progress, data=data, max_epochs=max_epochs)[0]
+
+
+@dataclass
+class _Member:
+    """One run of a cohort: its settings, folder, stepper and training state."""
+
+    cfg: RunConfig
+    run_dir: Path
+    stepper: Stepper
+    state: dict[str, Any]
+    amp: bool
+    epochs_this_call: int = 0
+    sums: torch.Tensor | None = None
+    bad: torch.Tensor | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.state["epoch"] >= self.cfg.epochs or self.state["stopped_early"]
+
+
+def check_cohort(cfgs: list[RunConfig]) -> None:
+    """Refuse a cohort whose members would not see the same batches or the same teacher."""
+    if not cfgs:
+        raise TrainingError("a cohort needs at least one configuration")
+    names = [c.run_name for c in cfgs]
+    if len(set(names)) != len(names):
+        raise TrainingError(f"a cohort holds each run once; repeated: {sorted({n for n in names if names.count(n) > 1})}")
+    if len(cfgs) > 1 and any(c.is_teacher for c in cfgs):
+        raise TrainingError("the teacher trains alone: the students of a cohort need it trained first")
+    first = cfgs[0]
+    for c in cfgs[1:]:
+        for k in COHORT_SHARED:
+            if getattr(c, k) != getattr(first, k):
+                raise TrainingError(f"cohort members must share {k}: {first.run_name} has {getattr(first, k)!r}, "
+                                    f"{c.run_name} has {getattr(c, k)!r}; train them separately")
+
+
+def train_cohort(
+    cfgs: list[RunConfig],
+    runs_dir: str | os.PathLike = "runs",
+    *,
+    force: bool = False,
+    progress: bool = True,
+    data: Dataset | None = None,
+    max_epochs: int | None = None,
+) -> list[RunResult]:
+    """Train several runs of one seed in lockstep: the same batches, one teacher pass per batch.
+
+    A seed fixes batch order and augmentation for every configuration, so the students of a seed
+    see the same images; in a cohort each batch is augmented once and the teacher's forward (and
+    Grad-CAM, per cam stage some member needs) runs once for all of them, then each member takes
+    its own step with its own generators. Every member writes exactly the run folder it would write
+    alone, with the same numbers; finished members are skipped, interrupted ones resume from their
+    own checkpoints (members behind catch up first), members leave on early stopping.
+    """
+    check_cohort(cfgs)
+    results: dict[int, RunResult] = {}
+    todo: list[int] = []
+    for i, cfg in enumerate(cfgs):
+        run_dir = run_path(runs_dir, cfg.profile, cfg.run_name, cfg.seed)
+        if is_finished(run_dir) and not force:
+            _prepare_run_dir(run_dir, cfg, force=False)
+            results[i] = RunResult(run_dir, cfg, read_json(run_dir / HISTORY_FILE), read_json(run_dir / METRICS_FILE))
+        else:
+            todo.append(i)
+    if not todo:
+        return [results[i] for i in range(len(cfgs))]
+
+    first = cfgs[todo[0]]
+    device = resolve_device(first.device)
+    if first.threads:
+        torch.set_num_threads(first.threads)
+    distilling = [cfgs[i] for i in todo if cfgs[i].needs_teacher]
+    teacher = None
+    for cfg in distilling:  # fail before loading data; every member's split is checked against it
+        teacher = load_teacher(runs_dir, cfg, device)
+    for i in todo:
+        _prepare_run_dir(run_path(runs_dir, cfgs[i].profile, cfgs[i].run_name, cfgs[i].seed), cfgs[i], force)
 
     if data is None:
-        data = load_dataset(cfg.data_dir, synthetic_train=cfg.synthetic_train, synthetic_test=cfg.synthetic_test)
-    train_idx, val_idx = stratified_split(data.train_y, cfg.val_size, cfg.train_size, cfg.split_seed)
+        data = load_dataset(first.data_dir, synthetic_train=first.synthetic_train, synthetic_test=first.synthetic_test)
+    train_idx, val_idx = stratified_split(data.train_y, first.val_size, first.train_size, first.split_seed)
     on_dev = lambda t: t.to(device)  # noqa: E731  (the whole dataset lives on the device)
     train_x, train_y = on_dev(data.train_x[train_idx]), on_dev(data.train_y[train_idx])
     val_x, val_y = on_dev(data.train_x[val_idx]), on_dev(data.train_y[val_idx])
 
-    steps_per_epoch = max(1, len(train_y) // cfg.batch_size)
+    steps_per_epoch = max(1, len(train_y) // first.batch_size)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
-    stepper = build_stepper(cfg, teacher, device, steps_per_epoch, data.num_classes)
-    student, objective, opt, sched = stepper.student, stepper.objective, stepper.opt, stepper.sched
-    gen, mask_gen = stepper.gen, stepper.mask_gen
+    # One prepared (BN-folded, compiled) teacher serves every member.
+    prepared = prepare_teacher_for(distilling[0], teacher, device) if teacher is not None else None
+    cohort = [c.run_name for c in (cfgs[i] for i in todo)] if len(todo) > 1 else None
+    members = []
+    for i in todo:
+        cfg = cfgs[i]
+        run_dir = run_path(runs_dir, cfg.profile, cfg.run_name, cfg.seed)
+        stepper = build_stepper(cfg, prepared if cfg.needs_teacher else None, device, steps_per_epoch,
+                                data.num_classes, teacher_prepared=True)
+        state = _resume(stepper, run_dir, progress)
+        if state is None:
+            state = {"epoch": 0, "history": [], "best_val_loss": math.inf, "best_epoch": 0, "best": None,
+                     "bad_epochs": 0, "stopped_early": False}
+            write_json(run_dir / CONFIG_FILE, {**_provenance(cfg, device, data, len(train_y), len(val_y)),
+                                               "cohort": cohort})
+        members.append(_Member(cfg, run_dir, stepper, state, amp_active(device, cfg.amp)))
 
-    state = {"epoch": 0, "history": [], "best_val_loss": math.inf, "best_epoch": 0, "best": None, "bad_epochs": 0,
-             "stopped_early": False}
-    ckpt_path = run_dir / CHECKPOINT_FILE
-    if ckpt_path.is_file():
-        ck = load_torch(ckpt_path)  # on the CPU: generator states must stay there; modules copy to their device
-        student.load_state_dict(ck["model"])
-        objective.load_state_dict(ck["objective"])
-        opt.load_state_dict(ck["optimizer"])
-        if sched is not None:
-            sched.load_state_dict(ck["scheduler"])
-        gen.set_state(ck["gen"])
-        mask_gen.set_state(ck["mask_gen"])
-        torch.set_rng_state(ck["torch_rng"])
-        state = ck["state"]
-        if progress:
-            print(f"kdnb: resuming {run_dir} after epoch {state['epoch']}")
-    else:
-        write_json(run_dir / CONFIG_FILE, _provenance(cfg, device, data, len(train_y), len(val_y)))
-
-    epochs_this_call = 0
     t_start = time.perf_counter()
-    while state["epoch"] < cfg.epochs and not state["stopped_early"]:
-        if max_epochs is not None and epochs_this_call >= max_epochs:
+    while True:
+        running = [m for m in members if not m.done and (max_epochs is None or m.epochs_this_call < max_epochs)]
+        if not running:
             break
-        epoch = state["epoch"] + 1
-        student.train()
-        objective.train()
-        plan = plan_epoch(len(train_y), cfg.batch_size, gen).to(device)
-        sums = torch.zeros(len(TERMS) + 2, device=device)  # terms..., total, correct
-        bad = torch.full((len(TERMS) + 1,), -1, device=device, dtype=torch.long)
-        t0 = time.perf_counter()
-        n = len(plan)
-        bar = tqdm(total=n, desc=f"{cfg.run_name} epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False,
-                   mininterval=1.0)
-        seen = 0
-        stepper.mask_share = 0.0
-        for step in range(1, n + 1):
-            idx = plan.index[step - 1]
-            y = train_y[idx]
-            total, terms, s_logits = stepper(train_x[idx], y, (plan.offsets[step - 1], plan.flips[step - 1]))
+        behind = min(m.state["epoch"] for m in running)  # members behind catch up before the others move
+        _train_epoch([m for m in running if m.state["epoch"] == behind], prepared, train_x, train_y, val_x, val_y,
+                     device, progress)
+    seconds = time.perf_counter() - t_start
+    for i, m in zip(todo, members):
+        if not m.done:
+            results[i] = RunResult(m.run_dir, m.cfg, m.state["history"],
+                                   {"finished": False, "epochs_run": m.state["epoch"]})
+        else:
+            results[i] = _finish(m.run_dir, m.cfg, m.stepper.student, m.state, data, device, m.cfg.needs_teacher,
+                                 seconds)
+    return [results[i] for i in range(len(cfgs))]
+
+
+def _resume(stepper: Stepper, run_dir: Path, progress: bool) -> dict[str, Any] | None:
+    """Load ``run_dir``'s checkpoint into ``stepper``; its training state, or None when there is none."""
+    ckpt_path = run_dir / CHECKPOINT_FILE
+    if not ckpt_path.is_file():
+        return None
+    ck = load_torch(ckpt_path)  # on the CPU: generator states must stay there; modules copy to their device
+    stepper.student.load_state_dict(ck["model"])
+    stepper.objective.load_state_dict(ck["objective"])
+    stepper.opt.load_state_dict(ck["optimizer"])
+    if stepper.sched is not None:
+        stepper.sched.load_state_dict(ck["scheduler"])
+    stepper.gen.set_state(ck["gen"])
+    stepper.mask_gen.set_state(ck["mask_gen"])
+    torch.set_rng_state(ck["torch_rng"])
+    if progress:
+        print(f"kdnb: resuming {run_dir} after epoch {ck['state']['epoch']}")
+    return ck["state"]
+
+
+def _train_epoch(group: list[_Member], teacher: nn.Module | None, train_x: torch.Tensor, train_y: torch.Tensor,
+                 val_x: torch.Tensor, val_y: torch.Tensor, device: torch.device, progress: bool) -> None:
+    """One epoch of every member of ``group`` (all at the same epoch, so on the same batches)."""
+    lead = group[0]
+    epoch = lead.state["epoch"] + 1
+    # Each member draws its own plan from its own generator, exactly as alone (so its saved
+    # generator state is its own); members at one epoch have equal generators, so equal plans.
+    plans = [plan_epoch(len(train_y), m.cfg.batch_size, m.stepper.gen) for m in group]
+    plan = plans[0].to(device)
+    cam_keys = sorted({m.stepper.cam_key for m in group if m.cfg.needs_teacher}, key=str)
+    for m in group:
+        m.stepper.student.train()
+        m.stepper.objective.train()
+        m.stepper.mask_share = 0.0
+        m.sums = torch.zeros(len(TERMS) + 2, device=device)  # terms..., total, correct
+        m.bad = torch.full((len(TERMS) + 1,), -1, device=device, dtype=torch.long)
+    n = len(plan)
+    names = ", ".join(m.cfg.run_name for m in group)
+    bar = tqdm(total=n, desc=f"{names} epoch {epoch}/{lead.cfg.epochs}", disable=not progress, leave=False,
+               mininterval=1.0)
+    seen = 0
+    t0 = time.perf_counter()
+    for step in range(1, n + 1):
+        idx = plan.index[step - 1]
+        y = train_y[idx]
+        x = lead.stepper.prepare(train_x[idx], (plan.offsets[step - 1], plan.flips[step - 1]))
+        teacher_out: dict[str | None, TeacherOut] = {}
+        if teacher is not None and cam_keys:
+            with _autocast(device, lead.cfg.amp):
+                teacher_out = teacher_forwards(teacher, x, cam_keys, y)
+        for m in group:
+            out = teacher_out.get(m.stepper.cam_key) if m.cfg.needs_teacher else None
+            total, terms, s_logits = m.stepper.update(x, y, out)
             with torch.no_grad():
                 vals = torch.stack([terms[t].detach().float() if t in terms else torch.zeros((), device=device)
                                     for t in TERMS] + [total.detach().float()])
-                bad = torch.where((~torch.isfinite(vals)) & (bad < 0), torch.full_like(bad, step), bad)
-                sums[:-1] += vals
-                sums[-1] += (s_logits.argmax(1) == y).sum()
-            seen += len(y)
-            # The only host reads of the loop, rate-limited: a non-finite term names its first step anyway.
-            if step % CHECK_EVERY == 0 or step == n:
-                _check_finite(bad, epoch, cfg, amp_active(device, cfg.amp))
-            if progress and (step % PROGRESS_EVERY == 0 or step == n):
-                bar.update(step - bar.n)
-                bar.set_postfix(loss=f"{sums[-2].item() / step:.4f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
-        bar.close()
-        train_seconds = time.perf_counter() - t0
-        val_loss, val_acc = evaluate(student, val_x, val_y, cfg.eval_batch_size, cfg.amp)
-        avg = (sums / max(n, 1)).tolist()
-        mask_share = float(stepper.mask_share) / max(n, 1)
-        if cfg.needs_cam and cfg.mask_mode != "none" and mask_share == 0.0:
-            raise TrainingError(
-                f"every causal mask of epoch {epoch} was empty (the teacher's Grad-CAM was zero everywhere), so "
-                "FA/AT transferred nothing: check the teacher checkpoint, or try compile=false / amp=false")
-        record = {"epoch": epoch, "train_loss": avg[len(TERMS)],
-                  **{f"train_{t}": avg[i] for i, t in enumerate(TERMS)},
-                  "train_acc": sums[-1].item() / max(seen, 1), "val_loss": val_loss, "val_acc": val_acc,
-                  "mask_share": mask_share,
-                  "lr": opt.param_groups[0]["lr"], "seconds": train_seconds,
-                  "images_per_s": seen / max(train_seconds, 1e-9)}
-        state["history"].append(record)
-        state["epoch"] = epoch
-        if val_loss < state["best_val_loss"]:
-            state.update(best_val_loss=val_loss, best_epoch=epoch, bad_epochs=0,
-                         best={"model": _cpu_state(student), "objective": _cpu_state(objective)})
-        else:
-            state["bad_epochs"] += 1
-            if state["bad_epochs"] >= cfg.patience:
-                state["stopped_early"] = True
-        save_torch(ckpt_path, {
-            "model": student.state_dict(), "objective": objective.state_dict(), "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict() if sched is not None else None, "gen": gen.get_state(),
-            "mask_gen": mask_gen.get_state(), "torch_rng": torch.get_rng_state(), "state": state,
-        })
-        write_json(run_dir / HISTORY_FILE, state["history"])
-        epochs_this_call += 1
-        if progress:
-            print(f"{cfg.run_name} seed{cfg.seed} epoch {epoch:>2}: train loss {record['train_loss']:.4f}  "
-                  f"val loss {val_loss:.4f}  val acc {val_acc:.4f}  {record['images_per_s']:.0f} img/s  "
-                  f"{train_seconds:.1f} s" + ("  (early stop)" if state["stopped_early"] else ""))
+                m.bad = torch.where((~torch.isfinite(vals)) & (m.bad < 0), torch.full_like(m.bad, step), m.bad)
+                m.sums[:-1] += vals
+                m.sums[-1] += (s_logits.argmax(1) == y).sum()
+        seen += len(y)
+        # The only host reads of the loop, rate-limited: a non-finite term names its first step anyway.
+        if step % CHECK_EVERY == 0 or step == n:
+            for m in group:
+                _check_finite(m.bad, epoch, m.cfg, m.amp)
+        if progress and (step % PROGRESS_EVERY == 0 or step == n):
+            bar.update(step - bar.n)
+            bar.set_postfix(loss=f"{lead.sums[-2].item() / step:.4f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+    bar.close()
+    train_seconds = time.perf_counter() - t0
+    for m in group:
+        _end_epoch(m, epoch, n, seen, train_seconds, val_x, val_y, progress)
 
-    if state["epoch"] < cfg.epochs and not state["stopped_early"]:
-        return RunResult(run_dir, cfg, state["history"], {"finished": False, "epochs_run": state["epoch"]})
-    return _finish(run_dir, cfg, student, state, data, device, teacher is not None, time.perf_counter() - t_start)
+
+def _end_epoch(m: _Member, epoch: int, n: int, seen: int, train_seconds: float, val_x: torch.Tensor,
+               val_y: torch.Tensor, progress: bool) -> None:
+    """Validate one member, update its early-stopping state, checkpoint it and write its history.
+
+    ``train_seconds`` is the wall time of the (shared) epoch: in a cohort, every member's."""
+    cfg, stepper, state = m.cfg, m.stepper, m.state
+    val_loss, val_acc = evaluate(stepper.student, val_x, val_y, cfg.eval_batch_size, cfg.amp)
+    avg = (m.sums / max(n, 1)).tolist()
+    mask_share = float(stepper.mask_share) / max(n, 1)
+    if cfg.needs_cam and cfg.mask_mode != "none" and mask_share == 0.0:
+        raise TrainingError(
+            f"every causal mask of epoch {epoch} was empty (the teacher's Grad-CAM was zero everywhere), so "
+            "FA/AT transferred nothing: check the teacher checkpoint, or try compile=false / amp=false")
+    record = {"epoch": epoch, "train_loss": avg[len(TERMS)],
+              **{f"train_{t}": avg[i] for i, t in enumerate(TERMS)},
+              "train_acc": m.sums[-1].item() / max(seen, 1), "val_loss": val_loss, "val_acc": val_acc,
+              "mask_share": mask_share,
+              "lr": stepper.opt.param_groups[0]["lr"], "seconds": train_seconds,
+              "images_per_s": seen / max(train_seconds, 1e-9)}
+    state["history"].append(record)
+    state["epoch"] = epoch
+    if val_loss < state["best_val_loss"]:
+        state.update(best_val_loss=val_loss, best_epoch=epoch, bad_epochs=0,
+                     best={"model": _cpu_state(stepper.student), "objective": _cpu_state(stepper.objective)})
+    else:
+        state["bad_epochs"] += 1
+        if state["bad_epochs"] >= cfg.patience:
+            state["stopped_early"] = True
+    save_torch(m.run_dir / CHECKPOINT_FILE, {
+        "model": stepper.student.state_dict(), "objective": stepper.objective.state_dict(),
+        "optimizer": stepper.opt.state_dict(),
+        "scheduler": stepper.sched.state_dict() if stepper.sched is not None else None, "gen": stepper.gen.get_state(),
+        "mask_gen": stepper.mask_gen.get_state(), "torch_rng": torch.get_rng_state(), "state": state,
+    })
+    write_json(m.run_dir / HISTORY_FILE, state["history"])
+    m.epochs_this_call += 1
+    if progress:
+        print(f"{cfg.run_name} seed{cfg.seed} epoch {epoch:>2}: train loss {record['train_loss']:.4f}  "
+              f"val loss {val_loss:.4f}  val acc {val_acc:.4f}  {record['images_per_s']:.0f} img/s  "
+              f"{train_seconds:.1f} s" + ("  (early stop)" if state["stopped_early"] else ""))
 
 
 def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:

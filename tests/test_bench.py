@@ -49,6 +49,7 @@ def test_bench_command_smoke(tmp_path):
     ratios = report["ratios"]
     assert ratios["baseline_over_reference_throughput"] > 0
     assert ratios["kd_fa_at_over_kd_step_time"] > 0
+    assert ratios["cohort_over_kd_step_time"] > 0 and ratios["cohort_over_sum_of_solo_step_time"] > 0
     meta = report["meta"]
     assert meta["batch_size"] == 64 and meta["steps"] == 2 and meta["repeats"] == 1
     assert meta["student"]["width"] == 0.125 and meta["teacher"]["arch"] == "resnet50" and meta["teacher"]["cbam"]

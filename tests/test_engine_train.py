@@ -153,12 +153,13 @@ def test_kill_minus_nine_mid_epoch_then_resume_equals_uninterrupted(tmp_path, cl
     (["--config", "distill"], "unknown config 'distill'"),
     (["--config", "kd", "--profile", "huge"], "unknown profile 'huge'"),
     (["--config", "kd", "--set", "kepp=0.5"], "unknown setting 'kepp'"),
-    (["--config", "kd", "--set", "keep=1.5"], "keep=1.5 must be in (0, 1]"),
-    (["--config", "kd", "--set", "w_kd=-1"], "w_kd=-1.0 must be >= 0"),
-    (["--config", "kd", "--set", "batch_size=0"], "batch_size=0 must be > 0"),
+    (["--config", "kd", "--set", "keep=1.5"], "keep=1.5 must be a finite number in (0, 1]"),
+    (["--config", "kd", "--set", "w_kd=-1"], "w_kd=-1.0 must be a finite number in [0, 1e6]"),
+    (["--config", "kd", "--set", "batch_size=0"], "batch_size=0 must be an integer in [2, 65536]"),
     (["--config", "kd", "--set", "stages=layer3,layer9"], "unknown stage 'layer9'"),
     (["--config", "kd", "--set", "stem=imagenet"], "stem='imagenet' is unknown"),
     (["--config", "kd", "--set", "lr=fast"], "lr='fast': expected float"),
+    (["--config", "kd", "--set", "lr=nan"], "lr=nan must be a finite number in (0, 10]"),
     (["--config", "baseline", "--data-dir", "/nonexistent/cifar"], "/nonexistent/cifar"),
 ])
 def test_bad_values_give_one_line_errors(tmp_path, cli_env, extra, needle):

@@ -1,0 +1,87 @@
+"""Cohort training: the students of one seed trained in lockstep on shared teacher passes write
+exactly what each would write alone (histories, metrics, best weights), also after a kill and
+resume, with members at different epochs, and with members leaving at different epochs."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from kdnb.config import STUDENT_CONFIGS, make_config
+from kdnb.runs import BEST_FILE, CONFIG_FILE, load_torch, read_json
+from kdnb.train import TrainingError, train, train_cohort
+
+TIMING = ("seconds", "images_per_s", "train_seconds", "median_epoch_seconds")
+
+
+def _same(a, b) -> bool:
+    """Equal apart from wall-clock fields."""
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a if k not in TIMING)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def _runs_with_teacher(smoke_runs, where):
+    shutil.copytree(smoke_runs / "smoke" / "teacher", where / "smoke" / "teacher")
+    return where
+
+
+def _assert_same_runs(alone, together):
+    for a, c in zip(alone, together):
+        assert _same(a.history, c.history), a.config.run_name
+        assert _same(a.metrics, c.metrics), a.config.run_name
+        wa, wc = load_torch(a.run_dir / BEST_FILE)["model"], load_torch(c.run_dir / BEST_FILE)["model"]
+        assert all(torch.equal(wa[k], wc[k]) for k in wa), a.config.run_name
+
+
+def test_cohort_of_all_students_equals_each_alone(tmp_path, smoke_runs):
+    cfgs = [make_config(c, "smoke", 0, {"epochs": 2}) for c in STUDENT_CONFIGS]
+    solo_dir = _runs_with_teacher(smoke_runs, tmp_path / "solo")
+    alone = [train(c, solo_dir, progress=False) for c in cfgs]
+    together = train_cohort(cfgs, _runs_with_teacher(smoke_runs, tmp_path / "cohort"), progress=False)
+    _assert_same_runs(alone, together)
+    assert read_json(together[0].run_dir / CONFIG_FILE)["cohort"] == list(STUDENT_CONFIGS)
+    assert read_json(alone[0].run_dir / CONFIG_FILE)["cohort"] is None
+
+
+def test_random_masks_and_mixed_cam_needs(tmp_path, smoke_runs):
+    """A random-mask variant (its own mask generator) beside Grad-CAM and KD-only members."""
+    cfgs = [make_config("kd_fa_at", "smoke", 0, {"epochs": 2, "mask_mode": "random", "name": "kd_fa_at_random"}),
+            make_config("kd_at", "smoke", 0, {"epochs": 2, "cam_stage": "layer2", "name": "kd_at_layer2cam"}),
+            make_config("kd_fa", "smoke", 0, {"epochs": 2}),
+            make_config("kd", "smoke", 0, {"epochs": 2})]
+    alone = [train(c, _runs_with_teacher(smoke_runs, tmp_path / f"solo{i}"), progress=False) for i, c in enumerate(cfgs)]
+    together = train_cohort(cfgs, _runs_with_teacher(smoke_runs, tmp_path / "cohort"), progress=False)
+    _assert_same_runs(alone, together)
+
+
+def test_killed_cohort_resumes_members_at_different_epochs(tmp_path, smoke_runs):
+    cfgs = [make_config(c, "smoke", 0, {"epochs": 3, "patience": 3}) for c in ("kd", "kd_at", "baseline")]
+    whole = train_cohort(cfgs, _runs_with_teacher(smoke_runs, tmp_path / "whole"), progress=False)
+    parts = _runs_with_teacher(smoke_runs, tmp_path / "parts")
+    train(cfgs[0], parts, progress=False, max_epochs=2)  # kd ahead: stopped after epoch 2
+    partial = train_cohort(cfgs[1:], parts, progress=False, max_epochs=1)  # the others after epoch 1
+    assert [r.metrics["finished"] for r in partial] == [False, False]
+    resumed = train_cohort(cfgs, parts, progress=False)  # kd_at and baseline catch up, then all three
+    _assert_same_runs(whole, resumed)
+
+
+def test_members_leave_at_their_own_last_epoch(tmp_path, smoke_runs):
+    cfgs = [make_config("kd", "smoke", 0, {"epochs": 1}), make_config("kd_fa", "smoke", 0, {"epochs": 3})]
+    alone = [train(c, _runs_with_teacher(smoke_runs, tmp_path / f"solo{i}"), progress=False) for i, c in enumerate(cfgs)]
+    together = train_cohort(cfgs, _runs_with_teacher(smoke_runs, tmp_path / "cohort"), progress=False)
+    assert [len(r.history) for r in together] == [1, 3]
+    _assert_same_runs(alone, together)
+
+
+def test_cohort_members_must_share_the_batches():
+    with pytest.raises(TrainingError, match="must share seed"):
+        train_cohort([make_config("kd", "smoke", 0), make_config("kd_at", "smoke", 1)])
+    with pytest.raises(TrainingError, match="teacher trains alone"):
+        train_cohort([make_config("teacher", "smoke", 0), make_config("kd", "smoke", 0)])
+    with pytest.raises(TrainingError, match="repeated"):
+        train_cohort([make_config("kd", "smoke", 0), make_config("kd", "smoke", 0)])
