@@ -258,7 +258,7 @@ def parse_value(key: str, text: str) -> Any:
     if key not in types:
         raise ConfigError(f"unknown setting {key!r}; allowed: {', '.join(sorted(types))}")
     t = types[key]
-    if t.startswith("int") and key in RANGES and not _is_int(text) and _is_float(text):
+    if t.startswith("int") and key in RANGES and not _parses(int, text) and _parses(float, text):
         raise _range_error(key, text)  # a number (3.5, 1e3, nan, inf) but not an integer: name the range
     try:
         if text.lower() in ("none", "null") and "None" in t:
@@ -281,17 +281,10 @@ def parse_value(key: str, text: str) -> Any:
         raise ConfigError(f"setting {key}={text!r}: expected {t}") from None
 
 
-def _is_int(text: str) -> bool:
+def _parses(kind: type, text: str) -> bool:
+    """Whether ``kind(text)`` (int or float) reads ``text``."""
     try:
-        int(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _is_float(text: str) -> bool:
-    try:
-        float(text)
+        kind(text)
     except ValueError:
         return False
     return True

@@ -420,9 +420,8 @@ def train_cohort(
     if first.threads:
         torch.set_num_threads(first.threads)
     distilling = [cfgs[i] for i in todo if cfgs[i].needs_teacher]
-    teacher = None
-    for cfg in distilling:  # fail before loading data; every member's split is checked against it
-        teacher = load_teacher(runs_dir, cfg, device)
+    # Fail before loading data. Members share the split and teacher seed, so one check serves all.
+    teacher = load_teacher(runs_dir, distilling[0], device) if distilling else None
     for i in todo:
         _prepare_run_dir(run_path(runs_dir, cfgs[i].profile, cfgs[i].run_name, cfgs[i].seed), cfgs[i], force)
 
