@@ -95,13 +95,13 @@ def test_all_empty_causal_masks_stop_the_run(tmp_path, smoke_runs, monkeypatch):
 
     import kdnb.train as engine
 
-    real = engine.teacher_forward
+    real = engine.teacher_forwards
 
-    def zero_cam(model, x, layer=None, target=None):
-        logits, feats, cam = real(model, x, layer, target)
-        return logits, feats, None if cam is None else torch.zeros_like(cam)
+    def zero_cam(model, x, layers, target=None):
+        return {k: (logits, feats, None if cam is None else torch.zeros_like(cam))
+                for k, (logits, feats, cam) in real(model, x, layers, target).items()}
 
-    monkeypatch.setattr(engine, "teacher_forward", zero_cam)
+    monkeypatch.setattr(engine, "teacher_forwards", zero_cam)
     with pytest.raises(TrainingError, match="every causal mask of epoch 1 was empty"):
         train(make_config("kd_at", "smoke", 0, {"epochs": 1, "name": "zero-cam"}), smoke_runs, progress=False)
 
