@@ -12,8 +12,6 @@ import sys
 from .config import CONFIGS, PROFILES, ConfigError, make_config
 
 
-
-
 def _user_errors() -> tuple[type[Exception], ...]:
     from .data import DataError
     from .train import TrainingError
@@ -51,7 +49,8 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     from .pipeline import run_pipeline
 
     run_pipeline(profile=args.profile, seeds=args.seeds, runs_dir=args.runs_dir, data_dir=args.data_dir,
-                 figures_dir=args.figures_dir, notebooks=args.only, ablation=args.ablation)
+                 figures_dir=args.figures_dir, notebooks=args.only, ablation=args.ablation,
+                 cohort=not args.one_at_a_time)
     return 0
 
 
@@ -91,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--only", nargs="*", default=None, help="run only these notebooks (name prefixes, e.g. 00 01)")
     pl.add_argument("--ablation", action="store_true",
                     help="also run 09_mask_ablation (4 more KD+FA+AT runs per seed)")
+    pl.add_argument("--one-at-a-time", action="store_true",
+                    help="train each student configuration in its own notebook instead of the seed's "
+                         "configurations together as a cohort (same runs, same numbers; slower)")
     pl.set_defaults(func=_cmd_pipeline)
 
     b = sub.add_parser("bench", help="measure training-step throughput of every pipeline")

@@ -8,10 +8,16 @@ unless asked to with ``figures_dir="figures"`` (``--figures-dir figures``). Fini
 skipped and interrupted ones resumed by the engine, so rerunning the pipeline after a failure or a
 kill only does the missing work. The first failing notebook stops the pipeline with one line naming
 the notebook, the cell, the line of the cell that raised and the error.
+
+By default the student configurations of a seed are trained first as one *cohort* (one process,
+one teacher pass per batch for all of them, each run exactly as it would be alone; see
+``kdnb.train.train_cohort``); their notebooks then find the runs finished and show them.
+``cohort=False`` (``--one-at-a-time``) lets each notebook train its own configuration instead.
 """
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import sys
@@ -22,12 +28,15 @@ from pathlib import Path
 from typing import Any
 
 from .config import PROFILES, ConfigError
-from .notebook import figures_dir_for, share_compile_cache
+from .notebook import context, figures_dir_for, share_compile_cache
 from .results import NOTEBOOKS
 from .train import TrainingError
 
 KERNEL = "python3"
-STUDENT_NOTEBOOKS = ("02_baseline", "03_kd", "04_kd_fa", "05_kd_at", "06_kd_fa_at")
+# The student notebooks and the configuration each one trains.
+STUDENT_NOTEBOOKS = {"02_baseline": "baseline", "03_kd": "kd", "04_kd_fa": "kd_fa", "05_kd_at": "kd_at",
+                     "06_kd_fa_at": "kd_fa_at"}
+
 # Studies beyond the series (teacher + five configurations + evaluation): run when asked for, with
 # ``--ablation`` or by name in ``--only``, because they multiply the training cost.
 OPTIONAL_NOTEBOOKS = ("09_mask_ablation",)
@@ -47,11 +56,15 @@ def notebooks_dir() -> Path:
 
 @dataclass
 class Step:
+    """One execution of the series: a notebook, or (``configs`` set) the cohort training of a
+    seed's student configurations that precedes their notebooks."""
+
     notebook: str
     parameters: dict[str, Any]
     output: Path
     seconds: float = 0.0
     label: str = ""
+    configs: tuple[str, ...] = ()
 
 
 def _select(only: Sequence[str] | None, ablation: bool = False) -> list[str]:
@@ -66,21 +79,29 @@ def _select(only: Sequence[str] | None, ablation: bool = False) -> list[str]:
 
 def plan(profile: str, seeds: Sequence[int], runs_dir: Path, data_dir: str | None, figures_dir: Path,
          notebooks: Sequence[str] | None = None, extra: dict[str, Any] | None = None,
-         ablation: bool = False) -> list[Step]:
-    """The papermill executions, in order (students once per seed)."""
+         ablation: bool = False, cohort: bool = True) -> list[Step]:
+    """The executions, in order: notebooks (students once per seed) and, with ``cohort`` and two
+    or more student notebooks chosen, one cohort training step per seed before the first of them."""
     import papermill
 
     nb_dir = notebooks_dir()
     out_dir = runs_dir / profile / "notebooks"
     common = {"profile": profile, "runs_dir": str(runs_dir), "data_dir": data_dir, "figures_dir": str(figures_dir),
               **(extra or {})}
+    selected = _select(notebooks, ablation)
+    students = [STUDENT_NOTEBOOKS[nb] for nb in selected if nb in STUDENT_NOTEBOOKS]
     steps = []
-    for name in _select(notebooks, ablation):
-        declared = set(papermill.inspect_notebook(str(nb_dir / f"{name}.ipynb")))
+    for name in selected:
+        declared = papermill.inspect_notebook(str(nb_dir / f"{name}.ipynb"))
         params = {k: v for k, v in common.items() if k in declared}
         if "seeds" in declared:
             params["seeds"] = list(seeds)
         if name in STUDENT_NOTEBOOKS:
+            if cohort and len(students) > 1 and STUDENT_NOTEBOOKS[name] == students[0]:
+                # the notebook's own defaults (device, epochs, overrides) under what the pipeline passes
+                defaults = {k: ast.literal_eval(v["default"]) for k, v in declared.items()}
+                steps += [Step("cohort", {**defaults, **params, "seed": int(s)}, out_dir,
+                               label=f"seed {s}: {' '.join(students)}", configs=tuple(students)) for s in seeds]
             for s in seeds:
                 steps.append(Step(name, {**params, "seed": int(s)}, out_dir / f"{name}_seed{s}.ipynb", label=f"seed {s}"))
         else:
@@ -88,6 +109,49 @@ def plan(profile: str, seeds: Sequence[int], runs_dir: Path, data_dir: str | Non
                 params["seed"] = int(min(seeds)) if name != "01_train_teacher" else 0
             steps.append(Step(name, params, out_dir / f"{name}.ipynb"))
     return steps
+
+
+def cohort_configs(step: Step) -> list:
+    """The run settings of a cohort step: exactly those its student notebooks will build from the
+    same parameters (``nb.context`` from ``notebooks/``), so they find the runs finished."""
+    p = step.parameters
+    ctx = context(p["profile"], seed=p["seed"], data_dir=p.get("data_dir"), runs_dir=p["runs_dir"],
+                  figures_dir=p.get("figures_dir"), epochs=p["epochs"], device=p["device"],
+                  overrides=p["overrides"], base=notebooks_dir())
+    return [ctx.config(c) for c in step.configs]
+
+
+def _train_cohort_job(cfgs: list, runs_dir: str, progress: bool) -> list[str]:
+    """Runs in a fresh process: train the cohort, return one summary line per member."""
+    from .train import train_cohort
+
+    lines = []
+    for r in train_cohort(cfgs, runs_dir, progress=progress):
+        lines.append(f"{r.config.run_name} seed{r.config.seed}: best epoch {r.metrics['best_epoch']}, "
+                     f"test acc {100 * r.metrics['test_acc']:.2f} %")
+    return lines
+
+
+def run_cohort(step: Step, verbose: bool = True) -> list[str]:
+    """Train a cohort step's configurations in a fresh process (like a notebook's kernel: its own
+    threads, compile state and memory), so a crash or kill takes only that process down.
+    User errors come back as :class:`PipelineError` naming the seed; a finished member is skipped
+    and an interrupted one resumes, exactly as the notebooks would do."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    from .data import DataError
+
+    cfgs = cohort_configs(step)
+    try:
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            return pool.submit(_train_cohort_job, cfgs, step.parameters["runs_dir"], verbose).result()
+    except (ConfigError, DataError, TrainingError) as exc:
+        raise PipelineError(f"cohort training ({step.label}) failed: {exc}") from None
+    except BrokenProcessPool:
+        raise PipelineError(f"cohort training ({step.label}): its process died (killed, or out of memory); "
+                            "rerun the pipeline to resume from the last completed epochs") from None
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -151,6 +215,7 @@ def run_pipeline(
     parameters: dict[str, Any] | None = None,
     verbose: bool = True,
     ablation: bool = False,
+    cohort: bool = True,
 ) -> list[Step]:
     """Execute the series; return the executed steps with their wall times.
 
@@ -159,7 +224,9 @@ def run_pipeline(
     ``<runs_dir>/<profile>/figures`` (``"figures"`` refreshes the committed reference). ``parameters``: extra
     values for every notebook that declares them (e.g. ``{"epochs": 1}``). Relative paths are
     taken relative to the current directory. ``verbose`` streams the notebooks' printed output
-    (training progress) to this process's stdout/stderr. Raises :class:`PipelineError` at the first failure.
+    (training progress) to this process's stdout/stderr. ``cohort``: train the student
+    configurations of each seed together first (default), else each in its own notebook.
+    Raises :class:`PipelineError` at the first failure.
     """
     import papermill
     from papermill.exceptions import PapermillExecutionError
@@ -176,7 +243,7 @@ def run_pipeline(
         raise ConfigError(f"--data-dir {data_dir}: no such directory")
     nb_dir = notebooks_dir()
     figs = figures_dir_for(profile, runs_path, figures_dir)
-    steps = plan(profile, seeds, runs_path, data, figs, notebooks, parameters, ablation)
+    steps = plan(profile, seeds, runs_path, data, figs, notebooks, parameters, ablation, cohort)
     share_compile_cache(runs_path)  # the kernels inherit it: one compile cache for the series
     steps[0].output.parent.mkdir(parents=True, exist_ok=True)
 
@@ -185,8 +252,16 @@ def run_pipeline(
     t_all = time.perf_counter()
     for i, step in enumerate(steps, start=1):
         seed = f" ({step.label})" if step.label else ""
-        print(f"\n[{i}/{len(steps)}] {step.notebook}{seed} → {step.output}", flush=True)
         t0 = time.perf_counter()
+        if step.configs:
+            print(f"\n[{i}/{len(steps)}] cohort training ({step.label}): one teacher pass per batch, "
+                  f"runs in {runs_path / profile}", flush=True)
+            for line in run_cohort(step, verbose):
+                print(f"  {line}", flush=True)
+            step.seconds = time.perf_counter() - t0
+            print(f"[{i}/{len(steps)}] cohort ({step.label}) done in {step.seconds:.0f} s", flush=True)
+            continue
+        print(f"\n[{i}/{len(steps)}] {step.notebook}{seed} → {step.output}", flush=True)
         try:
             papermill.execute_notebook(
                 str(nb_dir / f"{step.notebook}.ipynb"), str(step.output), parameters=step.parameters,

@@ -152,8 +152,12 @@ def history_frame(history: Iterable[dict[str, Any]]) -> pd.DataFrame:
     return h
 
 
-def run_summary(metrics: dict[str, Any]) -> pd.DataFrame:
-    """A finished run's metrics as a one-column table (accuracies in %)."""
+def run_summary(run: Any) -> pd.DataFrame:
+    """A finished run's metrics as a one-column table (accuracies in %), and how it was trained.
+
+    ``run``: a :class:`kdnb.train.RunResult` (or its run folder), or a metrics dict alone."""
+    run_dir = getattr(run, "run_dir", run if isinstance(run, (str, os.PathLike)) else None)
+    metrics = getattr(run, "metrics", None) or (read_json(Path(run_dir) / METRICS_FILE) if run_dir else run)
     keys = ["best_epoch", "epochs_run", "stopped_early", "val_loss", "val_acc", "test_loss", "test_acc",
             "params", "train_seconds", "median_epoch_seconds"]
     out = {}
@@ -161,7 +165,21 @@ def run_summary(metrics: dict[str, Any]) -> pd.DataFrame:
         if k in metrics:
             v = metrics[k]
             out[k + (" (%)" if k.endswith("_acc") else "")] = round(100 * v, 2) if k.endswith("_acc") else v
+    if run_dir is not None:
+        out["trained"] = trained_how(run_dir)
     return pd.DataFrame({"value": out})
+
+
+def trained_how(run_dir: str | os.PathLike) -> str:
+    """How a run was trained, from its ``config.json``: alone, or in a cohort (one teacher pass per
+    batch for all members) with which other runs.
+
+    A cohort member's numbers are those it would have alone (tests/test_cohort.py); its
+    ``train_seconds`` is the wall time of the shared epochs, not of this member alone."""
+    cohort = read_json(Path(run_dir) / CONFIG_FILE).get("cohort")
+    if not cohort:
+        return "alone"
+    return "cohort with " + " ".join(c for c in cohort if c != Path(run_dir).parent.name)
 
 
 def config_table(cfg) -> pd.DataFrame:

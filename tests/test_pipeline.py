@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import nbformat
 import pandas as pd
 import pytest
 from papermill.exceptions import PapermillExecutionError
 
 from kdnb.cli import main
 from kdnb.config import STUDENT_CONFIGS, ConfigError
-from kdnb.pipeline import Step, _failure, failing_line, plan
+from kdnb.config import make_config
+from kdnb.pipeline import PipelineError, Step, _failure, cohort_configs, failing_line, plan, run_pipeline
 from kdnb.results import LABELS, NOTEBOOKS, MissingInput, notebook_hint, resolve_seeds
 
 FIGURES = [
@@ -44,8 +47,25 @@ def test_smoke_pipeline_writes_table_and_figures(smoke_pipeline):
         assert (smoke_pipeline.runs_dir / "smoke" / run / "seed0" / "metrics.json").is_file(), run
     executed = sorted(p.stem for p in (smoke_pipeline.runs_dir / "smoke" / "notebooks").glob("*.ipynb"))
     assert len(executed) == len(NOTEBOOKS)
-    assert [s.notebook for s in smoke_pipeline.steps] == list(NOTEBOOKS)
+    assert [s.notebook for s in smoke_pipeline.steps if not s.configs] == list(NOTEBOOKS)
     assert all(s.seconds > 0 for s in smoke_pipeline.steps)
+
+
+def test_smoke_pipeline_trains_the_students_as_a_cohort(smoke_pipeline):
+    """By default the five students of a seed train together before their notebooks, which then
+    show the finished runs and say how they were trained."""
+    cohorts = [s for s in smoke_pipeline.steps if s.configs]
+    assert [s.configs for s in cohorts] == [tuple(STUDENT_CONFIGS)]
+    first_student = next(i for i, s in enumerate(smoke_pipeline.steps) if s.notebook == "02_baseline")
+    assert smoke_pipeline.steps.index(cohorts[0]) == first_student - 1
+    for config in STUDENT_CONFIGS:
+        saved = json.loads((smoke_pipeline.runs_dir / "smoke" / config / "seed0" / "config.json").read_text())
+        assert saved["cohort"] == list(STUDENT_CONFIGS)
+    executed = nbformat.read(smoke_pipeline.runs_dir / "smoke" / "notebooks" / "03_kd_seed0.ipynb", as_version=4)
+    shown = "".join(str(o.get("data", o.get("text", ""))) for c in executed.cells if c.cell_type == "code"
+                    for o in c.outputs)
+    assert "cohort with baseline kd_fa kd_at kd_fa_at" in shown
+    assert "train_loss" in shown  # the per-epoch history table, shown however the run was trained
 
 
 def test_pipeline_skips_finished_runs(smoke_pipeline, capsys):
@@ -111,7 +131,7 @@ def test_failure_without_a_cell_frame_quotes_the_first_statement():
 def test_plan_runs_students_once_per_seed(tmp_path):
     assert plan("smoke", [0], tmp_path, None, tmp_path)[-1].notebook == "08_results"  # 09 only on request
     assert plan("smoke", [0], tmp_path, None, tmp_path, notebooks=["09"])[-1].notebook == "09_mask_ablation"
-    steps = plan("smoke", [0, 1], tmp_path, None, tmp_path / "figs", ablation=True)
+    steps = plan("smoke", [0, 1], tmp_path, None, tmp_path / "figs", ablation=True, cohort=False)
     names = [(s.notebook, s.parameters.get("seed")) for s in steps]
     assert names[:2] == [("00_setup_and_data", None), ("01_train_teacher", 0)]
     assert names[-3:] == [("07_masks_and_attention", 0), ("08_results", None), ("09_mask_ablation", None)]
@@ -120,6 +140,34 @@ def test_plan_runs_students_once_per_seed(tmp_path):
     assert steps[-1].parameters["seeds"] == [0, 1]
     assert all(Path(s.parameters["runs_dir"]).is_absolute() for s in steps)
     assert "epochs" not in steps[0].parameters  # only parameters a notebook declares are passed
+
+
+def test_plan_puts_one_cohort_per_seed_before_the_student_notebooks(tmp_path):
+    steps = plan("smoke", [0, 1], tmp_path, None, tmp_path)
+    names = [(s.notebook, s.parameters.get("seed"), s.configs) for s in steps]
+    assert names[2:4] == [("cohort", 0, tuple(STUDENT_CONFIGS)), ("cohort", 1, tuple(STUDENT_CONFIGS))]
+    assert [n for n, _, _ in names[4:14]] == [nb for nb in NOTEBOOKS[2:7] for _ in (0, 1)]
+    only = plan("smoke", [0], tmp_path, None, tmp_path, notebooks=["03", "06"])
+    assert [(s.notebook, s.configs) for s in only] == [("cohort", ("kd", "kd_fa_at")), ("03_kd", ()), ("06_kd_fa_at", ())]
+    # one student notebook, or --one-at-a-time: the notebooks train their configurations themselves
+    assert not any(s.configs for s in plan("smoke", [0], tmp_path, None, tmp_path, notebooks=["03"]))
+    assert not any(s.configs for s in plan("smoke", [0], tmp_path, None, tmp_path, cohort=False))
+
+
+def test_cohort_settings_are_those_the_notebooks_build(tmp_path):
+    """The cohort must write the runs the notebooks then ask for, or they would refuse them as
+    runs "with different settings": the notebooks' parameter defaults, seen from notebooks/."""
+    step = next(s for s in plan("smoke", [2], tmp_path, None, tmp_path, extra={"epochs": 1}) if s.configs)
+    # what 03_kd's parameters cell holds (device "auto", overrides {}), with the pipeline's epochs
+    expected = [make_config(c, "smoke", 2, {"device": "auto", "epochs": 1}) for c in STUDENT_CONFIGS]
+    assert cohort_configs(step) == expected
+
+
+def test_a_failing_cohort_is_one_line_naming_the_seed(tmp_path):
+    """No teacher: the cohort's process refuses before any work, and the pipeline says which step."""
+    with pytest.raises(PipelineError, match=r"cohort training \(seed 0: kd kd_at\) failed: .*teacher"):
+        run_pipeline(profile="smoke", runs_dir=tmp_path, notebooks=["03", "05"], verbose=False)
+    assert not (tmp_path / "smoke" / "kd").exists()
 
 
 def test_unknown_notebook_prefix_is_one_line(tmp_path, capsys):
@@ -142,5 +190,7 @@ def test_pipeline_command_passes_the_figures_dir(monkeypatch, tmp_path):
     monkeypatch.setattr("kdnb.pipeline.run_pipeline", lambda **kw: seen.update(kw))
     assert main(["pipeline", "--profile", "cpu", "--runs-dir", str(tmp_path), "--figures-dir", str(tmp_path / "f")]) == 0
     assert seen["figures_dir"] == str(tmp_path / "f") and seen["runs_dir"] == str(tmp_path)
-    main(["pipeline", "--profile", "cpu"])
+    assert seen["cohort"] is True
+    main(["pipeline", "--profile", "cpu", "--one-at-a-time"])
     assert seen["figures_dir"] is None  # default: <runs_dir>/cpu/figures (tests/test_pipeline_paths.py)
+    assert seen["cohort"] is False

@@ -31,10 +31,11 @@ def test_cpu_pipeline_passes_figures_under_the_runs_dir(tmp_path, monkeypatch, c
     """The planned notebook parameters of a default ``cpu`` run (nothing is executed)."""
     seen = []
     monkeypatch.setattr(papermill, "execute_notebook", lambda src, out, parameters, **kw: seen.append(parameters))
+    monkeypatch.setattr("kdnb.pipeline.run_cohort", lambda step, verbose: seen.append(step.parameters) or [])
     monkeypatch.chdir(tmp_path)
     run_pipeline(profile="cpu", runs_dir="runs", verbose=False)
     figs = str(tmp_path.resolve() / "runs" / "cpu" / "figures")
-    assert seen and all(p.get("figures_dir") == figs for p in seen)
+    assert len(seen) == 10 and all(p.get("figures_dir") == figs for p in seen)  # 9 notebooks, 1 cohort
     assert "committed reference in figures/ is unchanged" in capsys.readouterr().out
 
     seen.clear()

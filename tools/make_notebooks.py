@@ -278,7 +278,7 @@ results.config_table(cfg)
 data = ctx.load_data(cfg)
 result = train(cfg, ctx.runs_dir, data=data, progress=True)
 """),
-        code("results.run_summary(result.metrics)"),
+        code("results.run_summary(result)"),
         code("""
 fig = plots.learning_curves(result.history, title="teacher: ResNet-50 + CBAM", best_epoch=result.metrics["best_epoch"])
 ctx.save(fig, "01_teacher_curves")
@@ -332,12 +332,22 @@ the tests: a change to a loss function or a weight changes them.
         code(CHECK + "\nprint(nb.objective_example(CONFIG))"),
         md("## Run settings"),
         code("results.config_table(cfg)"),
-        md("## Training"),
+        md("""
+## Training
+
+`train` trains the configuration, resumes it if it was interrupted, or, when the run is already
+finished, loads it without training. `python -m kdnb pipeline` trains the five configurations of a
+seed together as a *cohort* before this notebook runs (one teacher pass per batch for all of them;
+each run exactly as it would be alone, tested bit for bit), so there this cell loads the finished
+run; the summary's last row says how it was trained.
+"""),
         code("""
 data = ctx.load_data(cfg)
 result = train(cfg, ctx.runs_dir, data=data, progress=True)
 """),
-        code("results.run_summary(result.metrics)"),
+        code("results.run_summary(result)"),
+        md("Per epoch: the training objective and its terms, accuracies (%), validation loss and the epoch's time."),
+        code("results.history_frame(result.history).round(4)"),
         md("""
 Learning curves: the training objective and its unweighted terms (left), training and validation
 accuracy (right); the dotted line marks the epoch whose weights were kept.
@@ -649,23 +659,21 @@ def notebooks() -> dict[str, list[dict]]:
 INJECTED = "injected-parameters"  # papermill's tag for the cell holding a run's parameter values
 
 
-def _kept_cells(old: nbformat.NotebookNode | None) -> tuple[dict, dict | None]:
-    """Outputs of ``old`` by cell source (kept while the source is unchanged), and its injected cell."""
-    kept, injected = {}, None
+def _kept_cells(old: nbformat.NotebookNode | None) -> dict:
+    """Outputs of ``old`` by cell source (kept while the source is unchanged). A papermill
+    ``injected-parameters`` cell is dropped: in a committed notebook it would undo a JupyterLab
+    user's edits of the parameters cell and point at the reference run's paths."""
+    kept = {}
     for c in (old.cells if old is not None else []):
-        if c.cell_type != "code":
-            continue
-        if INJECTED in c.metadata.get("tags", []):
-            injected = c
-        elif c.get("outputs"):
+        if c.cell_type == "code" and c.get("outputs") and INJECTED not in c.metadata.get("tags", []):
             kept[c.source] = (c.get("outputs", []), c.get("execution_count"))
-    return kept, injected
+    return kept
 
 
 def build(name: str, cells: list[dict], old: nbformat.NotebookNode | None) -> nbformat.NotebookNode:
     """A notebook with deterministic cell ids. Outputs are kept from ``old`` for every cell whose
     source is unchanged (check cells, and a reference run's outputs stored by ``--from-run``)."""
-    kept, injected = _kept_cells(old)
+    kept = _kept_cells(old)
     nb = nbformat.v4.new_notebook()
     nb.metadata = {"kernelspec": dict(KERNELSPEC), "language_info": dict(LANGUAGE_INFO)}
     if old is not None and "kdnb" in old.metadata and kept:
@@ -683,8 +691,6 @@ def build(name: str, cells: list[dict], old: nbformat.NotebookNode | None) -> nb
             cell.outputs = copy.deepcopy(outputs)
             cell.execution_count = count if cell.outputs else None
         nb.cells.append(cell)
-        if "parameters" in spec.get("tags", []) and injected is not None and "kdnb" in nb.metadata:
-            nb.cells.append(copy.deepcopy(injected))
     nbformat.validate(nb)
     return nb
 
@@ -748,25 +754,15 @@ def from_run(nbs: dict[str, nbformat.NotebookNode], run_dir: Path, description: 
         ran = nbformat.read(path, as_version=4)
         by_id = {c.get("id"): c for c in ran.cells}
         injected = next((c for c in ran.cells if INJECTED in c.metadata.get("tags", [])), None)
-        cells = []
         for cell in nb.cells:
-            if INJECTED in cell.metadata.get("tags", []):
-                continue  # the previous reference run's parameters: replaced by this run's below
-            cells.append(cell)
-            if cell.cell_type != "code":
-                continue
-            if "parameters" in cell.metadata.get("tags", []) and injected is not None:
-                inj = copy.deepcopy(injected)
-                inj.outputs = []
-                inj.source = _relative(inj.source, root).replace(root, ".")
-                cells.append(inj)
             src = by_id.get(cell.id)
-            if cell.source.startswith(CHECK) or src is None or src.source != cell.source:
+            if cell.cell_type != "code" or cell.source.startswith(CHECK) or src is None or src.source != cell.source:
                 continue
             cell.outputs = _clean_outputs(src.get("outputs", []), root)
             cell.execution_count = src.get("execution_count") if cell.outputs else None
-        nb.cells = cells
-        nb.metadata["kdnb"] = {"outputs_from": {**description, "executed_copy": path.name}}
+        # the values the outputs came from go into the metadata, not into a cell that would run
+        parameters = _relative(injected.source, root).replace(root, ".") if injected is not None else None
+        nb.metadata["kdnb"] = {"outputs_from": {**description, "executed_copy": path.name, "parameters": parameters}}
         nbformat.validate(nb)
 
 
