@@ -17,8 +17,8 @@ from typing import Any
 
 import pandas as pd
 
-from .config import RunConfig, make_config
-from .runs import METRICS_FILE, is_finished, read_json, run_path
+from .config import ConfigError, RunConfig, make_config
+from .runs import CONFIG_FILE, METRICS_FILE, is_finished, read_json, run_path, write_text
 
 ABLATION_CONFIG = "kd_fa_at"
 KEEPS: tuple[float, ...] = (0.25, 0.5)
@@ -75,21 +75,37 @@ def train_missing(plan_df: pd.DataFrame, profile: str, runs_dir: str | os.PathLi
                   overrides: dict[str, Any] | None = None, config: str = ABLATION_CONFIG,
                   progress: bool = True) -> list[str]:
     """Train (or resume) every ablation run of ``plan_df`` that this ablation owns; the main
-    series' runs are left to notebook 06. Returns the run folders trained in this call."""
+    series' runs are left to notebook 06. The missing variants of a seed train together as a
+    cohort (one teacher pass per batch; each run as it would be alone). Returns the run folders
+    trained in this call."""
     from .results import require_run
-    from .train import train
+    from .train import train_cohort
 
-    done = []
+    by_seed: dict[int, list[RunConfig]] = {}
     for r in plan_df.itertuples(index=False):
         cfg = variant_config(Variant(r.mask_mode, None if pd.isna(r.keep) else float(r.keep)), profile,
                              int(r.seed), overrides, config)
-        if cfg.name is None:
-            continue
-        if not is_finished(run_path(runs_dir, profile, cfg.run_name, cfg.seed)):
-            require_run(runs_dir, profile, "teacher", cfg.teacher_seed)
-            train(cfg, runs_dir, data=data, progress=progress)
-            done.append(f"{cfg.run_name}/seed{cfg.seed}")
+        if cfg.name is not None and not is_finished(run_path(runs_dir, profile, cfg.run_name, cfg.seed)):
+            by_seed.setdefault(cfg.seed, []).append(cfg)
+    done = []
+    for seed, cfgs in sorted(by_seed.items()):
+        require_run(runs_dir, profile, "teacher", cfgs[0].teacher_seed)
+        train_cohort(cfgs, runs_dir, data=data, progress=progress)
+        done += [f"{cfg.run_name}/seed{seed}" for cfg in cfgs]
     return done
+
+
+def _check_settings(run_dir, row) -> None:
+    """A run is identified by its settings, not its folder: a main-series run trained with other
+    mask settings (say ``overrides={"keep": 0.3}`` in 06) must not be reported as another variant."""
+    saved = read_json(run_dir / CONFIG_FILE)
+    expected = {"mask_mode": row.mask_mode, **({} if pd.isna(row.keep) else {"keep": float(row.keep)})}
+    wrong = {k: saved.get(k) for k, v in expected.items() if saved.get(k) != v}
+    if wrong:
+        found = ", ".join(f"{k}={v!r}" for k, v in wrong.items())
+        raise ConfigError(f"{run_dir} was trained with {found} (its config.json), so it is not the "
+                          f"'{row.variant}' run of this ablation; give 09 the overrides that run was trained with, "
+                          "or use another runs_dir")
 
 
 def collect(plan_df: pd.DataFrame, profile: str, runs_dir: str | os.PathLike) -> pd.DataFrame:
@@ -103,6 +119,7 @@ def collect(plan_df: pd.DataFrame, profile: str, runs_dir: str | os.PathLike) ->
             where = (notebook_hint(ABLATION_CONFIG, profile, r.seed) if r.run == ABLATION_CONFIG
                      else "run notebooks/09_mask_ablation.ipynb (it trains its runs)")
             raise MissingInput(f"{where}: no finished run in {d}")
+        _check_settings(d, r)
         m = read_json(d / METRICS_FILE)
         rows.append({"variant": r.variant, "mask_mode": r.mask_mode, "keep": r.keep, "seed": r.seed,
                      "test_acc": 100 * m["test_acc"], "val_acc": 100 * m["val_acc"], "best_epoch": m["best_epoch"],
@@ -194,7 +211,7 @@ def write_table(tab: pd.DataFrame, versus_random: pd.DataFrame, sentence: str, p
         vr["Δ gradcam − random (pp)"] = vr["Δ gradcam − random (pp)"].map(lambda d: f"{d:+.2f}")
         vr = vr.drop(columns=["ci_low", "ci_high"])
     prov_lines = "\n".join(f"- {k}: {v}" for k, v in prov.items())
-    path.write_text(
+    write_text(path,
         "# kdnb causal-mask ablation: test top-1 accuracy on CIFAR-10\n\n"
         "Written by `notebooks/09_mask_ablation.ipynb`. One configuration trained with no mask, random masks "
         "and Grad-CAM masks; mean ± std over seeds and the seed-paired Δ vs no mask with its 95% Student-t "

@@ -37,7 +37,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .train import check_cohort, train_cohort
 
     check_cohort(cfgs)  # before any work: members must share seed, data and teacher
-    for result in train_cohort(cfgs, args.runs_dir, force=args.force, progress=not args.quiet):
+    for result in train_cohort(cfgs, args.runs_dir, force=args.force, progress=not args.quiet, wait=args.wait):
         m, cfg = result.metrics, result.config
         print(f"{cfg.run_name} seed{cfg.seed}: best epoch {m['best_epoch']}, val acc {m['val_acc']:.4f}, "
               f"test acc {m['test_acc']:.4f}")
@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one setting")
     t.add_argument("--force", action="store_true", help="retrain a finished run (the old one is kept aside)")
     t.add_argument("--quiet", action="store_true", help="no progress output")
+    t.add_argument("--wait", action="store_true",
+                   help="when another process is training one of these runs, wait for it instead of refusing")
     t.set_defaults(func=_cmd_train)
 
     pl = sub.add_parser("pipeline", help="execute the notebook series with papermill")

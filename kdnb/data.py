@@ -124,9 +124,13 @@ def _find_batches_dir(path: Path) -> Path | None:
 
 def _load_batches(d: Path) -> Dataset:
     def read(name: str) -> tuple[np.ndarray, np.ndarray]:
-        with open(d / name, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
-        return np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32), np.asarray(entry["labels"])
+        try:
+            with open(d / name, "rb") as f:
+                entry = pickle.load(f, encoding="latin1")
+            return np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32), np.asarray(entry["labels"])
+        except Exception as exc:  # truncated download, a foreign file
+            raise DataError(f"{d / name} is damaged ({type(exc).__name__}: {str(exc)[:80]}); delete {d} "
+                            "and download CIFAR-10 again") from None
 
     parts = [read(f"data_batch_{i}") for i in range(1, 6)]
     test_x, test_y = read("test_batch")
@@ -149,19 +153,34 @@ def _list_image_folder(split_dir: Path) -> tuple[list[str], list[tuple[Path, int
     return classes, files
 
 
+SHOWN_BAD_FILES = 5  # how many unreadable files a DataError lists by name (it always gives the count)
+
+
 def _decode_files(files: list[tuple[Path, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode every file; a file that cannot be read, is not an image or is not 32×32 is collected,
+    and all of them are reported together (first few by name, and the count), so a user with
+    60,000 files learns which ones to replace instead of reading a codec traceback."""
     from torchvision.io import ImageReadMode, decode_image, read_file
 
-    def one(item: tuple[Path, int]) -> torch.Tensor:
-        img = decode_image(read_file(str(item[0])), mode=ImageReadMode.RGB)
+    def one(item: tuple[Path, int]) -> torch.Tensor | str:
+        try:
+            img = decode_image(read_file(str(item[0])), mode=ImageReadMode.RGB)
+        except (RuntimeError, OSError, ValueError) as exc:
+            return f"{item[0]}: unreadable ({str(exc).splitlines()[0][:80] or type(exc).__name__})"
         if img.shape != (3, 32, 32):
-            raise DataError(f"{item[0]} is {tuple(img.shape[1:])} pixels; kdnb expects 32×32 CIFAR images")
+            return f"{item[0]}: {tuple(img.shape[1:])} pixels, not 32×32"
         return img
 
     with warnings.catch_warnings():  # torchvision 0.29 deprecates its codecs in favour of torchcodec
         warnings.simplefilter("ignore", DeprecationWarning)
         with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
             images = list(pool.map(one, files, chunksize=256))
+    bad = [r for r in images if isinstance(r, str)]
+    if bad:
+        more = len(bad) - SHOWN_BAD_FILES
+        shown = "; ".join(bad[:SHOWN_BAD_FILES]) + (f"; … and {more} more" if more > 0 else "")
+        raise DataError(f"{len(bad)} of {len(files)} image files cannot be used: {shown}. "
+                        "Replace or remove them (kdnb needs 32×32 PNG or JPEG images) and load again.")
     return torch.stack(images), torch.tensor([lab for _, lab in files], dtype=torch.long)
 
 
@@ -177,15 +196,18 @@ def _load_image_folder(path: Path) -> Dataset:
     cache = cache_dir() / f"imagefolder-{key}.pt"
     source = f"image folder {path} ({len(train_files)} train / {len(test_files)} test)"
     if cache.is_file():
-        d = torch.load(cache, weights_only=True)
-        return Dataset(d["train_x"], d["train_y"], d["test_x"], d["test_y"], tuple(train_classes), source)
+        try:
+            d = torch.load(cache, weights_only=True)
+            return Dataset(d["train_x"], d["train_y"], d["test_x"], d["test_y"], tuple(train_classes), source)
+        except Exception as exc:  # a damaged cache entry (disk full, a foreign file): decode again
+            warnings.warn(f"kdnb: ignoring the damaged decode cache {cache} ({type(exc).__name__}); decoding again")
     train_x, train_y = _decode_files(train_files)
     test_x, test_y = _decode_files(test_files)
     try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".tmp{os.getpid()}")
-        torch.save({"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y}, tmp)
-        os.replace(tmp, cache)
+        from .runs import atomic_write
+
+        atomic_write(cache, lambda f: torch.save({"train_x": train_x, "train_y": train_y, "test_x": test_x,
+                                                  "test_y": test_y}, f))
     except OSError:
         pass  # a read-only cache only costs a re-decode next time
     return Dataset(train_x, train_y, test_x, test_y, tuple(train_classes), source)

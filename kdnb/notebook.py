@@ -109,10 +109,20 @@ class Context:
 
     def save(self, fig, name: str) -> None:
         """Save a matplotlib figure as ``<figures_dir>/<name>.png`` (the figure still shows inline)."""
-        self.figures_dir.mkdir(parents=True, exist_ok=True)
+        from .runs import atomic_write
+
         path = self.figures_dir / f"{name}.png"
-        fig.savefig(path, dpi=120, bbox_inches="tight")
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"))
         print(f"saved {path}")
+
+    def save_csv(self, table, name: str, index: bool = True) -> Path:
+        """Save a DataFrame as ``<runs_dir>/<profile>/evaluation/<name>.csv`` (atomically: a later
+        notebook never reads a half-written table), for the notebooks after this one."""
+        from .runs import write_text
+
+        path = self.results_dir / f"{name}.csv"
+        write_text(path, table.to_csv(index=index))
+        return path
 
     def describe(self) -> str:
         lines = [f"profile      {self.profile}", f"runs_dir     {self.runs_dir}",

@@ -20,7 +20,9 @@ from typing import Any
 import pandas as pd
 
 from .config import STUDENT_CONFIGS, TEACHER
-from .runs import CONFIG_FILE, HISTORY_FILE, METRICS_FILE, is_finished, read_json, run_path
+from .runs import (
+    CONFIG_FILE, HISTORY_FILE, METRICS_FILE, atomic_write, is_finished, read_json, run_path, write_text,
+)
 
 # The numbered notebooks, in the order the pipeline runs them.
 NOTEBOOKS: tuple[str, ...] = (
@@ -326,7 +328,7 @@ def write_results(table: pd.DataFrame, numbers: pd.DataFrame, prov: dict[str, An
     md = figures_dir / "results_table.md"
     csv = figures_dir / "results.csv"
     prov_lines = "\n".join(f"- {k}: {v}" for k, v in prov.items())
-    md.write_text(
+    write_text(md,
         "# kdnb results: test top-1 accuracy on CIFAR-10\n\n"
         "Written by `notebooks/08_results.ipynb`. Test accuracy of the best-by-validation-loss "
         "checkpoint, mean ± std over seeds; Δ is the seed-paired difference in percentage points with "
@@ -334,7 +336,7 @@ def write_results(table: pd.DataFrame, numbers: pd.DataFrame, prov: dict[str, An
         "column is its reported best-test-accuracy-over-epochs from one run.\n\n"
         f"{markdown_table(table)}\n\n## Provenance\n\n{prov_lines}\n"
     )
-    numbers.assign(**{f"prov_{k}": v for k, v in prov.items()}).to_csv(csv, index=False)
+    write_text(csv, numbers.assign(**{f"prov_{k}": v for k, v in prov.items()}).to_csv(index=False))
     return md, csv
 
 
@@ -380,17 +382,7 @@ def cached(cache_dir: str | os.PathLike | None, name: str, key: dict[str, Any], 
         except Exception:  # a damaged cache is only recomputed
             pass
     value = compute()
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(value, f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda f: pickle.dump(value, f))
     return value
 
 

@@ -33,7 +33,7 @@ from .models import build_model, count_parameters
 from .objective import TERMS, Objective
 from .speedups import cpu_bf16_pays, ensure_compiled_bf16_correct, prepare_teacher
 from .runs import (
-    BEST_FILE, CHECKPOINT_FILE, CONFIG_FILE, HISTORY_FILE, METRICS_FILE,
+    BEST_FILE, CHECKPOINT_FILE, CONFIG_FILE, HISTORY_FILE, LOCK_FILE, METRICS_FILE, RunLock, RunLocked,
     is_finished, load_torch, read_json, run_path, save_torch, write_json,
 )
 
@@ -167,9 +167,12 @@ def _prepare_run_dir(run_dir: Path, cfg: RunConfig, force: bool) -> None:
                 f"{run_dir} holds a run with different settings ({k}: {old.get(k)!r} there, {new[k]!r} now). "
                 "Use another --runs-dir, or --force to start over (the old run is kept beside it)."
             )
-    if force and run_dir.exists():
+    old_files = [e for e in run_dir.iterdir() if e.name != LOCK_FILE] if run_dir.exists() else []
+    if force and old_files:
         backup = run_dir.with_name(f"{run_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
-        shutil.move(str(run_dir), backup)
+        backup.mkdir()
+        for entry in old_files:  # the lock this process holds stays where it is
+            shutil.move(str(entry), backup / entry.name)
         print(f"kdnb: kept the previous run as {backup}")
 
 
@@ -392,6 +395,7 @@ def train_cohort(
     progress: bool = True,
     data: Dataset | None = None,
     max_epochs: int | None = None,
+    wait: bool = False,
 ) -> list[RunResult]:
     """Train several runs of one seed in lockstep: the same batches, one teacher pass per batch.
 
@@ -401,6 +405,9 @@ def train_cohort(
     its own step with its own generators. Every member writes exactly the run folder it would write
     alone, with the same numbers; finished members are skipped, interrupted ones resume from their
     own checkpoints (members behind catch up first), members leave on early stopping.
+
+    Each member's folder is locked while it trains (:class:`kdnb.runs.RunLock`): a run another
+    process is training is refused with one line naming that process, or waited for with ``wait``.
     """
     check_cohort(cfgs)
     results: dict[int, RunResult] = {}
@@ -422,9 +429,31 @@ def train_cohort(
     distilling = [cfgs[i] for i in todo if cfgs[i].needs_teacher]
     # Fail before loading data. Members share the split and teacher seed, so one check serves all.
     teacher = load_teacher(runs_dir, distilling[0], device) if distilling else None
-    for i in todo:
-        _prepare_run_dir(run_path(runs_dir, cfgs[i].profile, cfgs[i].run_name, cfgs[i].seed), cfgs[i], force)
+    dirs = {i: run_path(runs_dir, cfgs[i].profile, cfgs[i].run_name, cfgs[i].seed) for i in todo}
+    with contextlib.ExitStack() as held:
+        try:
+            for i in todo:
+                held.enter_context(RunLock(dirs[i], wait=wait))
+        except RunLocked as exc:
+            raise TrainingError(str(exc)) from None
+        for i in list(todo):  # finished by another process while we waited for its lock
+            if is_finished(dirs[i]) and not force:
+                todo.remove(i)
+                results[i] = RunResult(dirs[i], cfgs[i], read_json(dirs[i] / HISTORY_FILE),
+                                       read_json(dirs[i] / METRICS_FILE))
+        for i in todo:
+            _prepare_run_dir(dirs[i], cfgs[i], force)
+        if todo:
+            _train_locked(cfgs, todo, results, runs_dir, device, teacher, distilling, progress, data, max_epochs)
+    return [results[i] for i in range(len(cfgs))]
 
+
+def _train_locked(cfgs: list[RunConfig], todo: list[int], results: dict[int, RunResult], runs_dir, device,
+                  teacher: nn.Module | None, distilling: list[RunConfig], progress: bool, data: Dataset | None,
+                  max_epochs: int | None) -> None:
+    """The body of :func:`train_cohort` once its members' folders are locked and checked: load the
+    data, build one stepper per member, train in lockstep, finish; fills ``results``."""
+    first = cfgs[todo[0]]
     if data is None:
         data = load_dataset(first.data_dir, synthetic_train=first.synthetic_train, synthetic_test=first.synthetic_test)
     train_idx, val_idx = stratified_split(data.train_y, first.val_size, first.train_size, first.split_seed)
@@ -436,7 +465,8 @@ def train_cohort(
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
     # One prepared (BN-folded, compiled) teacher serves every member.
-    prepared = prepare_teacher_for(distilling[0], teacher, device) if teacher is not None else None
+    needed = teacher is not None and any(cfgs[i].needs_teacher for i in todo)
+    prepared = prepare_teacher_for(distilling[0], teacher, device) if needed else None
     cohort = [c.run_name for c in (cfgs[i] for i in todo)] if len(todo) > 1 else None
     members = []
     for i in todo:
@@ -468,7 +498,6 @@ def train_cohort(
         else:
             results[i] = _finish(m.run_dir, m.cfg, m.stepper.student, m.state, data, device, m.cfg.needs_teacher,
                                  seconds)
-    return [results[i] for i in range(len(cfgs))]
 
 
 def _resume(stepper: Stepper, run_dir: Path, progress: bool) -> dict[str, Any] | None:

@@ -92,12 +92,27 @@ def test_conclusion_follows_the_data():
                                                                                    clear_win["random 0.5"])))
 
 
-def test_train_missing_trains_only_its_own_runs(tmp_path, monkeypatch):
-    trained = []
-    monkeypatch.setattr("kdnb.train.train", lambda cfg, runs_dir, **kw: trained.append(cfg.run_name))
+def test_train_missing_trains_only_its_own_runs_one_cohort_per_seed(tmp_path, monkeypatch):
+    cohorts = []
+    monkeypatch.setattr("kdnb.train.train_cohort",
+                        lambda cfgs, runs_dir, **kw: cohorts.append(sorted((c.seed, c.run_name) for c in cfgs)))
     monkeypatch.setattr("kdnb.results.require_run", lambda *a, **k: None)  # teacher "present"
-    plan = ablation.plan("smoke", [0], tmp_path)
+    plan = ablation.plan("smoke", [0, 1], tmp_path)
     ablation.train_missing(plan, "smoke", tmp_path)
-    assert sorted(trained) == sorted(["kd_fa_at-none", "kd_fa_at-random-keep0.25", "kd_fa_at-random-keep0.5",
-                                      "kd_fa_at-gradcam-keep0.25"])
+    own = sorted(["kd_fa_at-none", "kd_fa_at-random-keep0.25", "kd_fa_at-random-keep0.5", "kd_fa_at-gradcam-keep0.25"])
+    assert cohorts == [[(0, r) for r in own], [(1, r) for r in own]]
     assert not run_path(tmp_path, "smoke", "kd_fa_at", 0).exists()
+
+
+def test_a_main_run_trained_with_other_mask_settings_is_not_reported_as_the_variant(tmp_path):
+    """06 trained with overrides={"keep": 0.3}: 09 must not call it 'gradcam 0.5'."""
+    from kdnb.runs import write_json
+
+    plan = ablation.plan("smoke", [0], tmp_path)
+    for r in plan.itertuples():
+        d = run_path(tmp_path, "smoke", r.run, r.seed)
+        keep = 0.3 if r.run == "kd_fa_at" else (None if pd.isna(r.keep) else r.keep)
+        write_json(d / "config.json", {"mask_mode": r.mask_mode, "keep": keep if keep is not None else 0.5})
+        write_json(d / "metrics.json", {"test_acc": 0.5, "val_acc": 0.5, "best_epoch": 1, "train_seconds": 1.0})
+    with pytest.raises(ConfigError, match=r"kd_fa_at/seed0 was trained with keep=0\.3 .* not the 'gradcam 0\.5' run"):
+        ablation.collect(plan, "smoke", tmp_path)

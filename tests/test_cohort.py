@@ -85,3 +85,38 @@ def test_cohort_members_must_share_the_batches():
         train_cohort([make_config("teacher", "smoke", 0), make_config("kd", "smoke", 0)])
     with pytest.raises(TrainingError, match="repeated"):
         train_cohort([make_config("kd", "smoke", 0), make_config("kd", "smoke", 0)])
+
+
+def test_cohort_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path, smoke_runs, cli_env):
+    """SIGKILL of a training cohort (``kdnb train --config …``) inside its second epoch, then the
+    same command again: every member ends exactly as in an uninterrupted cohort."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    members = ["kd", "kd_fa_at", "baseline"]
+    args = [sys.executable, "-m", "kdnb", "train", "--config", *members, "--profile", "smoke", "--quiet",
+            "--set", "epochs=3", "--set", "patience=3", "--set", "synthetic_train=2400"]
+    ref = _runs_with_teacher(smoke_runs, tmp_path / "ref")
+    assert subprocess.run([*args, "--runs-dir", str(ref)], env=cli_env, capture_output=True).returncode == 0
+    runs = _runs_with_teacher(smoke_runs, tmp_path / "killed")
+    proc = subprocess.Popen([*args, "--runs-dir", str(runs)], env=cli_env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    ckpt = runs / "smoke" / "baseline" / "seed0" / "checkpoint.pt"  # the last member to end epoch 1
+    deadline = time.time() + 300
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(1.0)  # inside epoch 2
+    assert proc.poll() is None, "the cohort finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not any((runs / "smoke" / m / "seed0" / "metrics.json").exists() for m in members)
+    assert subprocess.run([*args, "--runs-dir", str(runs)], env=cli_env, capture_output=True).returncode == 0
+    for m in members:
+        for name in ("history.json", "metrics.json"):
+            want = json.loads((ref / "smoke" / m / "seed0" / name).read_text())
+            got = json.loads((runs / "smoke" / m / "seed0" / name).read_text())
+            assert _same(want, got), (m, name)

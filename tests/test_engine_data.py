@@ -121,6 +121,57 @@ def test_bad_directories_name_the_path_and_the_options(tmp_path, monkeypatch):
     assert resolve_data_dir(None) == "synthetic" and resolve_data_dir("x") == "x"
 
 
+def test_damaged_image_files_are_all_named_and_nothing_is_cached(tmp_path, monkeypatch, capsys):
+    """Truncated, non-image and wrongly sized files: one message with the first few paths and the
+    count, no partial decode left in the cache, and from the CLI exit 2 without a traceback."""
+    from kdnb.cli import main
+
+    monkeypatch.setenv("KDNB_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "imgs"
+    _write_image_folder(root)
+    good = (root / "train" / "cat" / "0.png").read_bytes()
+    (root / "train" / "cat" / "1.png").write_bytes(good[: len(good) // 2])  # truncated
+    (root / "train" / "dog" / "2.png").write_text("not an image")
+    from torchvision.io import write_png
+    write_png(torch.zeros(3, 8, 8, dtype=torch.uint8), str(root / "test" / "cat" / "00.png"))  # listed first
+    for i in range(6):  # more than the message lists by name
+        (root / "test" / "cat" / f"junk{i}.jpg").write_bytes(b"\x00" * 10)
+    with pytest.raises(DataError) as err:
+        load_dataset(root)
+    msg = str(err.value)
+    assert msg.startswith("2 of 6 image files cannot be used") and "train/cat/1.png: unreadable" in msg
+    assert "train/dog/2.png: unreadable" in msg
+    assert not list((tmp_path / "cache").glob("*"))  # the train split failed: nothing decoded was kept
+    (root / "train" / "cat" / "1.png").write_bytes(good)
+    (root / "train" / "dog" / "2.png").write_bytes(good)
+    with pytest.raises(DataError, match=r"7 of 13 image files cannot be used: .*\(8, 8\) pixels, not 32×32.*and 2 more"):
+        load_dataset(root)
+    assert main(["train", "--config", "baseline", "--data-dir", str(root), "--runs-dir", str(tmp_path / "runs")]) == 2
+    err_text = capsys.readouterr().err
+    assert err_text.startswith("kdnb: error: 7 of") and "Traceback" not in err_text
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("config.json"))
+
+
+def test_a_damaged_decode_cache_is_decoded_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("KDNB_CACHE_DIR", str(tmp_path / "cache"))
+    _write_image_folder(tmp_path / "imgs")
+    ds = load_dataset(tmp_path / "imgs")
+    (cache,) = (tmp_path / "cache").glob("imagefolder-*.pt")
+    cache.write_bytes(cache.read_bytes()[:100])
+    with pytest.warns(UserWarning, match="damaged decode cache"):
+        again = load_dataset(tmp_path / "imgs")
+    assert torch.equal(again.train_x, ds.train_x) and torch.equal(again.test_x, ds.test_x)
+
+
+def test_a_damaged_batch_file_names_the_file(tmp_path):
+    d = tmp_path / "cifar-10-batches-py"
+    d.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (d / name).write_bytes(b"\x80\x04truncated")
+    with pytest.raises(DataError, match=r"data_batch_1 is damaged.*download CIFAR-10 again"):
+        load_dataset(tmp_path)
+
+
 REAL = os.environ.get("KDNB_DATA_DIR")
 
 

@@ -421,7 +421,7 @@ ctx.save(fig, f"07_attention_seed{seed}")
         code("""
 distances = results.attention_distances(ctx.runs_dir, profile, seeds_used, data, stage=stage, n_images=eval_images,
                                         device=device, cache_dir=ctx.results_dir)
-distances.to_csv(ctx.results_dir / "attention_distance.csv", index=False)
+ctx.save_csv(distances, "attention_distance", index=False)
 results.summarize_metric(distances, "attention_distance")
 """),
         code("""
@@ -512,7 +512,7 @@ training time (a teacher forward per step, plus Grad-CAM's partial backward for 
         code("""
 efficiency = results.efficiency_table(ctx.runs_dir, profile, seeds_used, device=device,
                                       repeats=ctx.eval_default("latency_repeats", latency_repeats))
-efficiency.to_csv(ctx.results_dir / "efficiency.csv")
+ctx.save_csv(efficiency, "efficiency")
 efficiency
 """),
         md("""
@@ -530,8 +530,8 @@ evaluation = results.evaluate_models(
     cache_dir=ctx.results_dir)
 per_run = evaluation["per_run"]
 students = per_run.query("config != 'teacher'")
-per_run.to_csv(ctx.results_dir / "per_run.csv", index=False)
-evaluation["robustness"].to_csv(ctx.results_dir / "robustness.csv", index=False)
+ctx.save_csv(per_run, "per_run", index=False)
+ctx.save_csv(evaluation["robustness"], "robustness", index=False)
 results.robustness_table(evaluation["robustness"])
 """),
         code("""
@@ -545,7 +545,7 @@ ctx.save(fig, "08_robustness_severity")
         md("Per corruption and severity (%, mean over seeds; `robustness_pivot.csv`):"),
         code("""
 pivot = results.robustness_pivot(evaluation["robustness"])
-pivot.to_csv(ctx.results_dir / "robustness_pivot.csv")
+ctx.save_csv(pivot, "robustness_pivot")
 pivot
 """),
         md("Mean accuracy over all corruptions and severities (%), with seed-paired differences:"),
@@ -614,7 +614,7 @@ trained here with exactly their settings except `mask_mode` and `keep`.
 plan = ablation.plan(profile, seeds_used, ctx.runs_dir, keeps, overrides=ctx.overrides)
 plan
 """),
-        md("## Training (skips finished runs)"),
+        md("## Training (skips finished runs; the missing variants of a seed train together as one cohort)"),
         code("""
 data = ctx.load_data()
 trained = ablation.train_missing(plan, profile, ctx.runs_dir, data=data, overrides=ctx.overrides)

@@ -1,0 +1,95 @@
+"""Run locks: two processes never train the same run folder at once, and a crash leaves no claim."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kdnb.config import make_config
+from kdnb.runs import LOCK_FILE, RunLock, RunLocked, run_path
+from kdnb.train import TrainingError, train
+
+HOLD = """
+import sys, time
+from kdnb.runs import RunLock
+with RunLock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def _holder(run_dir: Path, seconds: float, env: dict) -> subprocess.Popen:
+    """Another process that holds the run's lock for ``seconds``."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir), str(seconds)], stdout=subprocess.PIPE,
+                            text=True, env=env)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_a_second_trainer_is_refused_naming_the_holder(tmp_path, cli_env):
+    cfg = make_config("baseline", "smoke", 0)
+    run_dir = run_path(tmp_path, "smoke", "baseline", 0)
+    holder = _holder(run_dir, 60, cli_env)
+    try:
+        with pytest.raises(TrainingError, match=rf"being trained by another process \(pid {holder.pid} on "):
+            train(cfg, tmp_path, progress=False)
+        assert json.loads((run_dir / LOCK_FILE).read_text())["pid"] == holder.pid
+        assert not (run_dir / "config.json").exists()  # refused before anything was written
+        out = subprocess.run([sys.executable, "-m", "kdnb", "train", "--config", "baseline", "--runs-dir",
+                              str(tmp_path), "--quiet"], capture_output=True, text=True, env=cli_env)
+        assert out.returncode == 2 and out.stderr.startswith("kdnb: error: ") and "Traceback" not in out.stderr
+        assert f"pid {holder.pid}" in out.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_killed_holder_leaves_no_stale_claim(tmp_path, cli_env):
+    """SIGKILL gives the process no chance to clean up; the OS drops its lock all the same."""
+    run_dir = tmp_path / "run"
+    holder = _holder(run_dir, 60, cli_env)
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait()
+    assert (run_dir / LOCK_FILE).exists()  # the file is still there, the lock is not
+    with RunLock(run_dir) as lock:
+        assert json.loads(lock.path.read_text())["pid"] == os.getpid()
+    assert not (run_dir / LOCK_FILE).exists()
+
+
+def test_wait_blocks_until_the_holder_is_done(tmp_path, cli_env):
+    run_dir = tmp_path / "run"
+    holder = _holder(run_dir, 2, cli_env)
+    t0 = time.perf_counter()
+    with RunLock(run_dir, wait=True, poll_seconds=0.1) as lock:
+        waited = time.perf_counter() - t0
+        assert json.loads(lock.path.read_text())["pid"] == os.getpid()
+    holder.wait()
+    assert waited > 1.0  # it got the lock only when the holder let go, 2 s after taking it
+    with RunLock(run_dir):
+        with pytest.raises(RunLocked):  # the same process, a second claim: refused as well
+            RunLock(run_dir).acquire()
+
+
+def test_a_run_that_never_started_leaves_no_folder(tmp_path):
+    """A refused start (bad data) must not leave an empty run folder behind its lock."""
+    cfg = make_config("baseline", "smoke", 0, {"data_dir": str(tmp_path / "missing")})
+    with pytest.raises(Exception, match="does not exist"):
+        train(cfg, tmp_path / "runs", progress=False)
+    assert not run_path(tmp_path / "runs", "smoke", "baseline", 0).exists()
+
+
+def test_force_keeps_the_lock_in_place_and_the_old_run_aside(tmp_path):
+    cfg = make_config("baseline", "smoke", 0, {"epochs": 1})
+    first = train(cfg, tmp_path, progress=False)
+    again = train(cfg, tmp_path, progress=False, force=True)
+    assert again.metrics == {**first.metrics, **{k: again.metrics[k] for k in ("train_seconds", "median_epoch_seconds")}}
+    (backup,) = first.run_dir.parent.glob("seed0.replaced-*")
+    assert (backup / "metrics.json").is_file() and not (backup / LOCK_FILE).exists()
+    assert not (first.run_dir / LOCK_FILE).exists()
