@@ -9,8 +9,10 @@ kill at any moment leaves either the old or the new file, never half of one.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,8 @@ def atomic_write(path: str | os.PathLike, write) -> None:
     same folder, flushed to disk, then renamed over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    _sweep_dead_writers(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}~{_HOST}~{os.getpid()}~", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -45,6 +48,24 @@ def atomic_write(path: str | os.PathLike, write) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+_HOST = socket.gethostname()
+
+
+def _sweep_dead_writers(path: Path) -> None:
+    """Remove temporary files of ``path`` left by writers on this host that no longer run (a
+    SIGKILL between creating the temporary file and renaming it leaves one behind)."""
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}~*~*~*.tmp"):
+        host, pid = tmp.name[len(path.name) + 2:].split("~")[:2]
+        if host != _HOST or not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except PermissionError:  # alive, another user's
+            pass
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

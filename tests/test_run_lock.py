@@ -93,3 +93,23 @@ def test_force_keeps_the_lock_in_place_and_the_old_run_aside(tmp_path):
     (backup,) = first.run_dir.parent.glob("seed0.replaced-*")
     assert (backup / "metrics.json").is_file() and not (backup / LOCK_FILE).exists()
     assert not (first.run_dir / LOCK_FILE).exists()
+
+
+def test_a_killed_writer_leaves_no_temporary_file_behind(tmp_path, cli_env):
+    """A SIGKILL between writing the temporary file and renaming it leaves litter; the next write
+    of the same file removes it (only files of writers on this host that no longer run)."""
+    import socket
+
+    from kdnb.runs import write_json
+
+    target = tmp_path / "metrics.json"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".metrics.json~{socket.gethostname()}~{dead.pid}~abc.tmp"
+    alive = tmp_path / f".metrics.json~{socket.gethostname()}~{os.getppid()}~abc.tmp"
+    other_host = tmp_path / f".metrics.json~elsewhere~{dead.pid}~abc.tmp"
+    for p in (stale, alive, other_host):
+        p.write_text("{")
+    write_json(target, {"a": 1})
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert not stale.exists() and alive.exists() and other_host.exists()

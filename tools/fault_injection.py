@@ -4,13 +4,16 @@
     python tools/fault_injection.py [--kills 20] [--seed 0] [--workdir DIR] [--keep]
 
 1. Runs ``python -m kdnb pipeline --profile smoke --ablation`` once without interruption (the
-   reference) and times it.
-2. Into a second runs folder, starts the same command and sends SIGKILL to its whole process tree
-   (the pipeline, the notebook kernels, the cohort's training process) at a moment drawn from a
-   seeded schedule, then starts it again, ``--kills`` times. The moments are spread over the whole
-   reference duration (stratified: the k-th kill falls in the k-th slice), so they land in kernel
-   start-up, training, checkpoint and metrics writes, evaluation and table writing alike. After
-   the last kill the pipeline runs to the end.
+   reference) and records how long each of its steps (notebooks, the cohort) took.
+2. Draws ``--kills`` moments from a seeded schedule stratified over the reference's whole duration
+   (the k-th kill falls in the k-th slice) and maps each to a step and an offset inside it. Into a
+   second runs folder it starts the same command, waits until that step starts *in this attempt*
+   (the pipeline prints ``[i/N] step``), waits the offset, and sends SIGKILL to the whole process
+   tree (the pipeline, the notebook kernel, the cohort's training process); then the next attempt.
+   Reruns skip what is finished, so timing kills on each attempt's own step lines is what makes them
+   land in kernel start-up, training, checkpoint and metrics writes, evaluation and table writing
+   alike rather than in the re-execution of finished notebooks. After the last kill the pipeline
+   runs to the end.
 3. Compares the interrupted series with the reference: the results table (``results.csv``), every
    run's ``metrics.json`` and ``history.json`` (timings aside), and the outputs of the notebooks'
    checked cells (``# NBVAL_CHECK_OUTPUT``). Any JSON, checkpoint or table that does not load is
@@ -25,11 +28,13 @@ import argparse
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -63,13 +68,51 @@ def kill_tree(proc: subprocess.Popen) -> int:
     return len(victims)
 
 
-def run_to_end(runs: Path, log: Path) -> float:
-    t0 = time.perf_counter()
+STEP_START = re.compile(r"^\[(\d+)/(\d+)\] (\S+)")
+STEP_DONE = re.compile(r"^\[(\d+)/(\d+)\] .* done in (\d+) s")
+
+
+def run_to_end(runs: Path, log: Path) -> list[float]:
+    """Run the pipeline to the end; the seconds of each of its steps, in order."""
     with open(log, "ab") as out:
         rc = subprocess.run(pipeline_command(runs), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT).returncode
     if rc != 0:
         raise SystemExit(f"the pipeline failed (exit {rc}); see {log}")
-    return time.perf_counter() - t0
+    lines = log.read_text(errors="replace").split("kdnb pipeline: profile")[-1].splitlines()
+    return [float(m[3]) for m in map(STEP_DONE.match, lines) if m]
+
+
+def attempt(runs: Path, log: Path, step: int, offset: float) -> str:
+    """Start the pipeline; once step ``step`` (1-based) has started, wait ``offset`` seconds and
+    SIGKILL the whole tree. Returns where the kill landed (or that the pipeline ended first)."""
+    proc = subprocess.Popen(pipeline_command(runs), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    started = threading.Event()
+    current = ["start-up"]
+
+    def pump() -> None:
+        with open(log, "ab") as out:
+            for raw in proc.stdout:
+                out.write(raw)
+                m = STEP_START.match(raw.decode(errors="replace"))
+                if m and " done in " not in raw.decode(errors="replace"):
+                    current[0] = m[3]
+                    if int(m[1]) >= step:
+                        started.set()
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    while not started.wait(0.05):
+        if proc.poll() is not None:
+            reader.join()
+            return f"the pipeline ended (exit {proc.returncode}) before step {step}"
+    time.sleep(offset)
+    if proc.poll() is not None:
+        reader.join()
+        return f"the pipeline ended (exit {proc.returncode}) before the kill"
+    where = current[0]
+    n = kill_tree(proc)
+    reader.join()
+    return f"SIGKILL to {n} processes in {where} ({offset:.1f} s after step {step} started)"
 
 
 def without_timings(obj):
@@ -153,25 +196,22 @@ def main(argv: list[str] | None = None) -> int:
     env_note = f"KDNB_CACHE_DIR={os.environ.get('KDNB_CACHE_DIR', '~/.cache/kdnb')}"
     print(f"fault injection: {args.kills} kills, schedule seed {args.seed}, in {work} ({env_note})", flush=True)
 
-    duration = run_to_end(reference, log)
-    print(f"reference run: {duration:.0f} s", flush=True)
+    t0 = time.perf_counter()
+    steps = run_to_end(reference, log)
+    duration = sum(steps)
+    print(f"reference run: {time.perf_counter() - t0:.0f} s, {len(steps)} steps", flush=True)
     rng = random.Random(args.seed)
     # stratified over the reference duration: kill k lands somewhere in slice k
-    moments = [duration * (k + rng.random()) / args.kills for k in range(args.kills)]
-    rng.shuffle(moments)
+    moments = sorted(duration * (k + rng.random()) / args.kills for k in range(args.kills))
+    starts = [sum(steps[:i]) for i in range(len(steps))]
     for i, at in enumerate(moments, 1):
-        with open(log, "ab") as out:
-            proc = subprocess.Popen(pipeline_command(interrupted), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-            try:
-                proc.wait(timeout=at)
-                print(f"kill {i:2d}/{args.kills}: the pipeline finished before {at:.0f} s (exit {proc.returncode})",
-                      flush=True)
-                continue
-            except subprocess.TimeoutExpired:
-                n = kill_tree(proc)
-        print(f"kill {i:2d}/{args.kills}: SIGKILL to {n} processes at {at:5.0f} s", flush=True)
-    final = run_to_end(interrupted, log)
-    print(f"final uninterrupted rerun: {final:.0f} s", flush=True)
+        step = max(j for j, s0 in enumerate(starts) if s0 <= at)
+        print(f"kill {i:2d}/{args.kills} (at {at:5.1f} s of the reference): "
+              f"{attempt(interrupted, log, step + 1, at - starts[step])}", flush=True)
+    t1 = time.perf_counter()
+    run_to_end(interrupted, log)
+    print(f"final uninterrupted rerun: {time.perf_counter() - t1:.0f} s; whole check {time.perf_counter() - t0:.0f} s",
+          flush=True)
 
     problems = compare(reference, interrupted)
     for p in problems:
