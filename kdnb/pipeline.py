@@ -245,7 +245,7 @@ def run_pipeline(
     figs = figures_dir_for(profile, runs_path, figures_dir)
     steps = plan(profile, seeds, runs_path, data, figs, notebooks, parameters, ablation, cohort)
     share_compile_cache(runs_path)  # the kernels inherit it: one compile cache for the series
-    steps[0].output.parent.mkdir(parents=True, exist_ok=True)
+    (runs_path / profile / "notebooks").mkdir(parents=True, exist_ok=True)  # first step may be a cohort
 
     print(f"kdnb pipeline: profile {profile}, seeds {' '.join(map(str, seeds))}, {len(steps)} notebook runs\n"
           f"  runs    {runs_path / profile}\n  figures {figs}\n  data    {data or 'profile default'}", flush=True)
@@ -285,7 +285,7 @@ def run_pipeline(
     table = figs / "results_table.md"
     if table.is_file():
         print(f"results table: {table}")
-    print(f"figures:       {figs}\nnotebooks:     {steps[0].output.parent}\nruns:          {runs_path / profile}")
+    print(f"figures:       {figs}\nnotebooks:     {runs_path / profile / 'notebooks'}\nruns:          {runs_path / profile}")
     if figs != nb_dir.parent / "figures":
         print("the committed reference in figures/ is unchanged (--figures-dir figures refreshes it)")
     return steps
