@@ -32,6 +32,7 @@ from .masks import make_masks, teacher_forward, teacher_forwards
 from .models import build_model, count_parameters
 from .objective import TERMS, Objective
 from .speedups import cpu_bf16_pays, ensure_compiled_bf16_correct, prepare_teacher
+from .tensorboard import RunLog
 from .runs import (
     BEST_FILE, CHECKPOINT_FILE, CONFIG_FILE, HISTORY_FILE, LOCK_FILE, METRICS_FILE, RunLock, RunLocked,
     is_finished, load_torch, read_json, run_path, save_torch, write_json,
@@ -361,6 +362,7 @@ class _Member:
     stepper: Stepper
     state: dict[str, Any]
     amp: bool
+    log: RunLog
     epochs_this_call: int = 0
     sums: torch.Tensor | None = None
     bad: torch.Tensor | None = None
@@ -480,7 +482,8 @@ def _train_locked(cfgs: list[RunConfig], todo: list[int], results: dict[int, Run
                      "bad_epochs": 0, "stopped_early": False}
             write_json(run_dir / CONFIG_FILE, {**_provenance(cfg, device, data, len(train_y), len(val_y)),
                                                "cohort": cohort})
-        members.append(_Member(cfg, run_dir, stepper, state, amp_active(device, cfg.amp)))
+        members.append(_Member(cfg, run_dir, stepper, state, amp_active(device, cfg.amp),
+                               RunLog(run_dir, first_epoch=state["epoch"] + 1)))
 
     t_start = time.perf_counter()
     while True:
@@ -495,9 +498,11 @@ def _train_locked(cfgs: list[RunConfig], todo: list[int], results: dict[int, Run
         if not m.done:
             results[i] = RunResult(m.run_dir, m.cfg, m.state["history"],
                                    {"finished": False, "epochs_run": m.state["epoch"]})
+            m.log.close()
         else:
             results[i] = _finish(m.run_dir, m.cfg, m.stepper.student, m.state, data, device, m.cfg.needs_teacher,
                                  seconds)
+            m.log.finish(m.cfg.to_dict(), results[i].metrics)
 
 
 def _resume(stepper: Stepper, run_dir: Path, progress: bool) -> dict[str, Any] | None:
@@ -600,6 +605,7 @@ def _end_epoch(m: _Member, epoch: int, n: int, seen: int, train_seconds: float, 
         state["bad_epochs"] += 1
         if state["bad_epochs"] >= cfg.patience:
             state["stopped_early"] = True
+    m.log.epoch(record)  # before the commit: a resumed run never logs a committed epoch again
     save_torch(m.run_dir / CHECKPOINT_FILE, {
         "model": stepper.student.state_dict(), "objective": stepper.objective.state_dict(),
         "optimizer": stepper.opt.state_dict(),
