@@ -50,8 +50,39 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
 
     run_pipeline(profile=args.profile, seeds=args.seeds, runs_dir=args.runs_dir, data_dir=args.data_dir,
                  figures_dir=args.figures_dir, notebooks=args.only, ablation=args.ablation,
-                 cohort=not args.one_at_a_time)
+                 cohort=not args.one_at_a_time, executor=args.executor,
+                 scale={k: getattr(args, k) for k in SCALE_OPTIONS})
     return 0
+
+
+# the pipeline's options for its executor (kdnb.executors), passed on as they are named here
+SCALE_OPTIONS = ("jobs", "jobs_per_gpu", "cpus_per_job", "gpus_per_job", "max_retries", "ray_address",
+                 "slurm_partition", "slurm_minutes", "submitit_cluster")
+
+
+def _add_scale_options(pl: argparse.ArgumentParser) -> None:
+    g = pl.add_argument_group("scaling out", "run independent jobs (seeds, the ablation, 07) side by side; "
+                                             "the runs directory must be on storage every job's machine sees")
+    g.add_argument("--executor", default=None,
+                   help="local (default), ray or slurm (submitit); default $KDNB_EXECUTOR, else local")
+    g.add_argument("--jobs", type=int, default=None,
+                   help="local: this many jobs at once (default 1: one after another, as always); on GPUs each "
+                        "job is pinned to one, on the CPU the threads are split between them")
+    g.add_argument("--jobs-per-gpu", type=int, default=None,
+                   help="local: up to this many jobs per visible GPU (default --jobs = this x GPUs); "
+                        "ray: each task asks for 1/this of a GPU")
+    g.add_argument("--cpus-per-job", type=int, default=None, help="ray, slurm: CPUs (and threads) per job (default 1)")
+    g.add_argument("--gpus-per-job", type=float, default=None,
+                   help="ray: GPUs per task (default 1 when the cluster has GPUs, else 0); slurm: GPUs per job")
+    g.add_argument("--max-retries", type=int, default=None,
+                   help="ray: retries of a task whose worker or node died (default 3)")
+    g.add_argument("--ray-address", default=None,
+                   help="ray: the cluster to use (e.g. auto, or ray://host:10001); default a local instance")
+    g.add_argument("--slurm-partition", default=None, help="slurm: the partition")
+    g.add_argument("--slurm-minutes", type=int, default=None, help="slurm: time limit per job (default 1440)")
+    g.add_argument("--submitit-cluster", default=None,
+                   help="slurm: submitit's cluster (default: slurm where sbatch is found; 'local' runs the jobs "
+                        "as local processes, to try a setup)")
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -95,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--one-at-a-time", action="store_true",
                     help="train each student configuration in its own notebook instead of the seed's "
                          "configurations together as a cohort (same runs, same numbers; slower)")
+    _add_scale_options(pl)
     pl.set_defaults(func=_cmd_pipeline)
 
     b = sub.add_parser("bench", help="measure training-step throughput of every pipeline")

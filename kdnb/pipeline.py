@@ -6,8 +6,13 @@ executed copy is saved under ``<runs_dir>/<profile>/notebooks/``, the tables and
 ``<runs_dir>/<profile>/figures/``: a run never overwrites the committed reference in ``figures/``
 unless asked to with ``figures_dir="figures"`` (``--figures-dir figures``). Finished runs are
 skipped and interrupted ones resumed by the engine, so rerunning the pipeline after a failure or a
-kill only does the missing work. The first failing notebook stops the pipeline with one line naming
-the notebook, the cell, the line of the cell that raised and the error.
+kill only does the missing work. A failing notebook is reported in one line naming the notebook,
+the cell, the line of the cell that raised and the error; the steps that do not need its output
+still run (:mod:`kdnb.jobs`), and the pipeline ends with an error naming every failure.
+
+The steps form a small dependency graph of jobs; an executor (:mod:`kdnb.executors`) runs them:
+one after another in this process (the default, ``--jobs 1``), side by side on this machine's
+GPUs or CPU cores (``--jobs N``), as Ray tasks, or as Slurm jobs through submitit.
 
 By default the student configurations of a seed are trained first as one *cohort* (one process,
 one teacher pass per batch for all of them, each run exactly as it would be alone; see
@@ -205,6 +210,26 @@ def _failure(step: Step, exc: Exception) -> PipelineError:
                          f"(executed copy: {step.output})")
 
 
+def execute_step(step: Step, verbose: bool = True) -> list[str]:
+    """Run one step in this process exactly as the series always has: a cohort in a fresh process
+    (its summary lines come back), a notebook with papermill in a fresh kernel whose working
+    directory is ``notebooks/``. A failure is a :class:`PipelineError` of one line."""
+    import papermill
+
+    if step.configs:
+        return run_cohort(step, verbose)
+    nb_dir = notebooks_dir()
+    try:
+        papermill.execute_notebook(
+            str(nb_dir / f"{step.notebook}.ipynb"), str(step.output), parameters=step.parameters,
+            kernel_name=KERNEL, cwd=str(nb_dir), progress_bar=False,
+            stdout_file=sys.stdout if verbose else None, stderr_file=sys.stderr if verbose else None,
+        )
+    except Exception as exc:  # the cell's error (PapermillExecutionError), kernel died, notebook unreadable, …
+        raise _failure(step, exc) from None
+    return []
+
+
 def run_pipeline(
     profile: str = "cpu",
     seeds: Sequence[int] = (0,),
@@ -216,6 +241,8 @@ def run_pipeline(
     verbose: bool = True,
     ablation: bool = False,
     cohort: bool = True,
+    executor: str | None = None,
+    scale: dict[str, Any] | None = None,
 ) -> list[Step]:
     """Execute the series; return the executed steps with their wall times.
 
@@ -226,13 +253,17 @@ def run_pipeline(
     taken relative to the current directory. ``verbose`` streams the notebooks' printed output
     (training progress) to this process's stdout/stderr. ``cohort``: train the student
     configurations of each seed together first (default), else each in its own notebook.
-    Raises :class:`PipelineError` at the first failure.
+    ``executor``: ``local`` (default; ``$KDNB_EXECUTOR``), ``ray`` or ``slurm``, with its options in
+    ``scale`` (see :mod:`kdnb.executors`): the steps run as a dependency graph of jobs, a failed job
+    skips only the jobs that need its output, and the others go on.
+    Raises :class:`PipelineError` at the end when a job failed, naming every failure.
     """
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
+    from .executors import check_executor, run_jobs
+    from .jobs import DONE, graph
 
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile {profile!r}; allowed: {', '.join(PROFILES)}")
+    name, options = check_executor(executor, scale)
     seeds = sorted({int(s) for s in seeds})
     if not seeds or min(seeds) < 0:
         raise ConfigError("--seeds: give one or more seeds >= 0")
@@ -250,44 +281,29 @@ def run_pipeline(
     print(f"kdnb pipeline: profile {profile}, seeds {' '.join(map(str, seeds))}, {len(steps)} notebook runs\n"
           f"  runs    {runs_path / profile}\n  figures {figs}\n  data    {data or 'profile default'}", flush=True)
     t_all = time.perf_counter()
-    for i, step in enumerate(steps, start=1):
-        seed = f" ({step.label})" if step.label else ""
-        t0 = time.perf_counter()
-        if step.configs:
-            print(f"\n[{i}/{len(steps)}] cohort training ({step.label}): one teacher pass per batch, "
-                  f"runs in {runs_path / profile}", flush=True)
-            for line in run_cohort(step, verbose):
-                print(f"  {line}", flush=True)
-            step.seconds = time.perf_counter() - t0
-            print(f"[{i}/{len(steps)}] cohort ({step.label}) done in {step.seconds:.0f} s", flush=True)
-            continue
-        print(f"\n[{i}/{len(steps)}] {step.notebook}{seed} → {step.output}", flush=True)
-        try:
-            papermill.execute_notebook(
-                str(nb_dir / f"{step.notebook}.ipynb"), str(step.output), parameters=step.parameters,
-                kernel_name=KERNEL, cwd=str(nb_dir), progress_bar=False,
-                stdout_file=sys.stdout if verbose else None, stderr_file=sys.stderr if verbose else None,
-            )
-        except PapermillExecutionError as exc:
-            step.seconds = time.perf_counter() - t0
-            raise _failure(step, exc) from None
-        except Exception as exc:  # kernel died, notebook unreadable, …
-            step.seconds = time.perf_counter() - t0
-            raise _failure(step, exc) from None
-        step.seconds = time.perf_counter() - t0
-        print(f"[{i}/{len(steps)}] {step.notebook}{seed} done in {step.seconds:.0f} s", flush=True)
+    results = run_jobs(graph(steps), name, options, runs_path / profile / "logs", verbose)
+    for step, result in zip(steps, results):
+        step.seconds = result.seconds
 
-    total = time.perf_counter() - t_all
-    print("\nkdnb pipeline finished in " + _duration(total))
-    for step in steps:
-        seed = f" ({step.label})" if step.label else ""
-        print(f"  {step.seconds:8.1f} s  {step.notebook}{seed}")
+    failed = [r for r in results if r.status != DONE]
+    print("\nkdnb pipeline finished in " + _duration(total := time.perf_counter() - t_all)
+          + (f": {sum(r.status == 'failed' for r in failed)} failed, {sum(r.status == 'skipped' for r in failed)} "
+             "skipped" if failed else ""))
+    width = max(len(r.device) for r in results) if results else 0
+    for r in results:
+        print(f"  {r.seconds:8.1f} s  {r.status:7}  {r.executor:5}  {r.device:{width}}  {r.name}"
+              + (f": {r.error}" if r.error else ""))
     table = figs / "results_table.md"
     if table.is_file():
         print(f"results table: {table}")
     print(f"figures:       {figs}\nnotebooks:     {runs_path / profile / 'notebooks'}\nruns:          {runs_path / profile}")
     if figs != nb_dir.parent / "figures":
         print("the committed reference in figures/ is unchanged (--figures-dir figures refreshes it)")
+    if failed:
+        errors = [r.error for r in failed if r.status == "failed"]
+        skips = [r.name for r in failed if r.status == "skipped"]
+        raise PipelineError("; ".join(errors) + (f" ({len(skips)} job(s) that need it skipped: {', '.join(skips)})"
+                                                 if skips else ""))
     return steps
 
 

@@ -1,0 +1,64 @@
+"""Executors of the pipeline's job graph (:mod:`kdnb.jobs`): ``local`` (this machine: one job at
+a time in this process, or ``--jobs N`` side by side, pinned to GPUs or sharing the CPU cores),
+``ray`` (Ray tasks on a cluster or a local instance) and ``slurm`` (submitit).
+
+Each executor only maps jobs onto its engine, which does the scheduling: the local pool is the one
+scheduler of our own. Every job runs :func:`kdnb.jobs.run_job`, so it executes its notebook exactly
+as the sequential series does and leaves its executed copy.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any
+
+from ..config import ConfigError
+from ..jobs import DONE, FAILED, Job, JobResult
+
+EXECUTORS = ("local", "ray", "slurm")
+# the package each executor needs beyond kdnb's own, and how to install it
+PACKAGES = {"ray": ("ray", "pip install 'ray[default]'"), "slurm": ("submitit", "pip install submitit")}
+COUNTS = ("jobs", "jobs_per_gpu", "cpus_per_job", "max_retries", "slurm_minutes")
+
+
+def check_executor(name: str | None, options: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
+    """The executor's name (``name``, else ``$KDNB_EXECUTOR``, else ``local``) and its options,
+    validated before any work starts: one line for each bad value or missing package."""
+    name = name or os.environ.get("KDNB_EXECUTOR") or "local"
+    if name not in EXECUTORS:
+        raise ConfigError(f"--executor {name}: unknown executor; allowed: {', '.join(EXECUTORS)}")
+    options = {k: v for k, v in (options or {}).items() if v is not None}
+    for key in COUNTS:
+        low = 0 if key == "max_retries" else 1
+        if key in options and (not isinstance(options[key], int) or options[key] < low):
+            raise ConfigError(f"--{key.replace('_', '-')} {options[key]}: give a whole number >= {low}")
+    gpus = options.get("gpus_per_job")
+    if gpus is not None and not (isinstance(gpus, (int, float)) and gpus >= 0):
+        raise ConfigError(f"--gpus-per-job {gpus}: give a number >= 0 (a fraction shares a GPU)")
+    if name in PACKAGES and importlib.util.find_spec(PACKAGES[name][0]) is None:
+        module, pip = PACKAGES[name]
+        raise ConfigError(f"--executor {name} needs {module}, which is not installed: {pip} "
+                          "(or pip install -e '.[cluster]')")
+    return name, options
+
+
+def run_jobs(jobs: list[Job], name: str, options: dict[str, Any], log_dir: Path, verbose: bool) -> list[JobResult]:
+    """Run ``jobs`` with executor ``name``; one result per job, in plan order."""
+    if name == "ray":
+        from .ray import run
+    elif name == "slurm":
+        from .slurm import run
+    else:
+        from .local import run
+    return run(jobs, options, log_dir, verbose)
+
+
+def outcome(result: JobResult) -> str:
+    """One line on how a job ended, printed as it ends."""
+    if result.status == DONE:
+        return f"{result.name} done in {result.seconds:.0f} s"
+    if result.status == FAILED:
+        return f"{result.name} FAILED after {result.seconds:.0f} s: {result.error}"
+    return f"{result.name} skipped: {result.error}"

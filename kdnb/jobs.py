@@ -1,0 +1,180 @@
+"""The pipeline's steps as a small dependency graph of jobs, and the one function every executor
+runs for a job (in this process, a local worker process, a Ray task or a Slurm job).
+
+A job is one step of :func:`kdnb.pipeline.plan` (a notebook, or a seed's cohort training) and
+waits only for the steps whose output it reads: the teacher (01) needs the data notebook (00); a
+seed's cohort needs the teacher; a seed's student notebooks need that cohort (or, trained one at a
+time, the teacher); 07 needs every student run, 08 those and 07's distances, 09 the KD+FA+AT runs.
+A step whose producer is not in the plan (``--only 03``) depends on nothing and finds its inputs
+on disk, as before. A failed job is reported and only the jobs below it are skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .pipeline import STUDENT_NOTEBOOKS, PipelineError, Step, execute_step
+from .runs import METRICS_FILE, run_path
+
+DONE, FAILED, SKIPPED = "done", "failed", "skipped"
+
+
+@dataclass
+class Job:
+    """One step of the plan with the indices (plan positions) of the jobs it waits for."""
+
+    index: int
+    step: Step
+    deps: tuple[int, ...] = ()
+    needs_teacher: bool = False  # the teacher is trained by a job of this graph: check it is visible
+
+    @property
+    def name(self) -> str:
+        return f"{self.step.notebook} ({self.step.label})" if self.step.label else self.step.notebook
+
+    @property
+    def slug(self) -> str:
+        """A file name for the job's log."""
+        seed = self.step.parameters.get("seed") if self.step.label else None
+        return self.step.notebook + (f"_seed{seed}" if seed is not None else "")
+
+
+@dataclass
+class JobResult:
+    """How a job ended, for the end summary and the exit status."""
+
+    name: str
+    status: str
+    seconds: float = 0.0
+    executor: str = "local"
+    device: str = ""
+    error: str = ""  # one line: notebook, cell and error (or what it waited for, when skipped)
+    lines: list[str] = field(default_factory=list)  # what a cohort trained
+
+    @property
+    def ok(self) -> bool:
+        return self.status == DONE
+
+
+def _trains(step: Step, cohort_seeds: set) -> bool:
+    """Whether ``step`` trains student runs (a cohort, or a student notebook no cohort covers)."""
+    return bool(step.configs) or (step.notebook in STUDENT_NOTEBOOKS and step.parameters.get("seed") not in cohort_seeds)
+
+
+def graph(steps: Sequence[Step]) -> list[Job]:
+    """The jobs of ``steps`` (in plan order, which is a valid order to run them one at a time)."""
+    find = lambda name: [i for i, s in enumerate(steps) if s.notebook == name]  # noqa: E731
+    data, teacher = find("00_setup_and_data"), find("01_train_teacher")
+    upstream = teacher or data  # what a training step reads first
+    cohort_seeds = {s.parameters["seed"] for s in steps if s.configs}
+    trainers = [i for i, s in enumerate(steps) if _trains(s, cohort_seeds)]
+    jobs = []
+    for i, s in enumerate(steps):
+        if s.notebook == "00_setup_and_data":
+            deps = []
+        elif s.notebook == "01_train_teacher":
+            deps = data
+        elif s.configs:
+            deps = upstream
+        elif s.notebook in STUDENT_NOTEBOOKS:
+            seed = s.parameters.get("seed")
+            deps = [j for j in trainers if steps[j].configs and steps[j].parameters["seed"] == seed] or upstream
+        elif s.notebook == "09_mask_ablation":
+            deps = [j for j in trainers if "kd_fa_at" in (steps[j].configs or (STUDENT_NOTEBOOKS.get(steps[j].notebook),))]
+            deps = deps or upstream
+        else:  # 07 and 08 read every student run; 08 also 07's attention distances
+            deps = (trainers or upstream) + (find("07_masks_and_attention") if s.notebook == "08_results" else [])
+        jobs.append(Job(i, s, tuple(sorted(set(deps))), needs_teacher=bool(teacher) and i > teacher[0]))
+    return jobs
+
+
+def device_label(env: dict[str, str] | None = None) -> str:
+    """Where a job ran, for the summary: its host, pinned GPUs and CPU threads."""
+    env = os.environ if env is None else env
+    gpus, threads = env.get("CUDA_VISIBLE_DEVICES"), env.get("OMP_NUM_THREADS")
+    where = f"GPU {gpus}" if gpus else "CPU"
+    return f"{socket.gethostname()} {where}" + (f", {threads} threads" if threads else "")
+
+
+def check_visible(job: Job) -> None:
+    """Fail in one line when this node cannot see the runs directory or the teacher (a cluster
+    whose runs directory is not on storage every node sees)."""
+    p = job.step.parameters
+    runs = Path(p["runs_dir"]) / p["profile"]
+    where = f"node {socket.gethostname()} cannot see"
+    if not (runs / "notebooks").is_dir():
+        raise PipelineError(f"{job.name}: {where} the runs directory {runs}: put it on storage every node sees")
+    teacher = run_path(p["runs_dir"], p["profile"], "teacher", 0) / METRICS_FILE
+    if job.needs_teacher and not teacher.is_file():
+        raise PipelineError(f"{job.name}: {where} the teacher run {teacher.parent}: put the runs directory on "
+                            "storage every node sees")
+
+
+@contextlib.contextmanager
+def _output_to(log: Path | None) -> Iterator[None]:
+    """Send this process's stdout/stderr (and its children's: kernels, the cohort's process) to
+    ``log``, so jobs running side by side do not interleave their progress output."""
+    if log is None:
+        yield
+        return
+    import sys
+
+    log.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush(), sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log, "ab") as f:
+        os.dup2(f.fileno(), 1), os.dup2(f.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush(), sys.stderr.flush()
+            os.dup2(saved[0], 1), os.dup2(saved[1], 2)
+            os.close(saved[0]), os.close(saved[1])
+
+
+def run_job(job: Job, env: dict[str, str] | None = None, log: str | None = None, executor: str = "local",
+            upstream: Sequence[JobResult] = (), verbose: bool = True) -> JobResult:
+    """Execute one job here and say how it ended; never raises for the job's own failure.
+
+    ``env`` is applied before anything starts (the kernels and the cohort's process inherit it:
+    ``CUDA_VISIBLE_DEVICES``, ``OMP_NUM_THREADS``); ``upstream``: the results of the jobs it waits
+    for (a failed one skips this job); ``log``: a file for the job's output."""
+    if any(not r.ok for r in upstream):
+        return _skip(job, upstream, executor)
+    os.environ.update(env or {})
+    t0 = time.perf_counter()
+    result = JobResult(job.name, DONE, executor=executor, device=device_label())
+    with _output_to(Path(log) if log else None):
+        try:
+            check_visible(job)
+            result.lines = execute_step(job.step, verbose)
+        except PipelineError as exc:
+            result.status, result.error = FAILED, str(exc)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def run_job_or_raise(job: Job, env: dict[str, str] | None = None, log: str | None = None,
+                     executor: str = "slurm") -> JobResult:
+    """:func:`run_job` for engines whose dependencies need a failed job to fail (Slurm ``afterok``)."""
+    result = run_job(job, env, log, executor)
+    if not result.ok:
+        raise PipelineError(result.error)
+    return result
+
+
+def _skip(job: Job, upstream: Sequence[JobResult], executor: str) -> JobResult:
+    failed = ", ".join(r.name for r in upstream if not r.ok)
+    return JobResult(job.name, SKIPPED, executor=executor, error=f"needs {failed}")
+
+
+def blocked(job: Job, results: dict[int, JobResult], executor: str) -> JobResult | None:
+    """The skipped result of ``job`` when a job it waits for did not finish, else None."""
+    upstream = [results[d] for d in job.deps if d in results]
+    return _skip(job, upstream, executor) if any(not r.ok for r in upstream) else None
