@@ -72,7 +72,7 @@ def test_bad_executor_input_is_one_line(monkeypatch, capsys):
     with pytest.raises(ConfigError, match="--executor sge: unknown executor"):
         check_executor(None, {})
     monkeypatch.setattr("importlib.util.find_spec", lambda name: None)  # as if ray were not installed
-    with pytest.raises(ConfigError, match=r"needs ray, which is not installed: pip install 'ray\[default\]'"):
+    with pytest.raises(ConfigError, match=r"needs ray, which is not installed: pip install ray"):
         check_executor("ray", {})
     with pytest.raises(ConfigError, match="pip install submitit"):
         check_executor("slurm", {})
@@ -137,7 +137,7 @@ def test_two_local_jobs_give_the_sequential_table(smoke_pipeline, tmp_path, chec
 
 
 def test_ray_local_instance_gives_the_sequential_table(smoke_pipeline, tmp_path, checkout_on_path):
-    ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'ray[default]')")
+    ray = pytest.importorskip("ray", reason="ray is not installed (pip install ray)")
     runs = _with_teacher(smoke_pipeline, tmp_path)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:

@@ -19,7 +19,7 @@ from ..jobs import DONE, FAILED, Job, JobResult
 
 EXECUTORS = ("local", "ray", "slurm")
 # the package each executor needs beyond kdnb's own, and how to install it
-PACKAGES = {"ray": ("ray", "pip install 'ray[default]'"), "slurm": ("submitit", "pip install submitit")}
+PACKAGES = {"ray": ("ray", "pip install ray"), "slurm": ("submitit", "pip install submitit")}
 COUNTS = ("jobs", "jobs_per_gpu", "cpus_per_job", "max_retries", "slurm_minutes")
 
 
