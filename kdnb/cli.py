@@ -71,7 +71,9 @@ def _add_scale_options(pl: argparse.ArgumentParser) -> None:
     g.add_argument("--jobs-per-gpu", type=int, default=None,
                    help="local: up to this many jobs per visible GPU (default --jobs = this x GPUs); "
                         "ray: each task asks for 1/this of a GPU")
-    g.add_argument("--cpus-per-job", type=int, default=None, help="ray, slurm: CPUs (and threads) per job (default 1)")
+    g.add_argument("--cpus-per-job", type=int, default=None,
+                   help="CPU threads of each job (local: default the threads split between the jobs); "
+                        "ray, slurm: the CPUs each job asks for (default 1)")
     g.add_argument("--gpus-per-job", type=float, default=None,
                    help="ray: GPUs per task (default 1 when the cluster has GPUs, else 0); slurm: GPUs per job")
     g.add_argument("--max-retries", type=int, default=None,

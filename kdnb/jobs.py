@@ -99,7 +99,7 @@ def device_label(env: dict[str, str] | None = None) -> str:
     env = os.environ if env is None else env
     gpus, threads = env.get("CUDA_VISIBLE_DEVICES"), env.get("OMP_NUM_THREADS")
     where = f"GPU {gpus}" if gpus else "CPU"
-    return f"{socket.gethostname()} {where}" + (f", {threads} threads" if threads else "")
+    return f"{socket.gethostname()} {where}" + (f", {threads} thread{'s' * (threads != '1')}" if threads else "")
 
 
 def check_visible(job: Job) -> None:

@@ -4,7 +4,8 @@
 exactly what the series always printed. ``--jobs N`` keeps up to N jobs running at once, each in
 its own process: on GPUs each job is pinned to one (``CUDA_VISIBLE_DEVICES``, round robin; up to
 ``--jobs-per-gpu`` per GPU), and the CPU threads are split between the jobs (``OMP_NUM_THREADS``),
-so N jobs never oversubscribe the cores. Each job's output goes to ``<runs>/<profile>/logs/``.
+so N jobs never oversubscribe the cores (``--cpus-per-job`` sets the threads of each job instead).
+Each job's output goes to ``<runs>/<profile>/logs/``.
 """
 
 from __future__ import annotations
@@ -37,22 +38,24 @@ def cpu_threads() -> int:
     return torch.get_num_threads()
 
 
-def slots(jobs: int | None, jobs_per_gpu: int | None) -> list[dict[str, str]]:
-    """The environment of each concurrent job: its GPU (if any) and its share of the CPU threads."""
+def slots(jobs: int | None, jobs_per_gpu: int | None, threads: int | None = None) -> list[dict[str, str]]:
+    """The environment of each concurrent job: its GPU (if any) and ``threads`` CPU threads (default
+    its share of them). On the CPU the thread count is part of the numbers (float reductions split
+    differently), so runs compare bit for bit only at equal threads per job."""
     gpus = visible_gpus()
     if jobs_per_gpu and not gpus:
         raise ConfigError("--jobs-per-gpu: no GPU is visible on this machine; use --jobs N to run N jobs on the CPU")
     n = jobs or (jobs_per_gpu * len(gpus) if jobs_per_gpu else 1)
     if jobs_per_gpu and n > jobs_per_gpu * len(gpus):
         raise ConfigError(f"--jobs {n} is more than --jobs-per-gpu {jobs_per_gpu} x {len(gpus)} visible GPU(s)")
-    threads = str(max(1, cpu_threads() // n))
-    return [{**({"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]} if gpus else {}), "OMP_NUM_THREADS": threads}
+    share = str(threads or max(1, cpu_threads() // n))
+    return [{**({"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]} if gpus else {}), "OMP_NUM_THREADS": share}
             for i in range(n)]
 
 
 def run(jobs: list[Job], options: dict[str, Any], log_dir: Path, verbose: bool) -> list[JobResult]:
-    envs = slots(options.get("jobs"), options.get("jobs_per_gpu"))
-    if len(envs) == 1 and not options.get("jobs_per_gpu"):
+    envs = slots(options.get("jobs"), options.get("jobs_per_gpu"), options.get("cpus_per_job"))
+    if len(envs) == 1 and not (options.get("jobs_per_gpu") or options.get("cpus_per_job")):
         return _one_at_a_time(jobs, verbose)
     return _pool(jobs, envs, log_dir)
 
