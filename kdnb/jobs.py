@@ -139,12 +139,13 @@ def _output_to(log: Path | None) -> Iterator[None]:
 
 
 def run_job(job: Job, env: dict[str, str] | None = None, log: str | None = None, executor: str = "local",
-            upstream: Sequence[JobResult] = (), verbose: bool = True) -> JobResult:
+            upstream: Sequence[JobResult] = (), verbose: bool = True, remote: bool = False) -> JobResult:
     """Execute one job here and say how it ended; never raises for the job's own failure.
 
     ``env`` is applied before anything starts (the kernels and the cohort's process inherit it:
     ``CUDA_VISIBLE_DEVICES``, ``OMP_NUM_THREADS``); ``upstream``: the results of the jobs it waits
-    for (a failed one skips this job); ``log``: a file for the job's output."""
+    for (a failed one skips this job); ``log``: a file for the job's output; ``remote``: the job may
+    run on another node than the pipeline, so check first that it sees the runs."""
     if any(not r.ok for r in upstream):
         return _skip(job, upstream, executor)
     os.environ.update(env or {})
@@ -152,7 +153,8 @@ def run_job(job: Job, env: dict[str, str] | None = None, log: str | None = None,
     result = JobResult(job.name, DONE, executor=executor, device=device_label())
     with _output_to(Path(log) if log else None):
         try:
-            check_visible(job)
+            if remote:
+                check_visible(job)
             result.lines = execute_step(job.step, verbose)
         except PipelineError as exc:
             result.status, result.error = FAILED, str(exc)
@@ -162,8 +164,9 @@ def run_job(job: Job, env: dict[str, str] | None = None, log: str | None = None,
 
 def run_job_or_raise(job: Job, env: dict[str, str] | None = None, log: str | None = None,
                      executor: str = "slurm") -> JobResult:
-    """:func:`run_job` for engines whose dependencies need a failed job to fail (Slurm ``afterok``)."""
-    result = run_job(job, env, log, executor)
+    """:func:`run_job` (on a node of a cluster) for engines whose dependencies need a failed job to
+    fail (Slurm ``afterok``)."""
+    result = run_job(job, env, log, executor, remote=True)
     if not result.ok:
         raise PipelineError(result.error)
     return result

@@ -21,7 +21,7 @@ EXECUTOR = "ray"
 
 def _task(job: Job, threads: int, log: str, *upstream: JobResult) -> JobResult:
     """The body of a job's Ray task (on whichever node Ray picked; Ray pins its GPUs)."""
-    return run_job(job, {"OMP_NUM_THREADS": str(threads)}, log, EXECUTOR, upstream)
+    return run_job(job, {"OMP_NUM_THREADS": str(threads)}, log, EXECUTOR, upstream, remote=True)
 
 
 def run(jobs: list[Job], options: dict[str, Any], log_dir: Path, verbose: bool) -> list[JobResult]:
