@@ -41,10 +41,10 @@ def _submit_and_collect(ray, jobs: list[Job], options: dict[str, Any], log_dir: 
     jobs_per_gpu = options.get("jobs_per_gpu") or 1
     gpus = options.get("gpus_per_job", 1 / jobs_per_gpu if ray.cluster_resources().get("GPU") else 0)
     cpus = options.get("cpus_per_job", 1)
-    task = ray.remote(_task).options(num_cpus=cpus, num_gpus=gpus, max_retries=options.get("max_retries", 3))
+    task, request = ray.remote(_task), {"num_cpus": cpus, "num_gpus": gpus, "max_retries": options.get("max_retries", 3)}
     refs: dict[int, Any] = {}
     for job in jobs:  # plan order: a job's upstream refs exist when it is submitted
-        refs[job.index] = task.options(name=job.slug).remote(
+        refs[job.index] = task.options(**request, name=job.slug).remote(
             job, cpus, str(log_dir / f"{job.slug}.log"), *(refs[d] for d in job.deps))
     print(f"ray executor: {len(jobs)} tasks ({cpus} CPU, {gpus:g} GPU each) on {ray.cluster_resources()}; "
           f"each job's output in {log_dir}", flush=True)
