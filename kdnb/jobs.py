@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -123,8 +124,6 @@ def _output_to(log: Path | None) -> Iterator[None]:
     if log is None:
         yield
         return
-    import sys
-
     log.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush(), sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
@@ -158,6 +157,8 @@ def run_job(job: Job, env: dict[str, str] | None = None, log: str | None = None,
             result.lines = execute_step(job.step, verbose)
         except PipelineError as exc:
             result.status, result.error = FAILED, str(exc)
+        except Exception as exc:  # a bad setting found late, say: still this job's failure only
+            result.status, result.error = FAILED, f"{job.name} failed: {type(exc).__name__}: {exc}"
     result.seconds = time.perf_counter() - t0
     return result
 
