@@ -259,7 +259,7 @@ def run_pipeline(
     Raises :class:`PipelineError` at the end when a job failed, naming every failure.
     """
     from .executors import check_executor, run_jobs
-    from .jobs import DONE, graph
+    from .jobs import DONE, FAILED, SKIPPED, graph
 
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile {profile!r}; allowed: {', '.join(PROFILES)}")
@@ -285,13 +285,13 @@ def run_pipeline(
     for step, result in zip(steps, results):
         step.seconds = result.seconds
 
-    failed = [r for r in results if r.status != DONE]
-    print("\nkdnb pipeline finished in " + _duration(total := time.perf_counter() - t_all)
-          + (f": {sum(r.status == 'failed' for r in failed)} failed, {sum(r.status == 'skipped' for r in failed)} "
-             "skipped" if failed else ""))
-    width = max(len(r.device) for r in results) if results else 0
+    errors = [r.error for r in results if r.status == FAILED]
+    skips = [r.name for r in results if r.status == SKIPPED]
+    print("\nkdnb pipeline finished in " + _duration(time.perf_counter() - t_all)
+          + (f": {len(errors)} failed, {len(skips)} skipped" if errors or skips else ""))
+    ex, dev = (max((len(getattr(r, k)) for r in results), default=0) for k in ("executor", "device"))
     for r in results:
-        print(f"  {r.seconds:8.1f} s  {r.status:7}  {r.executor:5}  {r.device:{width}}  {r.name}"
+        print(f"  {r.seconds:8.1f} s  {r.status:7}  {r.executor:{ex}}  {r.device:{dev}}  {r.name}"
               + (f": {r.error}" if r.error else ""))
     table = figs / "results_table.md"
     if table.is_file():
@@ -299,9 +299,7 @@ def run_pipeline(
     print(f"figures:       {figs}\nnotebooks:     {runs_path / profile / 'notebooks'}\nruns:          {runs_path / profile}")
     if figs != nb_dir.parent / "figures":
         print("the committed reference in figures/ is unchanged (--figures-dir figures refreshes it)")
-    if failed:
-        errors = [r.error for r in failed if r.status == "failed"]
-        skips = [r.name for r in failed if r.status == "skipped"]
+    if any(r.status != DONE for r in results):
         raise PipelineError("; ".join(errors) + (f" ({len(skips)} job(s) that need it skipped: {', '.join(skips)})"
                                                  if skips else ""))
     return steps
