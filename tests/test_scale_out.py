@@ -72,6 +72,8 @@ def test_bad_executor_input_is_one_line(monkeypatch, capsys):
     assert capsys.readouterr().err.strip() == "kdnb: error: --executor dask: unknown executor; allowed: local, ray, slurm"
     assert main(["pipeline", "--profile", "smoke", "--jobs", "0"]) == 2
     assert "--jobs 0: give a whole number >= 1" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="--jobs is for the local executor"):
+        check_executor("ray", {"jobs": 2})
     monkeypatch.setenv("KDNB_EXECUTOR", "sge")
     with pytest.raises(ConfigError, match="--executor sge: unknown executor"):
         check_executor(None, {})

@@ -34,6 +34,9 @@ def check_executor(name: str | None, options: dict[str, Any] | None) -> tuple[st
         low = 0 if key == "max_retries" else 1
         if key in options and (not isinstance(options[key], int) or options[key] < low):
             raise ConfigError(f"--{key.replace('_', '-')} {options[key]}: give a whole number >= {low}")
+    if name != "local" and "jobs" in options:
+        raise ConfigError(f"--jobs is for the local executor; {name} runs as many jobs at once as its CPUs and GPUs "
+                          "allow (--cpus-per-job, --gpus-per-job)")
     gpus = options.get("gpus_per_job")
     if gpus is not None and not (isinstance(gpus, (int, float)) and gpus >= 0):
         raise ConfigError(f"--gpus-per-job {gpus}: give a number >= 0 (a fraction shares a GPU)")
