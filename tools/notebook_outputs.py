@@ -113,7 +113,7 @@ def record_checked(nbs: dict[str, nbformat.NotebookNode]) -> None:
     from kdnb.pipeline import run_pipeline
 
     with tempfile.TemporaryDirectory(prefix="kdnb-notebooks-") as tmp:
-        run_pipeline(profile="smoke", seeds=[0], runs_dir=tmp, verbose=False)
+        run_pipeline(profile="smoke", seeds=[0], runs_dir=tmp, verbose=False, ablation=True)
         for name, nb in nbs.items():
             ran = nbformat.read(_executed_copy(Path(tmp) / "smoke" / "notebooks", name), as_version=4)
             same = _same_cells(nb, ran)
