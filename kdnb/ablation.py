@@ -17,8 +17,8 @@ from typing import Any
 
 import pandas as pd
 
-from .config import ConfigError, RunConfig, make_config
-from .runs import CONFIG_FILE, METRICS_FILE, is_finished, read_json, run_path, write_text
+from .config import RunConfig, make_config
+from .runs import METRICS_FILE, is_finished, read_json, run_path, write_text
 
 ABLATION_CONFIG = "kd_fa_at"
 KEEPS: tuple[float, ...] = (0.25, 0.5)
@@ -95,31 +95,22 @@ def train_missing(plan_df: pd.DataFrame, profile: str, runs_dir: str | os.PathLi
     return done
 
 
-def _check_settings(run_dir, row) -> None:
-    """A run is identified by its settings, not its folder: a main-series run trained with other
-    mask settings (say ``overrides={"keep": 0.3}`` in 06) must not be reported as another variant."""
-    saved = read_json(run_dir / CONFIG_FILE)
-    expected = {"mask_mode": row.mask_mode, **({} if pd.isna(row.keep) else {"keep": float(row.keep)})}
-    wrong = {k: saved.get(k) for k, v in expected.items() if saved.get(k) != v}
-    if wrong:
-        found = ", ".join(f"{k}={v!r}" for k, v in wrong.items())
-        raise ConfigError(f"{run_dir} was trained with {found} (its config.json), so it is not the "
-                          f"'{row.variant}' run of this ablation; give 09 the overrides that run was trained with, "
-                          "or use another runs_dir")
-
-
-def collect(plan_df: pd.DataFrame, profile: str, runs_dir: str | os.PathLike) -> pd.DataFrame:
-    """Test/validation accuracy (%) and best epoch of every run in ``plan_df`` (all must be finished)."""
-    from .results import MissingInput, notebook_hint
+def collect(plan_df: pd.DataFrame, profile: str, runs_dir: str | os.PathLike,
+            overrides: dict[str, Any] | None = None, config: str = ABLATION_CONFIG) -> pd.DataFrame:
+    """Test/validation accuracy (%) and best epoch of every run in ``plan_df`` (all must be finished,
+    each trained with exactly its variant's settings: a main-series run trained with other mask
+    settings is not reported as a variant)."""
+    from .results import MissingInput, check_identity, notebook_hint
 
     rows = []
     for r in plan_df.itertuples(index=False):
         d = run_path(runs_dir, profile, r.run, r.seed)
         if not is_finished(d):
-            where = (notebook_hint(ABLATION_CONFIG, profile, r.seed) if r.run == ABLATION_CONFIG
+            where = (notebook_hint(config, profile, r.seed) if r.run == config
                      else "run notebooks/09_mask_ablation.ipynb (it trains its runs)")
             raise MissingInput(f"{where}: no finished run in {d}")
-        _check_settings(d, r)
+        check_identity(d, variant_config(Variant(r.mask_mode, None if pd.isna(r.keep) else float(r.keep)),
+                                         profile, int(r.seed), overrides, config))
         m = read_json(d / METRICS_FILE)
         rows.append({"variant": r.variant, "mask_mode": r.mask_mode, "keep": r.keep, "seed": r.seed,
                      "test_acc": 100 * m["test_acc"], "val_acc": 100 * m["val_acc"], "best_epoch": m["best_epoch"],

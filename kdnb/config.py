@@ -367,6 +367,22 @@ def make_config(
     return validate(RunConfig(**values))
 
 
+# Settings that change how fast a run goes, not what it computes: they may differ on resume.
+ENGINE_FIELDS: tuple[str, ...] = ("device", "threads", "compile", "compile_mode", "eval_batch_size", "data_dir")
+# What a run *is* is every other setting but where it lives (``name``, ``seed`` are its folder) and
+# the numeric engine (``amp``, listed in the provenance): objective, masks, networks, data, recipe,
+# profile. Tables and figures compare these with what they claim a run to be.
+NOT_IDENTITY: tuple[str, ...] = ("name", "seed", "amp", *ENGINE_FIELDS)
+
+
+def identity_diff(saved: dict[str, Any], expected: RunConfig) -> dict[str, tuple[Any, Any]]:
+    """``{setting: (saved, expected)}`` for every identity setting in which a saved ``config.json``
+    differs from ``expected`` (settings added since the run was saved count with their default)."""
+    have = config_from_dict(saved).to_dict()
+    want = expected.to_dict()
+    return {k: (have[k], want[k]) for k in want if k not in NOT_IDENTITY and have.get(k) != want[k]}
+
+
 def config_from_dict(d: dict[str, Any]) -> RunConfig:
     """Rebuild a RunConfig from a saved ``config.json`` (unknown keys are ignored)."""
     names = {f.name for f in fields(RunConfig)}

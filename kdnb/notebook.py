@@ -80,7 +80,8 @@ class Context:
 
     def require(self, config: str, seed: int | None = None) -> Path:
         """The finished run's directory, or :class:`MissingInput` naming the notebook to run first."""
-        return require_run(self.runs_dir, self.profile, config, self.seed if seed is None else seed)
+        seed = self.seed if seed is None else seed
+        return require_run(self.runs_dir, self.profile, config, seed, expected=self.config(config, seed))
 
     def require_inputs(self, cfg: RunConfig) -> None:
         """Check that what ``cfg`` needs from earlier notebooks (the teacher) is on disk."""

@@ -282,3 +282,38 @@ def ablation_points(runs: pd.DataFrame, title: str = "KD+FA+AT: which mask?"):
     ax.legend(fontsize="small")
     fig.tight_layout()
     return fig
+
+
+# ---------------------------------------------------------------- explorer (07)
+def explorer_figure(view):
+    """One image of :class:`kdnb.explorer.View`: the image, the teacher's Grad-CAM for the explained
+    class, the causal mask, and the attention maps of the teacher and the chosen students, each titled
+    with its prediction. Built as a bare ``Figure`` (not registered with pyplot)."""
+    from matplotlib.figure import Figure
+
+    panels = [("image", "img", view.image), (f"Grad-CAM: {view.explained}", "cam", view.cam),
+              (f"mask ({view.mask_mode}, kept {view.kept_share:.0%})", "mask", view.mask),
+              *[(f"AT {name}", "att", a) for name, a in view.attention.items()]]
+    fig = Figure(figsize=(1.9 * len(panels), 2.6), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    h, w = view.image.shape[-2:]
+    for ax, (title, kind, arr) in zip(axes, panels):
+        if kind in ("img", "cam"):
+            ax.imshow(_to_hwc(view.image), interpolation="nearest")
+        if kind == "cam":
+            ax.imshow(arr.numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1, interpolation="bilinear",
+                      extent=(-0.5, w - 0.5, h - 0.5, -0.5))
+        elif kind == "mask":
+            ax.imshow(arr.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        elif kind == "att":
+            ax.imshow(arr.numpy(), cmap="viridis", interpolation="nearest")
+        name = title.removeprefix("AT ")
+        if name in view.predictions:
+            pred, prob = view.predictions[name]
+            ok = pred == view.label
+            ax.set_xlabel(f"{pred} {prob:.0%} {'✓' if ok else '✗'}", fontsize=8, color="green" if ok else "red")
+        ax.set_title(title, fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"{view.label} · stage {view.stage} · keep {view.keep:g}", fontsize=9)
+    return fig

@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from .config import STUDENT_CONFIGS, TEACHER
+from .config import CONFIGS, STUDENT_CONFIGS, TEACHER, RunConfig, identity_diff, make_config
 from .runs import (
     CONFIG_FILE, HISTORY_FILE, METRICS_FILE, atomic_write, is_finished, read_json, run_path, write_text,
 )
@@ -62,12 +62,44 @@ def notebook_hint(config: str, profile: str, seed: int) -> str:
     return f"run notebooks/{nb}.ipynb first (profile={profile!r}{seed_part})"
 
 
-def require_run(runs_dir: str | os.PathLike, profile: str, config: str, seed: int = 0) -> Path:
-    """The directory of a finished run, or :class:`MissingInput` naming the notebook that makes it."""
+class RunMismatch(MissingInput):
+    """A finished run whose ``config.json`` is not the run a table or figure would claim it is."""
+
+
+def _require_finished(runs_dir: str | os.PathLike, profile: str, config: str, seed: int) -> Path:
     d = run_path(runs_dir, profile, config, seed)
     if not is_finished(d):
         state = "unfinished run" if (d / CONFIG_FILE).is_file() else "no run"
         raise MissingInput(f"{notebook_hint(config, profile, seed)}: {state} in {d}")
+    return d
+
+
+def check_identity(run_dir: str | os.PathLike, expected: RunConfig) -> None:
+    """:class:`RunMismatch` naming every identity setting in which the run's ``config.json``
+    differs from ``expected``, and the way out."""
+    diff = identity_diff(read_json(Path(run_dir) / CONFIG_FILE), expected)
+    if diff:
+        saved = ", ".join(f"{k}={a!r}" for k, (a, _) in diff.items())
+        wanted = ", ".join(f"{k}={b!r}" for k, (_, b) in diff.items())
+        raise RunMismatch(
+            f"{run_dir} was trained with {saved} (its config.json), not as the {expected.run_name} run of profile "
+            f"{expected.profile!r} read here ({wanted}): move that run aside (or use another runs_dir) and rerun "
+            f"notebooks/{NOTEBOOK_FOR[expected.config]}.ipynb, or give this notebook the overrides it was trained with")
+
+
+def require_run(runs_dir: str | os.PathLike, profile: str, config: str, seed: int = 0,
+                expected: RunConfig | None = None) -> Path:
+    """The directory of a finished run, or :class:`MissingInput` naming the notebook that makes it.
+
+    A run is identified by its settings, not its folder: its ``config.json`` must be ``expected``
+    (default: ``config`` under ``profile`` as the notebooks make it), or :class:`RunMismatch` names
+    the settings that differ. So a 06 run trained with ``overrides={"keep": 0.3}`` is never
+    reported as KD+FA+AT at the profile's keep."""
+    d = _require_finished(runs_dir, profile, config, seed)
+    if expected is None and config in CONFIGS:
+        expected = make_config(config, profile, seed)
+    if expected is not None:
+        check_identity(d, expected)
     return d
 
 
@@ -95,7 +127,7 @@ def resolve_seeds(
         seeds = [int(s) for s in seeds]
         for config in configs:
             for s in seeds:
-                require_run(runs_dir, profile, config, s)
+                _require_finished(runs_dir, profile, config, s)
         return seeds
     per_config = {c: set(finished_seeds(runs_dir, profile, c)) for c in configs}
     for c in configs:

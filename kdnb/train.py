@@ -25,7 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import __version__
-from .config import RunConfig, config_from_dict
+from .config import ENGINE_FIELDS, RunConfig, config_from_dict
 from .data import Dataset, apply_augmentation, augment, load_dataset, normalize, plan_epoch, stratified_split
 from .efficiency import device_name
 from .masks import make_masks, teacher_forward, teacher_forwards
@@ -42,8 +42,6 @@ from .runs import (
 CHECK_EVERY = 50
 PROGRESS_EVERY = 20
 
-# Settings that change how fast a run goes, not what it computes: they may differ on resume.
-ENGINE_FIELDS = ("device", "threads", "compile", "compile_mode", "eval_batch_size", "data_dir")
 
 
 TeacherOut = tuple[torch.Tensor, dict[str, torch.Tensor], "torch.Tensor | None"]  # logits, stage features, cam

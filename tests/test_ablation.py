@@ -106,13 +106,17 @@ def test_train_missing_trains_only_its_own_runs_one_cohort_per_seed(tmp_path, mo
 
 def test_a_main_run_trained_with_other_mask_settings_is_not_reported_as_the_variant(tmp_path):
     """06 trained with overrides={"keep": 0.3}: 09 must not call it 'gradcam 0.5'."""
+    from kdnb.results import RunMismatch
     from kdnb.runs import write_json
 
     plan = ablation.plan("smoke", [0], tmp_path)
     for r in plan.itertuples():
         d = run_path(tmp_path, "smoke", r.run, r.seed)
-        keep = 0.3 if r.run == "kd_fa_at" else (None if pd.isna(r.keep) else r.keep)
-        write_json(d / "config.json", {"mask_mode": r.mask_mode, "keep": keep if keep is not None else 0.5})
+        cfg = ablation.variant_config(ablation.Variant(r.mask_mode, None if pd.isna(r.keep) else r.keep), "smoke", 0)
+        write_json(d / "config.json", {**cfg.to_dict(), **({"keep": 0.3} if r.run == "kd_fa_at" else {})})
         write_json(d / "metrics.json", {"test_acc": 0.5, "val_acc": 0.5, "best_epoch": 1, "train_seconds": 1.0})
-    with pytest.raises(ConfigError, match=r"kd_fa_at/seed0 was trained with keep=0\.3 .* not the 'gradcam 0\.5' run"):
+    with pytest.raises(RunMismatch, match=r"kd_fa_at/seed0 was trained with keep=0\.3 .* not as the kd_fa_at run"):
         ablation.collect(plan, "smoke", tmp_path)
+    write_json(run_path(tmp_path, "smoke", "kd_fa_at", 0) / "config.json",
+               ablation.variant_config(ablation.Variant("gradcam", 0.5), "smoke", 0).to_dict())
+    assert len(ablation.collect(plan, "smoke", tmp_path)) == len(plan)

@@ -1,11 +1,11 @@
 """The notebook series: structure rules (fast, no kernel) and nbval in the smoke profile.
 
-nbval runs each notebook in its own ``pytest --nbval-lax`` subprocess on a copy prepared by
-``papermill --prepare-only`` (profile ``smoke``, the session's runs directory from
-``tests/conftest.py::smoke_pipeline``). Every cell must run without error and the cells marked
-``# NBVAL_CHECK_OUTPUT`` must reproduce their stored output (``notebooks/nbval_sanitize.cfg``
-masks paths and timings).
-"""
+The notebooks are the source, each paired by jupytext with a percent script in ``notebooks/py/``.
+nbval runs each committed notebook in its own ``pytest --nbval-lax`` subprocess, unmodified except
+for what a user types into its ``parameters`` cell (profile ``smoke``, the session's runs directory
+from ``tests/conftest.py::smoke_pipeline``), from ``notebooks/`` as JupyterLab would. Every cell must
+run without error and the cells marked ``# NBVAL_CHECK_OUTPUT`` must reproduce their stored output
+(``notebooks/nbval_sanitize.cfg`` masks paths and timings)."""
 
 from __future__ import annotations
 
@@ -17,15 +17,19 @@ import sys
 from pathlib import Path
 
 import nbformat
+import jupytext
 import papermill
 import pytest
 
+from kdnb.config import PRESETS
+from kdnb.pipeline import STUDENT_NOTEBOOKS
 from kdnb.results import NOTEBOOKS
 
 ROOT = Path(__file__).resolve().parent.parent
 NB_DIR = ROOT / "notebooks"
 SANITIZE = NB_DIR / "nbval_sanitize.cfg"
 CHECK = "# NBVAL_CHECK_OUTPUT"
+INJECTED = "injected-parameters"  # papermill's tag for the cell holding a run's parameter values
 # Statements that would mean logic lives in a notebook instead of in kdnb.
 FORBIDDEN = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.For, ast.AsyncFor, ast.While, ast.Lambda,
              ast.ListComp, ast.DictComp, ast.SetComp, ast.GeneratorExp)
@@ -91,7 +95,7 @@ def test_committed_outputs_are_checked_ones_or_a_named_reference_run(name):
     origin = nb.metadata.get("kdnb", {}).get("outputs_from")
     for cell in _code(nb):
         if cell.source.startswith(CHECK):
-            assert cell.outputs, f"{name}: checked cell has no stored output (run tools/make_notebooks.py --outputs)"
+            assert cell.outputs, f"{name}: checked cell has no stored output (run tools/notebook_outputs.py --checked)"
             assert all(o.output_type == "stream" and o.name == "stdout" for o in cell.outputs)
         elif cell.outputs:
             assert origin, f"{name}: outputs outside checked cells must come from a reference run (--from-run)"
@@ -102,14 +106,57 @@ def test_committed_outputs_are_checked_ones_or_a_named_reference_run(name):
                 assert str(ROOT.parent) + "/" not in text, f"{name}: absolute path in a committed output"
 
 
-def test_notebooks_match_generator():
-    out = subprocess.run([sys.executable, str(ROOT / "tools" / "make_notebooks.py"), "--check"],
-                         capture_output=True, text=True)
-    assert out.returncode == 0, out.stdout + out.stderr + "\nregenerate: python tools/make_notebooks.py"
+def _cells(nb) -> list[tuple]:
+    return [(c.cell_type, c.source, c.metadata.get("tags", [])) for c in nb.cells]
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_paired_script_matches_notebook(name):
+    """Each notebook is paired with a percent script (jupytext) so source diffs stay reviewable; an
+    edit made to one side only (JupyterLab without jupytext, an editor on the script) fails here."""
+    script = jupytext.read(NB_DIR / "py" / f"{name}.py")
+    assert _cells(script) == _cells(_read(name)), (
+        f"notebooks/{name}.ipynb and notebooks/py/{name}.py differ: run `jupytext --sync notebooks/{name}.ipynb` "
+        "(it keeps the newer side)")
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_no_stale_injected_parameters(name):
+    """A papermill ``injected-parameters`` cell in a committed notebook would undo a JupyterLab user's
+    edits of the parameters cell one cell later and point at the reference run's paths."""
+    assert not any(INJECTED in c.metadata.get("tags", []) for c in _read(name).cells)
+
+
+def test_student_notebooks_share_one_layout():
+    """The five student notebooks are the same notebook for different configurations: their code
+    differs only in the configuration's name and the figure's file name, so an edit to one must
+    be made to all five."""
+    def normalized(name: str, config: str) -> list[str]:
+        return [c.source.replace(f'"{config}"', '"<config>"').replace(name, "<notebook>") for c in _code(_read(name))]
+
+    layouts = {name: normalized(name, config) for name, config in STUDENT_NOTEBOOKS.items()}
+    first = next(iter(layouts))
+    for name, layout in layouts.items():
+        assert layout == layouts[first], f"{name}'s code cells differ from {first}'s beyond the configuration"
+
+
+_TERMS = {"w_ce": r"\mathrm{CE}", "w_kd": r"T^2", "w_fa": r"\mathcal{L}_{FA}", "w_at": r"\mathcal{L}_{AT}"}
+
+
+@pytest.mark.parametrize(("name", "config"), STUDENT_NOTEBOOKS.items())
+def test_student_objective_quotes_the_configured_weights(name, config):
+    """The objective written in a student notebook's introduction has the weights of
+    ``kdnb.config.PRESETS`` (an omitted weight is 1, an omitted term 0)."""
+    formula = re.search(r"\$\$\\mathcal\{L\} = (.*?)\$\$", _read(name).cells[0].source).group(1)
+    quoted = {}
+    for term in formula.split(" + "):
+        key = next(k for k, tex in _TERMS.items() if tex in term)
+        weight = re.match(r"(\d*\.?\d+)\\,", term)
+        quoted[key] = float(weight.group(1)) if weight else 1.0
+    assert quoted == {k: v for k, v in PRESETS[config].items() if k in _TERMS and v > 0}
 
 
 # ---------------------------------------------------------------- nbval
-INJECTED = "injected-parameters"
 
 
 def _as_a_user_would(source: str, values: dict[str, str]) -> str:

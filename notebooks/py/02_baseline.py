@@ -1,0 +1,100 @@
+# ---
+# jupyter:
+#   jupytext:
+#     notebook_metadata_filter: -jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 02 · Baseline: ResNet-18 with cross-entropy only
+#
+# **What.** Trains the ResNet-18 student in configuration `baseline`:
+#
+# $$\mathcal{L} = \mathrm{CE}(z_s, y)$$ (every other weight 0).
+#
+# **Why.** The reference every distillation gain is measured against. It uses exactly the students' architecture and recipe (SGD, lr 0.01, batch 64, early stopping on the validation loss) and no teacher — unlike the paper's released code, whose baseline kept a max-pool the distilled students did not have.
+#
+# All five student notebooks share this layout and the same recipe; only the loss weights differ (see `00`).
+# The best-by-validation-loss checkpoint is evaluated once on the test set.
+#
+# **Reads** the data (no teacher). **Writes** `<runs_dir>/<profile>/baseline/seed<seed>/` (`config.json`, `history.json`,
+# `checkpoint.pt`, `best.pt`, `metrics.json`) and `02_baseline_seed<seed>_curves.png`. Run it once per seed
+# (`python -m kdnb pipeline --seeds 0 1 2` does that); a finished run is not retrained, an interrupted one resumes.
+
+# %% tags=["parameters"]
+profile: str = "cpu"                 # smoke: seconds, synthetic data (CI) · cpu: CIFAR-10 on 2 CPU cores, ~1 h · paper: GPU
+seed: int = 0                        # the student's seed (initialisation, batch order, augmentation)
+data_dir: "Optional[str]" = None     # None: the profile's own source (smoke: synthetic), else $KDNB_DATA_DIR, else ../data
+runs_dir: str = "../runs"            # runs are written to <runs_dir>/<profile>/<config>/seed<k>/
+figures_dir: "Optional[str]" = None  # None: <runs_dir>/<profile>/figures; "../figures" refreshes the committed reference
+epochs: "Optional[int]" = None       # None: the profile's number of epochs
+device: str = "auto"                 # auto (CUDA if available), cpu, cuda or mps
+overrides: dict = {}                 # any other run setting, e.g. {"keep": 0.3, "stages": ["layer2", "layer3"]}
+
+# %%
+import kdnb.notebook as nb
+from kdnb import plots, results
+from kdnb.train import train
+
+CONFIG = "baseline"
+ctx = nb.context(profile, seed=seed, data_dir=data_dir, runs_dir=runs_dir, figures_dir=figures_dir,
+                 epochs=epochs, device=device, overrides=overrides)
+cfg = ctx.config(CONFIG)
+ctx.require_inputs(cfg)  # stops here, naming the notebook to run first, if the teacher is missing
+print(ctx.describe())
+
+# %% [markdown]
+# ## The objective on a fixed input
+#
+# Each active term on a fixed random batch (seed 0), unweighted and weighted. These numbers are pinned by
+# the tests: a change to a loss function or a weight changes them.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print(nb.objective_example(CONFIG))
+
+# %% [markdown]
+# ## Run settings
+
+# %%
+results.config_table(cfg)
+
+# %% [markdown]
+# ## Training
+#
+# `train` trains the configuration, resumes it if it was interrupted, or, when the run is already
+# finished, loads it without training. `python -m kdnb pipeline` trains the five configurations of a
+# seed together as a *cohort* before this notebook runs (one teacher pass per batch for all of them;
+# each run exactly as it would be alone, tested bit for bit), so there this cell loads the finished
+# run; the summary's last row says how it was trained.
+
+# %%
+data = ctx.load_data(cfg)
+result = train(cfg, ctx.runs_dir, data=data, progress=True)
+
+# %%
+results.run_summary(result)
+
+# %% [markdown]
+# Per epoch: the training objective and its terms, accuracies (%), validation loss and the epoch's time.
+
+# %%
+results.history_frame(result.history).round(4)
+
+# %% [markdown]
+# Learning curves: the training objective and its unweighted terms (left), training and validation
+# accuracy (right); the dotted line marks the epoch whose weights were kept.
+
+# %%
+fig = plots.learning_curves(result.history, title=f"{CONFIG}, seed {seed}", best_epoch=result.metrics["best_epoch"])
+ctx.save(fig, f"02_baseline_seed{seed}_curves")
+
+# %% [markdown]
+# Next: `03_kd.ipynb`.
