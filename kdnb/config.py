@@ -369,10 +369,14 @@ def make_config(
 
 # Settings that change how fast a run goes, not what it computes: they may differ on resume.
 ENGINE_FIELDS: tuple[str, ...] = ("device", "threads", "compile", "compile_mode", "eval_batch_size", "data_dir")
-# What a run *is* is every other setting but where it lives (``name``, ``seed`` are its folder) and
-# the numeric engine (``amp``, listed in the provenance): objective, masks, networks, data, recipe,
+# The training recipe: a pipeline may shorten it for every run at once (``parameters={"epochs": 1}``);
+# tables state it in their provenance block, read from each run's config.json.
+RECIPE_FIELDS: tuple[str, ...] = ("epochs", "patience", "batch_size", "lr", "momentum", "weight_decay", "nesterov",
+                                  "schedule", "warmup_frac")
+# What a run *is* is every other setting but where it lives (``name``, ``seed`` are its folder), the
+# numeric engine (``amp``) and the recipe (both in the provenance): objective, masks, networks, data,
 # profile. Tables and figures compare these with what they claim a run to be.
-NOT_IDENTITY: tuple[str, ...] = ("name", "seed", "amp", *ENGINE_FIELDS)
+NOT_IDENTITY: tuple[str, ...] = ("name", "seed", "amp", *ENGINE_FIELDS, *RECIPE_FIELDS)
 
 
 def identity_diff(saved: dict[str, Any], expected: RunConfig) -> dict[str, tuple[Any, Any]]:
