@@ -5,6 +5,7 @@ browser (tests/test_browser.py drives it in JupyterLab)."""
 from __future__ import annotations
 
 import io
+import re
 from unittest import mock
 
 import pytest
@@ -56,8 +57,7 @@ def test_controls_change_what_is_computed(explorer):
     ({"keep": 0.0}, "keep must be in (0, 1]"),
 ])
 def test_bad_settings_are_named(explorer, settings, message):
-    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")
-                       .replace(")", r"\)").replace("+", r"\+")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         explorer.view(**settings)
 
 
