@@ -12,7 +12,8 @@ import torch
 from kdnb.config import STUDENT_CONFIGS, TEACHER, make_config
 from kdnb.data import make_synthetic, plan_epoch
 from kdnb.models import build_model
-from kdnb.train import build_stepper, train
+from kdnb.masks import teacher_forwards
+from kdnb.train import build_stepper, prepare_teacher_for, train
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -58,6 +59,40 @@ def test_training_step_never_waits_for_the_host(config, compiled):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(total).item()
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_cohort_step_never_waits_for_the_host(compiled):
+    """A cohort step (one shared teacher pass, then each student's update, as the loop runs it)
+    under sync-debug mode "error"."""
+    cfgs = [make_config(c, "smoke", 0, {"device": "cuda", "compile": compiled}) for c in STUDENT_CONFIGS]
+    tcfg = make_config(TEACHER, "smoke", 0)
+    teacher = build_model(tcfg.arch, cbam=True, width=tcfg.width).to(CUDA).eval().requires_grad_(False)
+    prepared = prepare_teacher_for(cfgs[1], teacher, CUDA)
+    steppers = [build_stepper(c, prepared if c.needs_teacher else None, CUDA, steps_per_epoch=20,
+                              teacher_prepared=True) for c in cfgs]
+    cam_keys = sorted({s.cam_key for s in steppers if s.teacher is not None}, key=str)
+    data = make_synthetic(64 * 8, 10)
+    x_all, y_all = data.train_x.to(CUDA), data.train_y.to(CUDA)
+    plan = plan_epoch(len(y_all), 64, torch.Generator().manual_seed(0)).to(CUDA)
+
+    def step(i):
+        y = y_all[plan.index[i]]
+        x = steppers[0].prepare(x_all[plan.index[i]], (plan.offsets[i], plan.flips[i]))
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            outs = teacher_forwards(prepared, x, cam_keys, y)
+        return [s.update(x, y, outs.get(s.cam_key) if s.teacher is not None else None)[0] for s in steppers]
+
+    for i in range(3):
+        step(i)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for i in range(3, len(plan)):
+            totals = step(i)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(torch.isfinite(t).item() for t in totals)
 
 
 def test_compiled_bf16_teacher_trains_on_cuda():

@@ -8,8 +8,8 @@
 # summary, so the script ends before the budget even when the pipeline is cut off. A failing step
 # never stops the script: its exit code goes into OUT/summary.json.
 #
-# OUT receives at most 7 files (all small): device_check.log (every step's output), tests.log,
-# pipeline.log, bench_gpu.json, gpu_monitor.csv (nvidia-smi, during the pipeline), summary.json,
+# OUT receives at most 8 files (all small): device_check.log (every step's output), tests.log,
+# pipeline.log, bench_gpu.json, bench_gpu2.json (only with _BENCH2_SET), gpu_monitor.csv (nvidia-smi, during the pipeline), summary.json,
 # results.tar (the run's tables, figures and per-run JSON).
 #
 # Rehearsal without a GPU (e.g. on a 2-core CPU):
@@ -17,8 +17,9 @@
 #     tools/device_check.sh /tmp/dc_out 120
 # Environment overrides: KDNB_DEVICE_CHECK_PROFILE (paper), _DEVICE (cuda; the benchmark's device),
 # _SEED (0), _WORK (/tmp: site/, data/, runs/, caches), _PYTHON (python3), _BENCH_STEPS /
-# _BENCH_REPEATS (20/3; smoke 2/1), _ONLY (notebook prefixes for the pipeline's --only, e.g. "00 02"),
-# _RESERVE (seconds kept for the summary; min(40, budget/6)),
+# _BENCH_REPEATS (10/3; smoke 2/1), _BENCH_CAP (seconds per benchmark; min(120, 22 % of the budget)), _ONLY (notebook prefixes for the pipeline's --only, e.g. "00 02"),
+# _RESERVE (seconds kept for the summary; min(40, budget/6)), _BENCH2_SET (KEY=VALUE ... for a second
+# benchmark into bench_gpu2.json, e.g. compile_mode=reduce-overhead),
 # _FORCE_WHEELS=1 (install the carried wheels even where papermill already imports).
 set -u
 
@@ -232,9 +233,20 @@ run_step tests $((budget / 6 < 90 ? budget / 6 : 90)) "$out/tests.log" \
   "$py" -m pytest -v -m cuda -p no:nbval -p no:cacheprovider --continue-on-collection-errors -rfEs \
   --durations=5 tests
 
-run_step bench $((budget * 22 / 100 < 120 ? budget * 22 / 100 : 120)) "" \
+bench_cap=${KDNB_DEVICE_CHECK_BENCH_CAP:-$((budget * 22 / 100 < 120 ? budget * 22 / 100 : 120))}
+run_step bench "$bench_cap" "" \
   "$py" -m kdnb bench --profile "$profile" --device "$device" --steps "$bench_steps" --repeats "$bench_repeats" \
   --json "$out/bench_gpu.json"
+
+# Optionally a second benchmark with other engine settings, e.g. KDNB_DEVICE_CHECK_BENCH2_SET=
+# "compile_mode=reduce-overhead" (CUDA graphs): same variants, its own JSON.
+if [ -n "${KDNB_DEVICE_CHECK_BENCH2_SET:-}" ]; then
+  bench2_set=()
+  for kv in $KDNB_DEVICE_CHECK_BENCH2_SET; do bench2_set+=(--set "$kv"); done
+  run_step bench2 "$bench_cap" "" \
+    "$py" -m kdnb bench --profile "$profile" --device "$device" --steps "$bench_steps" --repeats "$bench_repeats" \
+    "${bench2_set[@]}" --json "$out/bench_gpu2.json"
+fi
 
 mon_pid=
 if command -v nvidia-smi >/dev/null; then
