@@ -782,6 +782,11 @@ def efficiency_table(runs_dir: str | os.PathLike, profile: str, seeds: Sequence[
     return pd.DataFrame(rows).set_index("configuration")
 
 
+def _and(words: Sequence[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
 # The paper's techniques, each added to KD alone; RQ1 asks whether their combination (kd_fa_at) beats each.
 SINGLE_TECHNIQUES: tuple[str, ...] = ("kd", "kd_fa", "kd_at")
 
@@ -835,9 +840,8 @@ def research_answers(runs: pd.DataFrame, per_run: pd.DataFrame, efficiency: pd.D
         verdict = "With one seed no difference can be called significant; run more seeds (`--seeds 0 1 2`)."
     elif better:
         rest = [m[0] for m in measures if m[0] not in better]
-        verdict = (f"KD+FA+AT is significantly better than each of {singles} in {' and '.join(better)}"
-                   + (f", not in {' and '.join(rest)}" if rest else "") + f" (Student-t over {n} seed-paired "
-                   "differences).")
+        verdict = (f"KD+FA+AT is significantly better than each of {singles} in {_and(better)}"
+                   + (f", not in {_and(rest)}" if rest else "") + f" (Student-t over {n} seed-paired differences).")
     else:
         verdict = (f"In none of accuracy, generalisation and robustness is KD+FA+AT significantly better than each "
                    f"of {singles} (Student-t over {n} seed-paired differences).")
