@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "'figures' refreshes the committed reference)")
     pl.add_argument("--only", nargs="*", default=None, help="run only these notebooks (name prefixes, e.g. 00 01)")
     pl.add_argument("--ablation", action="store_true",
-                    help="also run 09_mask_ablation (4 more KD+FA+AT runs per seed)")
+                    help="also run 09_mask_ablation (5 more KD+FA+AT runs per seed)")
     pl.add_argument("--one-at-a-time", action="store_true",
                     help="train each student configuration in its own notebook instead of the seed's "
                          "configurations together as a cohort (same runs, same numbers; slower)")

@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from .masks import CAM_MODES, CAM_TYPES, MASK_MODES
 from .models import ARCHS, STAGES, STEMS
 
 TEACHER = "teacher"
@@ -130,8 +131,12 @@ class RunConfig:
 
     @property
     def run_name(self) -> str:
-        """Folder of this run under ``<runs_dir>/<profile>/`` (one per seed below it)."""
-        return self.name or self.config
+        """Folder of this run under ``<runs_dir>/<profile>/`` (one per seed below it).
+
+        A student of teacher seed k != 0 lives in ``<name>-t<k>``, so runs for a second teacher never
+        share a folder with the seed-0 teacher's (whose folders keep their plain names)."""
+        base = self.name or self.config
+        return base if self.is_teacher else run_folder(base, self.teacher_seed)
 
     @property
     def needs_teacher(self) -> bool:
@@ -139,13 +144,19 @@ class RunConfig:
 
     @property
     def needs_cam(self) -> bool:
-        return self.mask_mode == "gradcam" and (self.w_fa > 0 or self.w_at > 0)
+        return self.mask_mode in CAM_MODES and (self.w_fa > 0 or self.w_at > 0)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def run_folder(name: str, teacher_seed: int = 0) -> str:
+    """The folder of the student run ``name`` distilled from teacher seed ``teacher_seed``: ``name``
+    itself for seed 0 (the main series), ``<name>-t<k>`` for seed k."""
+    return name if teacher_seed == 0 else f"{name}-t{teacher_seed}"
 
 
 class ConfigError(ValueError):
@@ -158,8 +169,8 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "arch": tuple(ARCHS),
     "stem": STEMS,
     "schedule": ("none", "onecycle", "cosine"),
-    "mask_mode": ("gradcam", "none", "random"),
-    "cam_type": ("binary", "soft"),
+    "mask_mode": MASK_MODES,
+    "cam_type": CAM_TYPES,
     "cam_stage": STAGES,
     "device": ("auto", "cpu", "cuda", "mps"),
     "compile_mode": ("default", "reduce-overhead", "max-autotune-no-cudagraphs"),
@@ -335,6 +346,9 @@ def validate(cfg: RunConfig) -> RunConfig:
     if cfg.name is not None:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", cfg.name):
             raise ConfigError(f"setting name={cfg.name!r}: use letters, digits, '_', '-' and '.' only")
+        if re.search(r"-t\d+$", cfg.name):
+            raise ConfigError(f"setting name={cfg.name!r}: the suffix -t<k> is reserved for runs of teacher seed k "
+                              "(set teacher_seed instead)")
         if cfg.name in CONFIGS and cfg.name != cfg.config or cfg.name in ("notebooks", "evaluation"):
             raise ConfigError(f"setting name={cfg.name!r} is taken by another run folder; choose another name")
     if cfg.is_teacher and (cfg.w_kd or cfg.w_fa or cfg.w_at):

@@ -21,7 +21,9 @@ from torch import nn
 
 from .models import STAGES
 
-MASK_MODES: tuple[str, ...] = ("gradcam", "none", "random")
+MASK_MODES: tuple[str, ...] = ("gradcam", "none", "random", "random_matched")
+# The modes built from the teacher's Grad-CAM (the engine runs the cam's partial backward for them).
+CAM_MODES: tuple[str, ...] = ("gradcam", "random_matched")
 CAM_TYPES: tuple[str, ...] = ("binary", "soft")
 
 
@@ -109,6 +111,12 @@ def resize_map(m: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(m.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
 
 
+def keep_count(n: int, keep: float) -> int:
+    """Positions a ``keep`` fraction of ``n`` asks for (at least one): what a binary mask keeps
+    when the cam is positive on at least that many positions."""
+    return min(n, max(1, math.ceil(keep * n - 1e-9)))
+
+
 def _top_fraction(scores: torch.Tensor, keep: float) -> torch.Tensor:
     """Binary (B,h,w) mask of the ``keep`` fraction of highest-scoring positions per image.
 
@@ -116,7 +124,7 @@ def _top_fraction(scores: torch.Tensor, keep: float) -> torch.Tensor:
     """
     b, h, w = scores.shape
     n = h * w
-    k = min(n, max(1, math.ceil(keep * n - 1e-9)))
+    k = keep_count(n, keep)
     order = torch.sort(scores.reshape(b, n), dim=1, descending=True, stable=True).indices[:, :k]
     mask = torch.zeros(b, n, device=scores.device, dtype=torch.float32)
     mask.scatter_(1, order, 1.0)
@@ -145,13 +153,43 @@ def causal_mask(
     raise ValueError(f"unknown cam mask type {mode!r}; allowed: {', '.join(CAM_TYPES)}")
 
 
+def cam_short(cam: torch.Tensor, keep: float, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Per image (B,) bool: the cam (at ``size``) is positive on fewer positions than ``keep`` asks
+    for, so its binary mask keeps less than ``keep`` (an empty cam counts: it keeps nothing)."""
+    if size is not None:
+        cam = resize_map(cam, size)
+    positive = (cam > 0).flatten(1).sum(1)
+    return positive < keep_count(cam.shape[-2] * cam.shape[-1], keep)
+
+
+def _to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """Move host-drawn mask randomness to ``device``; to CUDA from pinned memory without blocking,
+    so the step never waits for the copy."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def random_mask(
     batch: int, size: tuple[int, int], keep: float, generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """Control mask: the same fraction of positions as a binary causal mask, chosen at random."""
+    """Control mask: the same fraction of positions as a binary causal mask asks for (exactly
+    ``keep``, whatever the cam), chosen at random."""
     scores = torch.rand(batch, *size, generator=generator)
-    return _top_fraction(scores, keep).to(device)
+    return _to_device(_top_fraction(scores, keep), device)
+
+
+def shuffled(mask: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``mask`` (B,h,w) with its positions permuted uniformly at random per image (a fresh
+    permutation per image, drawn on the host from ``generator`` so it is the same on every device).
+
+    A permuted binary mask keeps exactly as many positions, at random places: the size-matched
+    control of a Grad-CAM mask. A permuted soft mask keeps the same weights, at random places."""
+    b, h, w = mask.shape
+    perm = torch.rand(b, h * w, generator=generator).argsort(dim=1)
+    return mask.reshape(b, h * w).gather(1, _to_device(perm, mask.device)).view(b, h, w)
 
 
 def make_masks(
@@ -167,8 +205,12 @@ def make_masks(
 ) -> dict[str, torch.Tensor | None]:
     """Masks for each distillation stage (``sizes``: stage → student (h, w)) in one of MASK_MODES.
 
-    ``none`` gives ``None`` (the unmasked loss, identical to an all-ones mask); ``random`` draws
-    from ``generator`` so runs stay reproducible; ``gradcam`` needs the teacher's ``cam``.
+    ``none`` gives ``None`` (the unmasked loss, identical to an all-ones mask); ``random`` keeps
+    exactly ``keep`` of the positions, drawn from ``generator`` so runs stay reproducible;
+    ``gradcam`` needs the teacher's ``cam``; ``random_matched`` is the ``gradcam`` mask (of
+    ``cam_type``) with its positions shuffled per image (:func:`shuffled`): with ``binary`` it keeps
+    exactly as many positions as the Grad-CAM mask it replaces (fewer than ``keep`` where the cam is
+    positive on fewer), with ``soft`` the same weights, both at random places.
     """
     if mode == "none":
         return {s: None for s in sizes}
@@ -176,8 +218,11 @@ def make_masks(
         if batch is None:
             raise ValueError("random masks need the batch size")
         return {s: random_mask(batch, hw, keep, generator, device) for s, hw in sizes.items()}
-    if mode == "gradcam":
+    if mode in CAM_MODES:
         if cam is None:
-            raise ValueError("gradcam masks need the teacher's cam")
-        return {s: causal_mask(cam, keep, cam_type, hw) for s, hw in sizes.items()}
+            raise ValueError(f"{mode} masks need the teacher's cam")
+        masks = {s: causal_mask(cam, keep, cam_type, hw) for s, hw in sizes.items()}
+        if mode == "random_matched":
+            masks = {s: shuffled(m, generator) for s, m in masks.items()}
+        return masks
     raise ValueError(f"unknown mask mode {mode!r}; allowed: {', '.join(MASK_MODES)}")

@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from .config import CONFIGS, STUDENT_CONFIGS, TEACHER, RunConfig, identity_diff, make_config
+from .config import CONFIGS, STUDENT_CONFIGS, TEACHER, RunConfig, identity_diff, make_config, run_folder
 from .runs import (
     CONFIG_FILE, HISTORY_FILE, METRICS_FILE, atomic_write, is_finished, read_json, run_path, write_text,
 )
@@ -55,10 +55,13 @@ class MissingInput(RuntimeError):
         return [f"{type(self).__name__}: {self}"]
 
 
-def notebook_hint(config: str, profile: str, seed: int) -> str:
-    """The instruction that produces the run ``config``/``seed`` under ``profile``."""
+def notebook_hint(config: str, profile: str, seed: int, teacher_seed: int = 0) -> str:
+    """The instruction that produces the run ``config``/``seed`` (distilled from teacher seed
+    ``teacher_seed``) under ``profile``."""
     nb = NOTEBOOK_FOR[config]
     seed_part = "" if config == TEACHER else f", seed={seed}"
+    if config != TEACHER and teacher_seed:
+        seed_part += f", overrides={{'teacher_seed': {teacher_seed}}}"
     return f"run notebooks/{nb}.ipynb first (profile={profile!r}{seed_part})"
 
 
@@ -66,11 +69,14 @@ class RunMismatch(MissingInput):
     """A finished run whose ``config.json`` is not the run a table or figure would claim it is."""
 
 
-def _require_finished(runs_dir: str | os.PathLike, profile: str, config: str, seed: int) -> Path:
-    d = run_path(runs_dir, profile, config, seed)
+def _require_finished(runs_dir: str | os.PathLike, profile: str, config: str, seed: int,
+                      expected: RunConfig | None = None) -> Path:
+    """The finished run of ``config``/``seed`` in its folder (``expected``'s, else the config's)."""
+    d = run_path(runs_dir, profile, expected.run_name if expected is not None else config, seed)
     if not is_finished(d):
         state = "unfinished run" if (d / CONFIG_FILE).is_file() else "no run"
-        raise MissingInput(f"{notebook_hint(config, profile, seed)}: {state} in {d}")
+        teacher_seed = expected.teacher_seed if expected is not None else 0
+        raise MissingInput(f"{notebook_hint(config, profile, seed, teacher_seed)}: {state} in {d}")
     return d
 
 
@@ -94,13 +100,20 @@ def require_run(runs_dir: str | os.PathLike, profile: str, config: str, seed: in
     A run is identified by its settings, not its folder: its ``config.json`` must be ``expected``
     (default: ``config`` under ``profile`` as the notebooks make it), or :class:`RunMismatch` names
     the settings that differ. So a 06 run trained with ``overrides={"keep": 0.3}`` is never
-    reported as KD+FA+AT at the profile's keep."""
-    d = _require_finished(runs_dir, profile, config, seed)
+    reported as KD+FA+AT at the profile's keep. The run's folder is ``expected``'s
+    (:attr:`RunConfig.run_name`: ``<config>-t<k>`` for a student of teacher seed k)."""
     if expected is None and config in CONFIGS:
         expected = make_config(config, profile, seed)
+    d = _require_finished(runs_dir, profile, config, seed, expected)
     if expected is not None:
         check_identity(d, expected)
     return d
+
+
+def teacher_run_config(config: str, profile: str, seed: int, teacher_seed: int = 0) -> RunConfig:
+    """The settings of student ``config`` as the notebooks make it, distilled from teacher seed
+    ``teacher_seed`` (its own folder when that is not 0)."""
+    return make_config(config, profile, seed, {"teacher_seed": teacher_seed})
 
 
 def finished_seeds(runs_dir: str | os.PathLike, profile: str, config: str) -> list[int]:
@@ -142,22 +155,42 @@ def resolve_seeds(
 
 
 # ---------------------------------------------------------------- tables from run files
+def resolve_teacher_seeds(runs_dir: str | os.PathLike, profile: str, seeds: Sequence[int],
+                          teacher_seeds: Sequence[int] | None = None,
+                          configs: Sequence[str] = STUDENT_CONFIGS) -> list[int]:
+    """``teacher_seeds`` as ints, or (``None``) 0 and every other finished teacher seed whose students
+    are finished for every config and seed (the runs of a second teacher, see :attr:`RunConfig.run_name`)."""
+    if teacher_seeds is not None:
+        return [int(t) for t in teacher_seeds]
+    out = [0]
+    for t in finished_seeds(runs_dir, profile, TEACHER):
+        if t != 0 and all(is_finished(run_path(runs_dir, profile, teacher_run_config(c, profile, s, t).run_name, s))
+                          for c in configs for s in seeds):
+            out.append(t)
+    return out
+
+
 def collect_runs(
-    runs_dir: str | os.PathLike, profile: str, seeds: Sequence[int], configs: Sequence[str] = STUDENT_CONFIGS
+    runs_dir: str | os.PathLike, profile: str, seeds: Sequence[int], configs: Sequence[str] = STUDENT_CONFIGS,
+    teacher_seeds: Sequence[int] = (0,),
 ) -> pd.DataFrame:
-    """One row per (config, seed): test/val accuracy (%), losses, best epoch, size and time."""
+    """One row per (teacher seed, config, seed): test/val accuracy (%), losses, best epoch, size and
+    time, and the teacher seed from the run's ``config.json``."""
     rows = []
-    for config in configs:
-        for seed in seeds:
-            d = require_run(runs_dir, profile, config, seed)
-            m = read_json(d / METRICS_FILE)
-            rows.append({
-                "config": config, "label": LABELS.get(config, config), "seed": seed,
-                "test_acc": 100 * m["test_acc"], "val_acc": 100 * m["val_acc"],
-                "test_loss": m["test_loss"], "val_loss": m["val_loss"],
-                "best_epoch": m["best_epoch"], "epochs_run": m["epochs_run"], "params": m["params"],
-                "train_seconds": m["train_seconds"], "run_dir": str(d),
-            })
+    for teacher_seed in teacher_seeds:
+        for config in configs:
+            for seed in seeds:
+                d = require_run(runs_dir, profile, config, seed,
+                                teacher_run_config(config, profile, seed, teacher_seed))
+                m = read_json(d / METRICS_FILE)
+                rows.append({
+                    "config": config, "label": LABELS.get(config, config), "seed": seed,
+                    "teacher_seed": int(read_json(d / CONFIG_FILE).get("teacher_seed", 0)),
+                    "test_acc": 100 * m["test_acc"], "val_acc": 100 * m["val_acc"],
+                    "test_loss": m["test_loss"], "val_loss": m["val_loss"],
+                    "best_epoch": m["best_epoch"], "epochs_run": m["epochs_run"], "params": m["params"],
+                    "train_seconds": m["train_seconds"], "run_dir": str(d),
+                })
     return pd.DataFrame(rows)
 
 
@@ -177,13 +210,28 @@ def collect_histories(
     return pd.concat(frames, ignore_index=True)
 
 
+# Mask statistics per epoch (fractions): the masks' mean kept share, and the share of images whose
+# cam is too sparse for `keep` (cam-based masks). Histories written before a statistic existed lack
+# it, and runs without a cam hold null: both read as NaN.
+MASK_STATS: tuple[str, ...] = ("mask_share", "cam_short_share")
+
+
 def history_frame(history: Iterable[dict[str, Any]]) -> pd.DataFrame:
-    """A run's per-epoch history as a DataFrame, accuracies in %."""
+    """A run's per-epoch history as a DataFrame, accuracies in %, mask statistics as floats (NaN
+    where missing)."""
     h = pd.DataFrame(list(history))
     for col in ("train_acc", "val_acc"):
         if col in h:
             h[col] = 100 * h[col]
+    for col in MASK_STATS:
+        h[col] = h[col].astype(float) if col in h else float("nan")
     return h
+
+
+def mask_statistics(history: Iterable[dict[str, Any]]) -> dict[str, float]:
+    """Mean over a run's epochs of each of :data:`MASK_STATS` (NaN when the history lacks it)."""
+    h = history_frame(history)
+    return {col: float(h[col].mean()) if len(h) and h[col].notna().any() else float("nan") for col in MASK_STATS}
 
 
 def run_summary(run: Any) -> pd.DataFrame:
@@ -244,9 +292,26 @@ def _ci_text(ci: str) -> str:
     return "–" if "nan" in str(ci) else ci
 
 
+def _per_teacher(runs: pd.DataFrame, table, index_name: str | None = "teacher seed") -> pd.DataFrame:
+    """``table(runs)``, or with runs of several teacher seeds one ``table`` per teacher seed, stacked
+    (the teacher seed as the outer index level, or a column when ``index_name`` is None)."""
+    if "teacher_seed" not in runs or runs["teacher_seed"].nunique() <= 1:
+        return table(runs)
+    parts = {int(t): table(g) for t, g in runs.groupby("teacher_seed", sort=True)}
+    if index_name is None:
+        return pd.concat([p.assign(teacher_seed=t) for t, p in parts.items()], ignore_index=True)
+    return pd.concat(parts, names=[index_name])
+
+
 def accuracy_table(runs: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
     """Per configuration: test top-1 mean ± std over seeds, Δ vs baseline and vs KD (seed-paired,
-    95% t-interval, significance), mean best epoch, and the paper's number beside it."""
+    95% t-interval, significance), mean best epoch, and the paper's number beside it. With runs of
+    several teacher seeds (``teacher_seed`` column), one such table per teacher seed: is a
+    conclusion the same with another teacher?"""
+    return _per_teacher(runs, lambda r: _accuracy_table(r, digits))
+
+
+def _accuracy_table(runs: pd.DataFrame, digits: int) -> pd.DataFrame:
     from .stats import comparison_table
 
     comp = comparison_table(runs, "test_acc", reference="baseline", other="kd", digits=digits)
@@ -277,7 +342,12 @@ def accuracy_table(runs: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
 
 
 def accuracy_numbers(runs: pd.DataFrame) -> pd.DataFrame:
-    """Machine-readable version of :func:`accuracy_table` (for the CSV): numbers, not strings."""
+    """Machine-readable version of :func:`accuracy_table` (for the CSV): numbers, not strings; a
+    ``teacher_seed`` column when several teacher seeds are present."""
+    return _per_teacher(runs, _accuracy_numbers, index_name=None)
+
+
+def _accuracy_numbers(runs: pd.DataFrame) -> pd.DataFrame:
     from .stats import paired_difference, summarize
 
     rows = []
@@ -300,10 +370,11 @@ def accuracy_numbers(runs: pd.DataFrame) -> pd.DataFrame:
 
 # ---------------------------------------------------------------- provenance and markdown
 def provenance(runs_dir: str | os.PathLike, profile: str, seeds: Sequence[int],
-               configs: Sequence[str] = STUDENT_CONFIGS) -> dict[str, Any]:
-    """Where the numbers come from: profile, seeds, hardware, data, sizes, the teacher, code
-    version, training time and date."""
-    dirs = [run_path(runs_dir, profile, c, s) for c in configs for s in seeds]
+               configs: Sequence[str] = STUDENT_CONFIGS, teacher_seeds: Sequence[int] = (0,)) -> dict[str, Any]:
+    """Where the numbers come from: profile, seeds, hardware, data, sizes, the teacher(s), code
+    version, training time and date. ``configs``: run folders (as for teacher seed 0; those of
+    other ``teacher_seeds`` are found by :func:`kdnb.config.run_folder`)."""
+    dirs = [run_path(runs_dir, profile, run_folder(c, t), s) for t in teacher_seeds for c in configs for s in seeds]
     cfgs = [read_json(d / CONFIG_FILE) for d in dirs]
     first = cfgs[0]
     uniq = lambda key: ", ".join(sorted({str(c.get(key)) for c in cfgs}))  # noqa: E731
@@ -316,13 +387,17 @@ def provenance(runs_dir: str | os.PathLike, profile: str, seeds: Sequence[int],
         "student": f"ResNet-18 width {uniq('width')}, batch {uniq('batch_size')}, lr {uniq('lr')}",
         "epochs (max)": f"{uniq('epochs')} (early stopping patience {uniq('patience')})",
     }
-    tdir = run_path(runs_dir, profile, TEACHER, int(first.get("teacher_seed", 0)))
-    if is_finished(tdir):
-        t, tm = read_json(tdir / CONFIG_FILE), read_json(tdir / METRICS_FILE)
-        out["teacher"] = (f"{t.get('arch')}{'+CBAM' if t.get('cbam') else ''} width {t.get('width')}, "
-                          f"{t.get('epochs')} epochs, seed {first.get('teacher_seed', 0)}: test top-1 "
-                          f"{100 * tm['test_acc']:.2f} % (one teacher for every student seed)")
-        dirs = [tdir, *dirs]
+    teachers = []
+    for t_seed in sorted({int(c.get("teacher_seed", 0)) for c in cfgs}):
+        tdir = run_path(runs_dir, profile, TEACHER, t_seed)
+        if is_finished(tdir):
+            t, tm = read_json(tdir / CONFIG_FILE), read_json(tdir / METRICS_FILE)
+            teachers.append(f"{t.get('arch')}{'+CBAM' if t.get('cbam') else ''} width {t.get('width')}, "
+                            f"{t.get('epochs')} epochs, seed {t_seed}: test top-1 {100 * tm['test_acc']:.2f} %")
+            dirs = [tdir, *dirs]
+    if teachers:
+        out["teacher"] = "; ".join(teachers) + (" (one teacher for every student seed)" if len(teachers) == 1 else
+                                                " (every student seed distilled from each teacher)")
     run_cfgs = [read_json(d / CONFIG_FILE) for d in dirs]  # the teacher's commit too
     seconds = sum(read_json(d / METRICS_FILE).get("train_seconds", 0.0) for d in dirs if is_finished(d))
     out.update({
@@ -707,11 +782,28 @@ def efficiency_table(runs_dir: str | os.PathLike, profile: str, seeds: Sequence[
     return pd.DataFrame(rows).set_index("configuration")
 
 
+def _and(words: Sequence[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+# The paper's techniques, each added to KD alone; RQ1 asks whether their combination (kd_fa_at) beats each.
+SINGLE_TECHNIQUES: tuple[str, ...] = ("kd", "kd_fa", "kd_at")
+
+
 def research_answers(runs: pd.DataFrame, per_run: pd.DataFrame, efficiency: pd.DataFrame,
-                     distances: pd.DataFrame | None = None) -> str:
-    """Markdown answering the paper's three questions (accuracy, efficiency, robustness) from the
-    numbers just computed. Every number in the text comes from the arguments."""
+                     distances: pd.DataFrame | None = None, ablation_runs: pd.DataFrame | None = None) -> str:
+    """Markdown answering the paper's three questions under its numbering, from the numbers just
+    computed: RQ1 does the combination (KD+FA+AT) improve accuracy, generalisation and robustness over
+    each technique alone; RQ2 does transferring only the causally relevant regions help (from 09's
+    ablation runs, ``ablation_runs`` as :func:`kdnb.ablation.saved_runs` returns them; None: "run 09");
+    RQ3 accuracy against inference efficiency. ``runs`` may hold several teacher seeds (the lowest is
+    the main series; the others add a sentence each). Every number in the text comes from the arguments."""
+    from .ablation import conclusion
     from .stats import paired_difference, summarize
+
+    teacher_seeds = sorted(runs["teacher_seed"].unique()) if "teacher_seed" in runs else [0]
+    main = runs[runs["teacher_seed"] == teacher_seeds[0]] if "teacher_seed" in runs else runs
 
     def by_seed(df, config, col):
         return df[df["config"] == config].set_index("seed")[col]
@@ -721,41 +813,70 @@ def research_answers(runs: pd.DataFrame, per_run: pd.DataFrame, efficiency: pd.D
         sd = "" if math.isnan(s["std"]) else f" ± {s['std']:.{digits}f}"
         return f"{s['mean']:.{digits}f}{sd}"
 
-    def diff(df, a, b, col, unit="pp", digits=2):
+    def diff(df, a, b, col, unit="pp", digits=2) -> tuple[str, dict]:
         d = paired_difference(by_seed(df, a, col), by_seed(df, b, col))
         ci = "" if math.isnan(d["ci_low"]) else f", 95% CI [{d['ci_low']:+.{digits}f}, {d['ci_high']:+.{digits}f}]"
-        return f"{d['mean']:+.{digits}f} {unit}{ci}, {d['label']}"
+        return f"{d['mean']:+.{digits}f}{' ' + unit if unit else ''}{ci}, {d['label']}", d
 
-    n = runs["seed"].nunique()
-    best = runs.groupby("config")["test_acc"].mean().idxmax()
-    caveat = ("With one seed no difference can be called significant; run more seeds (`--seeds 0 1 2`)."
-              if n < 2 else f"Intervals are Student-t over {n} seed-paired differences.")
-    rq1 = (f"**RQ1 — accuracy.** KD+FA+AT reaches {mean_sd(runs, 'kd_fa_at', 'test_acc')} % test top-1 "
-           f"(baseline {mean_sd(runs, 'baseline', 'test_acc')} %, KD {mean_sd(runs, 'kd', 'test_acc')} %). "
-           f"Difference to the baseline: {diff(runs, 'kd_fa_at', 'baseline', 'test_acc')}; to plain KD: "
-           f"{diff(runs, 'kd_fa_at', 'kd', 'test_acc')}. The most accurate configuration here is "
-           f"{LABELS[best]}. The paper reports 83.77 vs 80.56 (baseline) and 83.64 (KD) from one run. {caveat}")
-    stud = efficiency.drop(index="teacher", errors="ignore")
-    lat_col = next(c for c in efficiency.columns if c.startswith("latency bs=1"))
-    rq2 = (f"**RQ2 — efficiency.** Every student deploys the same network: "
-           f"{int(stud['parameters'].iloc[0]):,} parameters and {stud['MFLOPs / image'].iloc[0]:.1f} MFLOPs per image "
-           f"(teacher: {int(efficiency.loc['teacher', 'parameters']):,} and "
-           f"{efficiency.loc['teacher', 'MFLOPs / image']:.1f}); batch-1 latency "
-           f"{stud[lat_col].min():.2f}–{stud[lat_col].max():.2f} ms/image on {efficiency['device'].iloc[0]}. "
-           f"The cost of distillation is paid in training: KD+FA+AT takes "
-           f"{efficiency.loc['KD+FA+AT', 'train time vs baseline']:.2f}× the baseline's time per epoch "
-           f"(KD {efficiency.loc['KD', 'train time vs baseline']:.2f}×).")
-    rq3 = (f"**RQ3 — robustness.** Mean accuracy over corruptions: KD+FA+AT "
-           f"{mean_sd(per_run, 'kd_fa_at', 'mean_corruption_acc')} %, baseline "
-           f"{mean_sd(per_run, 'baseline', 'mean_corruption_acc')} %, KD {mean_sd(per_run, 'kd', 'mean_corruption_acc')} %; "
-           f"difference to the baseline {diff(per_run, 'kd_fa_at', 'baseline', 'mean_corruption_acc')}, to KD "
-           f"{diff(per_run, 'kd_fa_at', 'kd', 'mean_corruption_acc')}. Calibration (ECE, lower is better): KD+FA+AT "
+    n = main["seed"].nunique()
+    singles = ", ".join(LABELS[c] for c in SINGLE_TECHNIQUES)
+    # (name, table, column, +1 when higher is better, unit, digits)
+    measures = [("accuracy", "test top-1, %", main, "test_acc", 1, "pp", 2),
+                ("generalisation", "test cross-entropy, lower is better", main, "test_loss", -1, "", 3),
+                ("robustness", "mean accuracy over corruptions, %", per_run, "mean_corruption_acc", 1, "pp", 2)]
+    sentences, better = [], []
+    for name, what, df, col, sign, unit, digits in measures:
+        values = ", ".join(f"{LABELS[c]} {mean_sd(df, c, col, digits)}" for c in ("kd_fa_at", "baseline", *SINGLE_TECHNIQUES))
+        texts, beats_each = [], True
+        for c in ("baseline", *SINGLE_TECHNIQUES):
+            text, d = diff(df, "kd_fa_at", c, col, unit, digits)
+            texts.append(f"− {LABELS[c]} {text}")
+            if c in SINGLE_TECHNIQUES:
+                beats_each = beats_each and d["significant"] and sign * d["mean"] > 0
+        if beats_each:
+            better.append(name)
+        sentences.append(f"*{name.capitalize()}* ({what}): {values}; KD+FA+AT {'; '.join(texts)}.")
+    if n < 2:
+        verdict = "With one seed no difference can be called significant; run more seeds (`--seeds 0 1 2`)."
+    elif better:
+        rest = [m[0] for m in measures if m[0] not in better]
+        verdict = (f"KD+FA+AT is significantly better than each of {singles} in {_and(better)}"
+                   + (f", not in {_and(rest)}" if rest else "") + f" (Student-t over {n} seed-paired differences).")
+    else:
+        verdict = (f"In none of accuracy, generalisation and robustness is KD+FA+AT significantly better than each "
+                   f"of {singles} (Student-t over {n} seed-paired differences).")
+    paper = (f"The paper reports {PAPER_ACCURACY['kd_fa_at']:.2f} % (KD+FA+AT) vs {PAPER_ACCURACY['baseline']:.2f} "
+             f"(baseline) and {PAPER_ACCURACY['kd']:.2f} (KD) from one run.")
+    rq1 = ("**RQ1 — does the combination improve accuracy, generalisation and robustness over each technique "
+           f"alone?** {' '.join(sentences)} {verdict} {paper} Calibration (ECE, lower is better): KD+FA+AT "
            f"{mean_sd(per_run, 'kd_fa_at', 'ece', 3)}, baseline {mean_sd(per_run, 'baseline', 'ece', 3)}.")
     if distances is not None and len(distances):
-        rq3 += (f" Attention distance to the teacher: KD+FA+AT "
+        rq1 += (f" Attention distance to the teacher: KD+FA+AT "
                 f"{mean_sd(distances, 'kd_fa_at', 'attention_distance', 3)}, KD+AT "
                 f"{mean_sd(distances, 'kd_at', 'attention_distance', 3)}, baseline "
                 f"{mean_sd(distances, 'baseline', 'attention_distance', 3)}.")
+    for t in teacher_seeds[1:]:
+        other = runs[runs["teacher_seed"] == t]
+        rq1 += (f" With teacher seed {t} (test top-1): KD+FA+AT − baseline {diff(other, 'kd_fa_at', 'baseline', 'test_acc')[0]}; "
+                f"− KD {diff(other, 'kd_fa_at', 'kd', 'test_acc')[0]}.")
+    rq2 = "**RQ2 — does transferring only the causally relevant regions help?** "
+    if ablation_runs is None or ablation_runs.empty:
+        rq2 += ("Not answered for these runs yet: run 09_mask_ablation (`notebooks/09_mask_ablation.ipynb` with this "
+                "profile and seeds), which trains KD+FA+AT with no mask, Grad-CAM masks and random masks matched to "
+                "their size; this answer is then built from its runs.")
+    else:
+        rq2 += "From the mask ablation (09): " + conclusion(ablation_runs)
+    stud = efficiency.drop(index="teacher", errors="ignore")
+    lat_col = next(c for c in efficiency.columns if c.startswith("latency bs=1"))
+    rq3 = (f"**RQ3 — accuracy against inference efficiency.** Every student deploys the same network: "
+           f"{int(stud['parameters'].iloc[0]):,} parameters and {stud['MFLOPs / image'].iloc[0]:.1f} MFLOPs per image "
+           f"(teacher: {int(efficiency.loc['teacher', 'parameters']):,} and "
+           f"{efficiency.loc['teacher', 'MFLOPs / image']:.1f}); batch-1 latency "
+           f"{stud[lat_col].min():.2f}–{stud[lat_col].max():.2f} ms/image on {efficiency['device'].iloc[0]}. So "
+           f"whatever accuracy distillation adds (KD+FA+AT − baseline {diff(main, 'kd_fa_at', 'baseline', 'test_acc')[0]}) "
+           f"costs nothing at inference; it is paid in training: KD+FA+AT takes "
+           f"{efficiency.loc['KD+FA+AT', 'train time vs baseline']:.2f}× the baseline's time per epoch "
+           f"(KD {efficiency.loc['KD', 'train time vs baseline']:.2f}×).")
     return "\n\n".join([rq1, rq2, rq3])
 
 

@@ -28,7 +28,7 @@ from . import __version__
 from .config import ENGINE_FIELDS, RunConfig, config_from_dict
 from .data import Dataset, apply_augmentation, augment, load_dataset, normalize, plan_epoch, stratified_split
 from .efficiency import device_name
-from .masks import make_masks, teacher_forward, teacher_forwards
+from .masks import cam_short, make_masks, teacher_forward, teacher_forwards
 from .models import build_model, count_parameters
 from .objective import TERMS, Objective
 from .speedups import cpu_bf16_pays, ensure_compiled_bf16_correct, prepare_teacher
@@ -229,6 +229,7 @@ class Stepper:
         self.sizes: dict[str, tuple[int, int]] | None = None
         self.last_cam: torch.Tensor | None = None
         self.mask_share: torch.Tensor | float = 0.0  # summed over the steps of the current epoch
+        self.cam_short_share: torch.Tensor | float = 0.0  # likewise (cam-based masks only)
 
     def prepare(self, xb: torch.Tensor, draws: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """uint8 batch → augmented, normalised float batch in the device's preferred layout.
@@ -270,6 +271,9 @@ class Stepper:
                 if masks is not None:  # share of positions the masks keep (a device scalar, no sync; None = all)
                     shares = [torch.ones((), device=self.device) if m is None else m.float().mean() for m in masks.values()]
                     self.mask_share = self.mask_share + torch.stack(shares).mean()
+                if cfg.needs_cam:  # share of images whose cam is too sparse for `keep` (device scalar, no sync)
+                    short = [cam_short(cam, cfg.keep, hw).float().mean() for hw in self.sizes.values()]
+                    self.cam_short_share = self.cam_short_share + torch.stack(short).mean()
             total, terms = self.loss(s_logits, s_feats, y, t_logits, t_feats, masks)
         self.opt.zero_grad(set_to_none=True)
         total.backward()
@@ -536,6 +540,7 @@ def _train_epoch(group: list[_Member], teacher: nn.Module | None, train_x: torch
         m.stepper.student.train()
         m.stepper.objective.train()
         m.stepper.mask_share = 0.0
+        m.stepper.cam_short_share = 0.0
         m.sums = torch.zeros(len(TERMS) + 2, device=device)  # terms..., total, correct
         m.bad = torch.full((len(TERMS) + 1,), -1, device=device, dtype=torch.long)
     n = len(plan)
@@ -584,6 +589,8 @@ def _end_epoch(m: _Member, epoch: int, n: int, seen: int, train_seconds: float, 
     val_loss, val_acc = evaluate(stepper.student, val_x, val_y, cfg.eval_batch_size, cfg.amp)
     avg = (m.sums / max(n, 1)).tolist()
     mask_share = float(stepper.mask_share) / max(n, 1)
+    # null for masks without a cam (histories written before this statistic lack the key: read as NaN)
+    cam_short_share = float(stepper.cam_short_share) / max(n, 1) if cfg.needs_cam else None
     if cfg.needs_cam and cfg.mask_mode != "none" and mask_share == 0.0:
         raise TrainingError(
             f"every causal mask of epoch {epoch} was empty (the teacher's Grad-CAM was zero everywhere), so "
@@ -591,7 +598,7 @@ def _end_epoch(m: _Member, epoch: int, n: int, seen: int, train_seconds: float, 
     record = {"epoch": epoch, "train_loss": avg[len(TERMS)],
               **{f"train_{t}": avg[i] for i, t in enumerate(TERMS)},
               "train_acc": m.sums[-1].item() / max(seen, 1), "val_loss": val_loss, "val_acc": val_acc,
-              "mask_share": mask_share,
+              "mask_share": mask_share, "cam_short_share": cam_short_share,
               "lr": stepper.opt.param_groups[0]["lr"], "seconds": train_seconds,
               "images_per_s": seen / max(train_seconds, 1e-9)}
     state["history"].append(record)

@@ -49,8 +49,11 @@ def test_cohort_of_all_students_equals_each_alone(tmp_path, smoke_runs):
 
 
 def test_random_masks_and_mixed_cam_needs(tmp_path, smoke_runs):
-    """A random-mask variant (its own mask generator) beside Grad-CAM and KD-only members."""
+    """Random-mask variants (their own mask generators; the size-matched one also on the shared cam)
+    beside Grad-CAM and KD-only members."""
     cfgs = [make_config("kd_fa_at", "smoke", 0, {"epochs": 2, "mask_mode": "random", "name": "kd_fa_at_random"}),
+            make_config("kd_fa_at", "smoke", 0, {"epochs": 2, "mask_mode": "random_matched", "keep": 0.25,
+                                                  "name": "kd_fa_at_matched"}),
             make_config("kd_at", "smoke", 0, {"epochs": 2, "cam_stage": "layer2", "name": "kd_at_layer2cam"}),
             make_config("kd_fa", "smoke", 0, {"epochs": 2}),
             make_config("kd", "smoke", 0, {"epochs": 2})]

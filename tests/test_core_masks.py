@@ -120,3 +120,74 @@ def test_mask_modes():
     torch.testing.assert_close(gm["layer3"], causal_mask(cam, 0.5))
     with pytest.raises(ValueError, match="unknown mask mode"):
         make_masks("saliency", sizes)
+
+
+def _sparse_cams() -> torch.Tensor:
+    """Cams (6, 8, 8) from empty to full: image i is positive on 0, 1, 5, 16, 40 and 64 positions."""
+    g = torch.Generator().manual_seed(7)
+    cam = torch.zeros(6, 64)
+    for i, p in enumerate((0, 1, 5, 16, 40, 64)):
+        cam[i, torch.randperm(64, generator=g)[:p]] = torch.rand(p, generator=g) + 0.01
+    return cam.view(6, 8, 8)
+
+
+@pytest.mark.parametrize("size", [(8, 8), (16, 16), (4, 4)])
+@pytest.mark.parametrize("keep", [0.25, 0.5])
+def test_matched_random_mask_keeps_the_gradcam_count_per_image(size, keep):
+    cam = _sparse_cams()
+    sizes = {"layer3": size}
+    matched = make_masks("random_matched", sizes, cam=cam, keep=keep, generator=torch.Generator().manual_seed(1))
+    gradcam_mask = make_masks("gradcam", sizes, cam=cam, keep=keep)["layer3"]
+    m = matched["layer3"]
+    assert m.shape == (6, *size) and set(m.unique().tolist()) <= {0.0, 1.0}
+    # independently: the cam at the student's size (bilinear, as F.interpolate) keeps
+    # min(its positive positions, ceil(keep * n)) positions
+    at_size = cam if size == (8, 8) else torch.nn.functional.interpolate(cam[:, None], size=size, mode="bilinear",
+                                                                         align_corners=False)[:, 0]
+    n = size[0] * size[1]
+    want = [min(int((c > 0).sum()), max(1, int(np.ceil(keep * n - 1e-9)))) for c in at_size]
+    assert m.flatten(1).sum(1).tolist() == want
+    assert gradcam_mask.flatten(1).sum(1).tolist() == want
+    partial = [i for i, k in enumerate(want) if 0 < k < n]
+    assert partial and not torch.equal(m[partial], gradcam_mask[partial])  # other positions than Grad-CAM's
+    if size == (8, 8) and keep == 0.25:  # sparse cams: the unmatched control keeps more than the Grad-CAM mask
+        unmatched = make_masks("random", sizes, keep=keep, batch=6, generator=torch.Generator().manual_seed(1))
+        assert unmatched["layer3"].flatten(1).sum(1).tolist() == [16] * 6 and want[:3] == [0, 1, 5]
+
+
+def test_matched_random_mask_is_reproducible_and_seeded():
+    cam, sizes = _sparse_cams(), {"layer3": (8, 8), "layer2": (16, 16)}
+
+    def draw(seed):
+        return make_masks("random_matched", sizes, cam=cam, keep=0.5, generator=torch.Generator().manual_seed(seed))
+
+    a, b, c = draw(3), draw(3), draw(4)
+    for s in sizes:
+        torch.testing.assert_close(a[s], b[s])
+        assert not torch.equal(a[s], c[s])
+        assert torch.equal(a[s].flatten(1).sum(1), c[s].flatten(1).sum(1))
+    g = torch.Generator().manual_seed(3)
+    first = make_masks("random_matched", sizes, cam=cam, keep=0.5, generator=g)
+    assert not torch.equal(first["layer3"], make_masks("random_matched", sizes, cam=cam, keep=0.5, generator=g)["layer3"])
+    with pytest.raises(ValueError, match="random_matched masks need the teacher's cam"):
+        make_masks("random_matched", sizes, keep=0.5)
+
+
+def test_matched_random_soft_mask_moves_the_cam_weights():
+    """With cam_type soft, the control is the cam itself with its positions shuffled per image."""
+    cam = _sparse_cams()
+    m = make_masks("random_matched", {"layer3": (8, 8)}, cam=cam, cam_type="soft",
+                   generator=torch.Generator().manual_seed(0))["layer3"]
+    torch.testing.assert_close(m.flatten(1).sort(1).values, cam.flatten(1).sort(1).values)
+    assert not torch.equal(m, cam)
+
+
+def test_cam_short_counts_cams_too_sparse_for_keep():
+    from kdnb.masks import cam_short
+
+    cam = _sparse_cams()  # positive on 0, 1, 5, 16, 40, 64 of 64 positions
+    assert cam_short(cam, 0.25).tolist() == [True, True, True, False, False, False]  # keep 0.25 asks for 16
+    assert cam_short(cam, 0.5).tolist() == [True, True, True, True, False, False]  # 32
+    assert cam_short(cam, 1.0).tolist() == [True] * 5 + [False]
+    up = torch.nn.functional.interpolate(cam[:, None], size=(16, 16), mode="bilinear", align_corners=False)[:, 0]
+    assert cam_short(cam, 0.5, (16, 16)).tolist() == [int((c > 0).sum()) < 128 for c in up]

@@ -33,14 +33,18 @@ def test_resume_on_cuda(tmp_path):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=2e-2)
 
 
-# Every configuration eager; compiled, the one with every piece (compiling costs ~30 s per case).
-CASES = [(c, False) for c in (TEACHER, *STUDENT_CONFIGS)] + [("kd_fa_at", True)]
+# Every configuration eager; compiled, the one with every piece (compiling costs ~30 s per case); the
+# random mask controls (host-drawn, copied to the device from pinned memory without blocking).
+CASES = ([(c, False, {}) for c in (TEACHER, *STUDENT_CONFIGS)] + [("kd_fa_at", True, {})]
+         + [("kd_fa_at", False, {"mask_mode": m}) for m in ("random", "random_matched")])
 
 
-@pytest.mark.parametrize(("config", "compiled"), CASES, ids=[f"{c}-{'compiled' if k else 'eager'}" for c, k in CASES])
-def test_training_step_never_waits_for_the_host(config, compiled):
+@pytest.mark.parametrize(("config", "compiled", "overrides"), CASES,
+                         ids=[f"{c}-{'compiled' if k else 'eager'}" + "".join(f"-{v}" for v in o.values())
+                              for c, k, o in CASES])
+def test_training_step_never_waits_for_the_host(config, compiled, overrides):
     """Steps with device-resident batches and draws run under sync-debug mode "error"."""
-    cfg = make_config(config, "smoke", 0, {"device": "cuda", "compile": compiled})
+    cfg = make_config(config, "smoke", 0, {"device": "cuda", "compile": compiled, **overrides})
     teacher = None
     if cfg.needs_teacher:
         tcfg = make_config(TEACHER, "smoke", 0)

@@ -40,10 +40,11 @@ def test_smoke_pipeline_writes_table_and_figures(smoke_pipeline):
     for csv in ("attention_distance", "efficiency", "per_run", "robustness"):
         assert (evaluation / f"{csv}.csv").is_file()
     ablation = (figs / "ablation_table.md").read_text()
-    for variant in ("none", "random 0.25", "random 0.5", "gradcam 0.25", "gradcam 0.5"):
+    for variant in ("none", "random_matched 0.25", "random_matched 0.5", "gradcam 0.25", "gradcam 0.5", "gradcam soft"):
         assert f"| {variant} |" in ablation
     assert "## Conclusion" in ablation and "## Provenance" in ablation
-    for run in ("kd_fa_at-none", "kd_fa_at-random-keep0.25", "kd_fa_at-random-keep0.5", "kd_fa_at-gradcam-keep0.25"):
+    for run in ("kd_fa_at-none", "kd_fa_at-random_matched-keep0.25", "kd_fa_at-random_matched-keep0.5",
+                "kd_fa_at-gradcam-keep0.25", "kd_fa_at-gradcam-soft"):
         assert (smoke_pipeline.runs_dir / "smoke" / run / "seed0" / "metrics.json").is_file(), run
     executed = sorted(p.stem for p in (smoke_pipeline.runs_dir / "smoke" / "notebooks").glob("*.ipynb"))
     assert len(executed) == len(NOTEBOOKS)

@@ -15,28 +15,37 @@
 # %% [markdown]
 # # 08 · Results
 #
-# **What.** Collects every finished student run and answers the paper's three questions with numbers:
+# **What.** Collects every finished student run and answers the paper's three research questions, under its
+# numbering, with numbers:
 #
-# - **accuracy**: test top-1 per configuration, mean ± std over seeds, the seed-paired difference
-#   $\Delta = \frac{1}{n}\sum_s (a_s - b_s)$ to the baseline and to plain KD with its 95% Student-t interval
-#   $\Delta \pm t_{0.975,\,n-1}\, s_\Delta/\sqrt{n}$ (an interval covering 0 is labelled *not significant*),
-#   and the mean best epoch, next to the paper's table;
-# - **efficiency**: deployed parameters, FLOPs per image, latency at batch 1 and 256, training time per epoch;
-# - **robustness**: accuracy under CIFAR-10-C-style corruptions at 5 severities, calibration
-#   (ECE $=\sum_b \frac{|B_b|}{N}\,|\mathrm{acc}(B_b) - \mathrm{conf}(B_b)|$, 15 bins), agreement with the teacher
-#   and the attention distance from `07`.
+# - **RQ1**, does the combination (KD+FA+AT) improve accuracy, generalisation and robustness over each technique
+#   alone: test top-1 per configuration, mean ± std over seeds, the seed-paired difference
+#   $\Delta = \frac{1}{n}\sum_s (a_s - b_s)$ with its 95% Student-t interval
+#   $\Delta \pm t_{0.975,\,n-1}\, s_\Delta/\sqrt{n}$ (an interval covering 0 is labelled *not significant*), next to
+#   the paper's table; test cross-entropy; accuracy under CIFAR-10-C-style corruptions at 5 severities,
+#   calibration (ECE $=\sum_b \frac{|B_b|}{N}\,|\mathrm{acc}(B_b) - \mathrm{conf}(B_b)|$, 15 bins), agreement with
+#   the teacher and the attention distance from `07`;
+# - **RQ2**, does transferring only the causally relevant regions help: answered from the mask ablation's runs
+#   (`09`: Grad-CAM masks against no mask and size-matched random masks) when they exist, else it says to run `09`;
+# - **RQ3**, accuracy against inference efficiency: deployed parameters, FLOPs per image, latency at batch 1 and
+#   256, training time per epoch.
+#
+# With students of more than one teacher seed (a second teacher's runs live in `<config>-t<k>/`), the accuracy
+# table is given per teacher seed; everything else uses teacher seed 0, the main series.
 #
 # **Why.** The paper reports one run per configuration with the epoch chosen on the test set; its margins
 # (83.53 vs 83.64 vs 83.77) are smaller than typical seed-to-seed noise. Here the test set is used once per run
 # and differences come with intervals.
 #
-# **Reads** the runs of `01`–`06` (all requested seeds) and `evaluation/attention_distance.csv` of `07`.
+# **Reads** the runs of `01`–`06` (all requested seeds and teacher seeds), `evaluation/attention_distance.csv` of
+# `07` and, when they exist, the ablation runs of `09`.
 # **Writes** `results_table.md` and `results.csv` (figures folder), `08_*.png`, and CSV tables under
 # `<runs_dir>/<profile>/evaluation/`.
 
 # %% tags=["parameters"]
 profile: str = "cpu"                       # smoke: seconds, synthetic data (CI) · cpu: CIFAR-10 on 2 CPU cores, ~1 h · paper: GPU
 seeds: "Optional[list]" = None             # None: every seed finished for all five configurations
+teacher_seeds: "Optional[list]" = None     # None: 0 and every other teacher seed whose students are finished for all configurations and seeds
 data_dir: "Optional[str]" = None           # None: the profile's own source (smoke: synthetic), else $KDNB_DATA_DIR, else ../data
 runs_dir: str = "../runs"                  # runs are written to <runs_dir>/<profile>/<config>/seed<k>/
 figures_dir: "Optional[str]" = None        # None: <runs_dir>/<profile>/figures; "../figures" refreshes the committed reference
@@ -49,14 +58,16 @@ device: str = "auto"                       # evaluation and latency device: auto
 # %%
 import kdnb.notebook as nb
 from IPython.display import Markdown
-from kdnb import plots, results
+from kdnb import ablation, plots, results
 
 ctx = nb.context(profile, data_dir=data_dir, runs_dir=runs_dir, figures_dir=figures_dir)
 seeds_used = results.resolve_seeds(ctx.runs_dir, profile, seeds)
-runs = results.collect_runs(ctx.runs_dir, profile, seeds_used)
+teacher_seeds_used = results.resolve_teacher_seeds(ctx.runs_dir, profile, seeds_used, teacher_seeds)
+runs = results.collect_runs(ctx.runs_dir, profile, seeds_used)  # teacher seed 0: the main series
+runs_by_teacher = results.collect_runs(ctx.runs_dir, profile, seeds_used, teacher_seeds=teacher_seeds_used)
 distances = results.read_attention_distances(ctx.results_dir, seeds_used)
 print(ctx.describe())
-print("seeds:", seeds_used)
+print("seeds:", seeds_used, " teacher seeds:", teacher_seeds_used)
 
 # %% [markdown]
 # ## The paper's table
@@ -70,14 +81,16 @@ print(results.paper_table())
 
 # %% [markdown]
 # ## Accuracy (this reproduction)
+#
+# With more than one teacher seed, one block per teacher seed: does a conclusion depend on the teacher?
 
 # %%
-table = results.accuracy_table(runs)
+table = results.accuracy_table(runs_by_teacher)
 table
 
 # %%
-provenance = results.provenance(ctx.runs_dir, profile, seeds_used)
-paths = results.write_results(table, results.accuracy_numbers(runs), provenance, ctx.figures_dir)
+provenance = results.provenance(ctx.runs_dir, profile, seeds_used, teacher_seeds=teacher_seeds_used)
+paths = results.write_results(table, results.accuracy_numbers(runs_by_teacher), provenance, ctx.figures_dir)
 print("\n".join(map(str, paths)))
 provenance
 
@@ -168,10 +181,12 @@ results.summarize_metric(distances, "attention_distance")
 # %% [markdown]
 # ## Answers to the paper's questions
 #
-# The text below is built from the tables above.
+# The text below is built from the tables above and, for RQ2, from the mask ablation's runs (`09`) when every
+# variant of a seed is finished.
 
 # %%
-Markdown(results.research_answers(runs, students, efficiency, distances))
+ablation_runs = ablation.saved_runs(ctx.runs_dir, profile, seeds_used)
+Markdown(results.research_answers(runs_by_teacher, students, efficiency, distances, ablation_runs))
 
 # %% [markdown]
-# Next: `09_mask_ablation.ipynb` tests the causal masks against no mask and random masks.
+# Next: `09_mask_ablation.ipynb` tests the causal masks against no mask and size-matched random masks.

@@ -13,27 +13,36 @@
 # ---
 
 # %% [markdown]
-# # 09 · Causal-mask ablation: Grad-CAM masks against no mask and random masks
+# # 09 · Causal-mask ablation: Grad-CAM masks against no mask and size-matched random masks
 #
-# **What.** Trains KD+FA+AT (the paper's full method, notebook 06) with three kinds of mask $M$ in
+# **What.** Trains KD+FA+AT (the paper's full method, notebook 06) with these masks $M$ in
 # $\mathcal{L}_{FA}(M)$ and $\mathcal{L}_{AT}(M)$:
 #
 # - `none`: $M \equiv 1$, transfer over the whole feature map;
-# - `random`: for every image and step a fresh binary mask keeping a random `keep` fraction of positions;
-# - `gradcam`: the teacher's Grad-CAM causal mask keeping the top `keep` fraction (as in 04–06),
+# - `gradcam`: the teacher's binary Grad-CAM causal mask (as in 04–06), the top `keep` fraction of the positions
+#   where the cam is positive, at each `keep` ∈ {0.25, 0.5};
+# - `random_matched`: the control. For every image and step, the Grad-CAM mask's positions shuffled at random: the
+#   same number of kept positions $|M_i| = \min(|\{\mathrm{cam}_i > 0\}|,\ \lceil \texttt{keep}\cdot hw\rceil)$,
+#   anywhere. Where the cam is positive on fewer positions than `keep` asks for, the Grad-CAM mask keeps fewer,
+#   and so does its control;
+# - `gradcam soft`: the cam itself as weights, $M = \mathrm{cam}$ (`keep` does not apply);
+# - optionally (`unmatched=True`) `random`: exactly `keep` of the positions at random, whatever the cam; larger than
+#   the Grad-CAM mask wherever the cam is sparse, so it is not the control the table compares against.
 #
-# with `keep` ∈ {0.25, 0.5}, over the same seeds, split, teacher and recipe as the main series. The table
-# gives test top-1 mean ± std and the seed-paired difference to `none`,
-# $\Delta = \frac{1}{n}\sum_s (a^{mask}_s - a^{none}_s)$ with its 95% Student-t interval, plus Grad-CAM − random
-# at equal `keep`.
+# Same seeds, split, teacher and recipe as the main series. The table gives test top-1 mean ± std, the seed-paired
+# difference $\Delta = \frac{1}{n}\sum_s (a^{mask}_s - a^{ref}_s)$ with its 95% Student-t interval against `none`
+# and against the size-matched control at the same `keep`, and the masks' statistics from the runs' histories: the
+# mean kept share (over epochs and seeds; for the soft mask the mean weight) and the share of images whose cam is
+# positive on fewer positions than `keep` asks for.
 #
 # **Why.** The paper's second question is whether restricting transfer to causally relevant regions helps. Its
-# evidence compares masked transfer with nothing; the two controls here separate "restricting transfer at all"
-# (random masks) from "restricting it to where the teacher's evidence lies" (Grad-CAM).
+# evidence compares masked transfer with nothing; the controls here separate "restricting transfer at all, to a
+# mask of this size" (size-matched random masks) from "restricting it to where the teacher's evidence lies"
+# (Grad-CAM).
 #
 # **Reads** the teacher (`01`) and the KD+FA+AT runs of `06` (they are the `gradcam 0.5` row). **Writes** the
-# other ablation runs to `<runs_dir>/<profile>/kd_fa_at-<mask>[-keep<k>]/seed<seed>/`, `ablation_table.md` and
-# `09_mask_ablation.png` into the figures folder. Finished runs are skipped, interrupted ones resume.
+# other ablation runs to `<runs_dir>/<profile>/kd_fa_at-<mask>[-soft][-keep<k>]/seed<seed>/`, `ablation_table.md`
+# and `09_mask_ablation.png` into the figures folder. Finished runs are skipped, interrupted ones resume.
 
 # %% tags=["parameters"]
 profile: str = "cpu"                 # smoke: seconds, synthetic data (CI) · cpu: CIFAR-10 on 2 CPU cores, ~1 h · paper: GPU
@@ -41,7 +50,8 @@ seeds: "Optional[list]" = None       # None: every seed of the finished KD+FA+AT
 data_dir: "Optional[str]" = None     # None: the profile's own source (smoke: synthetic), else $KDNB_DATA_DIR, else ../data
 runs_dir: str = "../runs"            # runs are written to <runs_dir>/<profile>/<config>/seed<k>/
 figures_dir: "Optional[str]" = None  # None: <runs_dir>/<profile>/figures; "../figures" refreshes the committed reference
-keeps: list = [0.25, 0.5]            # mask fractions for the random and Grad-CAM variants
+keeps: list = [0.25, 0.5]            # mask fractions for the Grad-CAM and random variants
+unmatched: bool = False              # also train the unmatched random masks (exactly keep of the positions)
 device: str = "auto"                 # auto (CUDA if available), cpu, cuda or mps
 
 # %%
@@ -59,10 +69,10 @@ print("seeds:", seeds_used)
 # ## The runs
 #
 # One row per (mask, seed). The `gradcam 0.5` runs are the main series' KD+FA+AT runs; every other run is
-# trained here with exactly their settings except `mask_mode` and `keep`.
+# trained here with exactly their settings except `mask_mode`, `keep` and `cam_type`.
 
 # %%
-plan = ablation.plan(profile, seeds_used, ctx.runs_dir, keeps, overrides=ctx.overrides)
+plan = ablation.plan(profile, seeds_used, ctx.runs_dir, keeps, overrides=ctx.overrides, unmatched=unmatched)
 plan
 
 # %% [markdown]
@@ -82,11 +92,11 @@ table = ablation.table(runs)
 table
 
 # %% [markdown]
-# Grad-CAM against random masks of the same size (seed-paired):
+# Grad-CAM (and, when trained, the unmatched random masks) against the size-matched random control (seed-paired):
 
 # %%
-versus_random = ablation.gradcam_vs_random(runs)
-versus_random
+versus = ablation.versus_matched(runs)
+versus
 
 # %%
 fig = plots.ablation_points(runs)
@@ -100,5 +110,5 @@ ctx.save(fig, "09_mask_ablation")
 # %%
 sentence = ablation.conclusion(runs)
 provenance = results.provenance(ctx.runs_dir, profile, seeds_used, configs=list(dict.fromkeys(plan["run"])))
-print(ablation.write_table(table, versus_random, sentence, provenance, ctx.figures_dir))
+print(ablation.write_table(table, versus, sentence, provenance, ctx.figures_dir))
 Markdown(sentence)
