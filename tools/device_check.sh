@@ -19,7 +19,7 @@
 # _SEED (0), _WORK (/tmp: site/, data/, runs/, caches), _PYTHON (python3), _BENCH_STEPS /
 # _BENCH_REPEATS (10/3; smoke 2/1), _BENCH_CAP (seconds per benchmark; min(120, 22 % of the budget)), _ONLY (notebook prefixes for the pipeline's --only, e.g. "00 02"),
 # _RESERVE (seconds kept for the summary; min(40, budget/6)), _BENCH2_SET (KEY=VALUE ... for a second
-# benchmark into bench_gpu2.json, e.g. compile_mode=reduce-overhead),
+# benchmark into bench_gpu2.json; default cuda_graphs=true on cuda, empty: none),
 # _FORCE_WHEELS=1 (install the carried wheels even where papermill already imports).
 set -u
 
@@ -238,9 +238,11 @@ run_step bench "$bench_cap" "" \
   "$py" -m kdnb bench --profile "$profile" --device "$device" --steps "$bench_steps" --repeats "$bench_repeats" \
   --json "$out/bench_gpu.json"
 
-# Optionally a second benchmark with other engine settings, e.g. KDNB_DEVICE_CHECK_BENCH2_SET=
-# "compile_mode=reduce-overhead" (CUDA graphs): same variants, its own JSON.
-if [ -n "${KDNB_DEVICE_CHECK_BENCH2_SET:-}" ]; then
+# A second benchmark with other engine settings (KEY=VALUE ...): same variants, its own JSON.
+# Default: CUDA graphs (cuda_graphs=true) on a GPU; KDNB_DEVICE_CHECK_BENCH2_SET="" switches it off.
+if [ "$device" = cuda ]; then bench2_default="cuda_graphs=true"; else bench2_default=""; fi
+KDNB_DEVICE_CHECK_BENCH2_SET=${KDNB_DEVICE_CHECK_BENCH2_SET-$bench2_default}
+if [ -n "$KDNB_DEVICE_CHECK_BENCH2_SET" ]; then
   bench2_set=()
   for kv in $KDNB_DEVICE_CHECK_BENCH2_SET; do bench2_set+=(--set "$kv"); done
   run_step bench2 "$bench_cap" "" \
