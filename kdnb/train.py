@@ -635,7 +635,8 @@ def _train_locked(cfgs: list[RunConfig], todo: list[int], results: dict[int, Run
         behind = min(m.state["epoch"] for m in running)  # members behind catch up before the others move
         group = [m for m in running if m.state["epoch"] == behind]
         if stepping != [id(m) for m in group]:  # a new group (a member left or caught up): a new step
-            # (and a new graph: the old one would also update the members that left)
+            # and a new graph (the old one would also update the members that left); the old one
+            # goes first, so its graph's memory is free for the new capture
             step = None
             step = CohortStep([m.stepper for m in group], prepared, train_x, train_y, device, first.cuda_graphs)
             stepping = [id(m) for m in group]
