@@ -40,10 +40,12 @@ import torch.nn.functional as F
 from .config import STUDENT_CONFIGS, TEACHER, RunConfig, make_config
 from .data import MEAN, STD, augment, epoch_batches, load_dataset, make_synthetic, normalize, plan_epoch
 from .efficiency import device_name
-from .masks import causal_mask, teacher_forward, teacher_forwards
+from .masks import causal_mask, teacher_forward
 from .models import build_model, count_parameters
 from .speedups import cpu_bf16_pays
-from .train import _autocast, amp_active, build_stepper, build_student, prepare_teacher_for, resolve_device
+from .train import (
+    CohortStep, _autocast, amp_active, build_stepper, build_student, prepare_teacher_for, resolve_device,
+)
 
 REFERENCE = "reference"
 PIECES: tuple[str, ...] = ("teacher_forward", "gradcam_mask")
@@ -130,14 +132,23 @@ def _images(data_dir: str | None, n: int) -> tuple[torch.Tensor, torch.Tensor, s
     return d.train_x[:n].contiguous(), d.train_y[:n].contiguous(), f"{d.source}, first {min(n, len(d.train_y))} images"
 
 
-def _cycle_batches(n: int, batch_size: int, seed: int, device: torch.device):
-    """Device-resident (indices, (offsets, flips)) per step, epoch after epoch, as the training
-    loop draws them (one :class:`~kdnb.data.EpochPlan` per epoch, moved to the device once)."""
+def _loop_step(steppers: list, teacher, train_x: torch.Tensor, train_y: torch.Tensor, seed: int,
+               device: torch.device, graphs: bool) -> Callable[[], None]:
+    """One training step of ``steppers`` exactly as the training loop takes it (a
+    :class:`~kdnb.train.CohortStep`, CUDA graphs included when ``graphs``), epoch plan after epoch plan."""
+    step = CohortStep(steppers, teacher, train_x, train_y, device, graphs)
     g = torch.Generator().manual_seed(seed)
-    while True:
-        plan = plan_epoch(n, batch_size, g).to(device)
-        for i in range(len(plan)):
-            yield plan.index[i], (plan.offsets[i], plan.flips[i])
+    left = [0]
+
+    def run() -> None:
+        if left[0] == 0:
+            plan = plan_epoch(len(train_y), steppers[0].cfg.batch_size, g)
+            step.start_epoch(plan)
+            left[0] = len(plan)
+        step()
+        left[0] -= 1
+
+    return run
 
 
 # ---------------------------------------------------------------- the benchmark
@@ -192,37 +203,21 @@ def run_bench(profile: str = "cpu", steps: int = 20, device: str = "auto", json_
         fns[REFERENCE] = ReferenceStep(base, ref_iter, dev)
     steppers = {}
     for c in STUDENT_CONFIGS:
-        if c not in names and COHORT not in names:
-            continue
-        cfg = cfgs[c]
-        steppers[c] = stepper = build_stepper(cfg, prepared if cfg.needs_teacher else None, dev, steps_per_epoch,
-                                              teacher_prepared=True)
-        idx_iter = _cycle_batches(len(y_cpu), bs, seed, dev)
-
-        def kdnb_step(stepper=stepper, idx_iter=idx_iter) -> None:
-            idx, draws = next(idx_iter)
-            stepper(train_x[idx], train_y[idx], draws)
-
         if c in names:
-            fns[c] = kdnb_step
+            cfg = cfgs[c]
+            steppers[c] = build_stepper(cfg, prepared if cfg.needs_teacher else None, dev, steps_per_epoch,
+                                        teacher_prepared=True)
+            fns[c] = _loop_step([steppers[c]], prepared, train_x, train_y, seed, dev, cfg.cuda_graphs)
     if COHORT in names:
         # One step of all five students as train_cohort takes it: one augmentation and one teacher
-        # pass (Grad-CAM included) per batch, then each student's own update. It reuses the solo
-        # variants' students: separately compiled copies would overflow dynamo's cache.
-        cohort_iter = _cycle_batches(len(y_cpu), bs, seed, dev)
-        cam_keys = sorted({st.cam_key for st in steppers.values() if st.cfg.needs_teacher}, key=str)
-        lead = steppers["baseline"]
-
-        def cohort_step() -> None:
-            idx, draws = next(cohort_iter)
-            y = train_y[idx]
-            x = lead.prepare(train_x[idx], draws)
-            with _autocast(dev, base.amp):
-                outs = teacher_forwards(prepared, x, cam_keys, y)
-            for st in steppers.values():
-                st.update(x, y, outs[st.cam_key] if st.cfg.needs_teacher else None)
-
-        fns[COHORT] = cohort_step
+        # pass (Grad-CAM included) per batch, then each student's own update. Without CUDA graphs
+        # it reuses the solo variants' students; a captured graph owns its students' gradients,
+        # so with graphs the cohort has students of its own.
+        own = base.cuda_graphs and dev.type == "cuda"
+        members = [steppers[c] if c in steppers and not own else
+                   build_stepper(cfgs[c], prepared if cfgs[c].needs_teacher else None, dev, steps_per_epoch,
+                                 teacher_prepared=True) for c in STUDENT_CONFIGS]
+        fns[COHORT] = _loop_step(members, prepared, train_x, train_y, seed, dev, base.cuda_graphs)
 
     # Pieces: a few fixed prepared batches, so only the teacher (and mask) work is timed, with the
     # teacher exactly as the training steps prepare it (BN folded, channels_last, compiled if on).
@@ -277,7 +272,8 @@ def run_bench(profile: str = "cpu", steps: int = 20, device: str = "auto", json_
         "amp_bf16": amp_active(dev, base.amp),
         "cpu_bf16": {"amx": cpu_bf16_pays(), "avx512_bf16": bool(torch.cpu._is_avx512_bf16_supported())}
         if dev.type == "cpu" else None, "channels_last": True, "teacher_bn_folded": True,
-        "compile": base.compile, "compile_mode": base.compile_mode, "overrides": dict(overrides), "cam_stage": mcfg.cam_stage, "stages": mcfg.stages,
+        "compile": base.compile, "compile_mode": base.compile_mode, "cuda_graphs": base.cuda_graphs and dev.type == "cuda",
+        "overrides": dict(overrides), "cam_stage": mcfg.cam_stage, "stages": mcfg.stages,
         "reference_loader": {"num_workers": NUM_WORKERS, "persistent_workers": True,
                              "prefetch_factor": PREFETCH_FACTOR, "pin_memory": False, "fp32": True},
     }

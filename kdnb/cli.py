@@ -48,8 +48,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_pipeline(args: argparse.Namespace) -> int:
     from .pipeline import run_pipeline
 
+    overrides = _parse_sets(args.set)
+    if overrides:  # one clear message before any notebook starts
+        make_config("baseline", args.profile, args.seeds[0] if args.seeds else 0, overrides)
     run_pipeline(profile=args.profile, seeds=args.seeds, runs_dir=args.runs_dir, data_dir=args.data_dir,
                  figures_dir=args.figures_dir, notebooks=args.only, ablation=args.ablation,
+                 parameters={"overrides": overrides} if overrides else None,
                  cohort=not args.one_at_a_time, executor=args.executor,
                  scale={k: getattr(args, k) for k in SCALE_OPTIONS})
     return 0
@@ -125,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--only", nargs="*", default=None, help="run only these notebooks (name prefixes, e.g. 00 01)")
     pl.add_argument("--ablation", action="store_true",
                     help="also run 09_mask_ablation (5 more KD+FA+AT runs per seed)")
+    pl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override one setting of every run of the series (each notebook's `overrides`), "
+                         "e.g. cuda_graphs=true or threads=1")
     pl.add_argument("--one-at-a-time", action="store_true",
                     help="train each student configuration in its own notebook instead of the seed's "
                          "configurations together as a cohort (same runs, same numbers; slower)")

@@ -122,6 +122,10 @@ class RunConfig:
     compile: bool = False
     # torch.compile mode for the student and objective: "reduce-overhead" adds CUDA graphs
     compile_mode: str = "default"
+    # CUDA only: replay each training step (the teacher pass and every student's forward and
+    # backward; the optimiser update stays outside) as one captured CUDA graph, so a step costs one
+    # launch instead of hundreds. Steps whose masks are drawn on the host (random modes) run eager.
+    cuda_graphs: bool = False
     amp: bool = True  # bf16 autocast on CUDA and on CPUs where it is faster (AMX; see speedups.cpu_bf16_pays)
     eval_batch_size: int = 500
 
@@ -382,7 +386,8 @@ def make_config(
 
 
 # Settings that change how fast a run goes, not what it computes: they may differ on resume.
-ENGINE_FIELDS: tuple[str, ...] = ("device", "threads", "compile", "compile_mode", "eval_batch_size", "data_dir")
+ENGINE_FIELDS: tuple[str, ...] = ("device", "threads", "compile", "compile_mode", "cuda_graphs", "eval_batch_size",
+                                  "data_dir")
 # The training recipe: a pipeline may shorten it for every run at once (``parameters={"epochs": 1}``);
 # tables state it in their provenance block, read from each run's config.json.
 RECIPE_FIELDS: tuple[str, ...] = ("epochs", "patience", "batch_size", "lr", "momentum", "weight_decay", "nesterov",

@@ -24,6 +24,9 @@ from .models import STAGES
 MASK_MODES: tuple[str, ...] = ("gradcam", "none", "random", "random_matched")
 # The modes built from the teacher's Grad-CAM (the engine runs the cam's partial backward for them).
 CAM_MODES: tuple[str, ...] = ("gradcam", "random_matched")
+# Modes whose masks are drawn on the host (from a CPU generator, so runs agree across devices):
+# a training step using them cannot be captured as a CUDA graph.
+HOST_DRAWN_MASKS: tuple[str, ...] = ("random", "random_matched")
 CAM_TYPES: tuple[str, ...] = ("binary", "soft")
 
 

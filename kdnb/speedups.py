@@ -62,13 +62,24 @@ def fold_batchnorm(model: ResNet) -> ResNet:
 CUDA_TEACHER_OPTIONS = {"triton.coalesce_tiling_analysis": False}
 
 
+# Dynamo keeps one cache per compiled function, and every stage compiled by ``Module.compile``
+# shares one such function; each (stage, grad mode, shape) adds an entry. The stem and four
+# stages, with and without grad (Grad-CAM differentiates the stages after the cam stage), plus
+# evaluation shapes, pass the default limit of 8, past which dynamo silently runs the rest eager
+# (seen on an H200: "hit config.recompile_limit (8)" in the benchmark's teacher).
+TEACHER_RECOMPILE_LIMIT = 64
+
+
 def compile_stages(model: ResNet) -> ResNet:
     """``torch.compile`` the stem and each stage separately, in place.
 
     The stage boundaries stay eager, so :func:`kdnb.masks.teacher_forward` can run the stages up
     to the Grad-CAM stage without a graph and differentiate the later ones with respect to that
-    stage's activation. (The head, an average pool and one linear layer, stays eager.)
+    stage's activation. (The head, an average pool and one linear layer, stays eager.) Raises
+    dynamo's recompile limit to :data:`TEACHER_RECOMPILE_LIMIT` so every stage stays compiled.
     """
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, TEACHER_RECOMPILE_LIMIT)
     options = CUDA_TEACHER_OPTIONS if next(model.parameters()).is_cuda else None
     model.stem.compile(options=options)
     for s in STAGES:

@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,11 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .config import ENGINE_FIELDS, RunConfig, config_from_dict
-from .data import Dataset, apply_augmentation, augment, load_dataset, normalize, plan_epoch, stratified_split
+from .data import (
+    Dataset, EpochPlan, apply_augmentation, augment, load_dataset, normalize, plan_epoch, stratified_split,
+)
 from .efficiency import device_name
-from .masks import cam_short, make_masks, teacher_forward, teacher_forwards
+from .masks import HOST_DRAWN_MASKS, cam_short, make_masks, teacher_forward, teacher_forwards
 from .models import build_model, count_parameters
 from .objective import TERMS, Objective
 from .speedups import cpu_bf16_pays, ensure_compiled_bf16_correct, prepare_teacher
@@ -228,8 +231,27 @@ class Stepper:
         self.loss = torch.compile(objective, mode=mode) if cfg.compile else objective
         self.sizes: dict[str, tuple[int, int]] | None = None
         self.last_cam: torch.Tensor | None = None
-        self.mask_share: torch.Tensor | float = 0.0  # summed over the steps of the current epoch
-        self.cam_short_share: torch.Tensor | float = 0.0  # likewise (cam-based masks only)
+        # The epoch's running statistics, device tensors updated in place (never rebound, so a
+        # captured CUDA graph keeps writing where the loop reads): the objective's terms, total and
+        # correct predictions summed over steps; the first step at which each term and the total
+        # were non-finite (-1: none); the masks' kept share and the cams' short share, summed.
+        self.sums = torch.zeros(len(TERMS) + 2, device=device)
+        self.bad = torch.full((len(TERMS) + 1,), -1, device=device, dtype=torch.long)
+        self.mask_share = torch.zeros((), device=device)
+        self.cam_short_share = torch.zeros((), device=device)  # cam-based masks only
+
+    def new_epoch(self) -> None:
+        """Training mode and zeroed epoch statistics (in place)."""
+        self.student.train()
+        self.objective.train()
+        for t in (self.sums, self.mask_share, self.cam_short_share):
+            t.zero_()
+        self.bad.fill_(-1)
+
+    @property
+    def graph_safe(self) -> bool:
+        """Whether this step may be captured as a CUDA graph: not when its masks are drawn on the host."""
+        return not ((self.cfg.w_fa > 0 or self.cfg.w_at > 0) and self.cfg.mask_mode in HOST_DRAWN_MASKS)
 
     def prepare(self, xb: torch.Tensor, draws: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """uint8 batch → augmented, normalised float batch in the device's preferred layout.
@@ -257,6 +279,13 @@ class Stepper:
                ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         """Student forward, masks, objective, backward and SGD on a prepared batch ``x``, given the
         teacher's ``(logits, feats, cam)`` for it (computed once per batch for a whole cohort)."""
+        out = self.forward_backward(x, y, teacher_out)
+        self.apply()
+        return out
+
+    def forward_backward(self, x: torch.Tensor, y: torch.Tensor, teacher_out: TeacherOut | None
+                         ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        """Everything of :meth:`update` but the optimiser's update: the part a CUDA graph captures."""
         cfg = self.cfg
         with _autocast(self.device, cfg.amp):
             s_logits, s_feats = self.forward(x, return_features=True)
@@ -270,17 +299,129 @@ class Stepper:
                                    batch=len(y), generator=self.mask_gen, device=self.device)
                 if masks is not None:  # share of positions the masks keep (a device scalar, no sync; None = all)
                     shares = [torch.ones((), device=self.device) if m is None else m.float().mean() for m in masks.values()]
-                    self.mask_share = self.mask_share + torch.stack(shares).mean()
+                    self.mask_share.add_(torch.stack(shares).mean())
                 if cfg.needs_cam:  # share of images whose cam is too sparse for `keep` (device scalar, no sync)
                     short = [cam_short(cam, cfg.keep, hw).float().mean() for hw in self.sizes.values()]
-                    self.cam_short_share = self.cam_short_share + torch.stack(short).mean()
+                    self.cam_short_share.add_(torch.stack(short).mean())
             total, terms = self.loss(s_logits, s_feats, y, t_logits, t_feats, masks)
         self.opt.zero_grad(set_to_none=True)
         total.backward()
+        return total, terms, s_logits
+
+    def apply(self) -> None:
+        """The optimiser's update and the LR schedule's step, outside any CUDA graph (so the
+        schedule's learning rate and momentum stay plain numbers)."""
         self.opt.step()
         if self.sched is not None:
             self.sched.step()
-        return total, terms, s_logits
+
+    def record(self, total: torch.Tensor, terms: dict[str, torch.Tensor], s_logits: torch.Tensor, y: torch.Tensor,
+               step: torch.Tensor) -> None:
+        """Add one step's terms, total and correct predictions to the epoch's sums, and note ``step``
+        (a device scalar) as the first bad step of any non-finite term: no host read."""
+        with torch.no_grad():
+            vals = torch.stack([terms[t].detach().float() if t in terms else torch.zeros((), device=self.device)
+                                for t in TERMS] + [total.detach().float()])
+            self.bad.copy_(torch.where((~torch.isfinite(vals)) & (self.bad < 0), step, self.bad))
+            self.sums[:-1] += vals
+            self.sums[-1] += (s_logits.argmax(1) == y).sum()
+
+
+# Warm-up steps before a CUDA graph is captured (compilation, cuDNN autotuning, lazy allocations).
+GRAPH_WARMUP = 3
+
+
+class CudaGraphs:
+    """The CUDA calls with which a :class:`CohortStep` warms up, captures and replays its step
+    (in one place, so the step's logic can be tested on a CPU with a stand-in)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.side = torch.cuda.Stream(device)
+
+    def warm_up(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` for real on a side stream, as capture requires of the steps before it."""
+        self.side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self.side):
+            fn()
+        torch.cuda.current_stream(self.device).wait_stream(self.side)
+
+    def capture(self, fn: Callable[[], None]) -> torch.cuda.CUDAGraph:
+        """Record ``fn``'s kernels without running them; the graph's ``replay()`` runs them."""
+        torch.cuda.synchronize(self.device)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        return graph
+
+
+class CohortStep:
+    """One training step of a group of steppers on the same batch, as ``train_cohort`` takes it:
+    the batch gathered and augmented once, one teacher pass (per cam stage needed), then each
+    student's forward, backward and statistics; then each optimiser's update.
+
+    The step takes no arguments: it reads the epoch's plan (:meth:`start_epoch`) from device
+    buffers at a device step counter, so on CUDA with ``graphs`` it is captured once, after
+    :data:`GRAPH_WARMUP` eager steps on a side stream, and then replayed: one launch per step.
+    The optimiser updates run after it, uncaptured. Replays write the same tensors the eager step
+    would (parameters' gradients, the steppers' statistics), so everything outside reads them as
+    usual. ``runtime`` stands in for :class:`CudaGraphs` (tests).
+    """
+
+    def __init__(self, steppers: list[Stepper], teacher: nn.Module | None, train_x: torch.Tensor,
+                 train_y: torch.Tensor, device: torch.device, graphs: bool = False, runtime: Any = None) -> None:
+        self.steppers, self.teacher, self.train_x, self.train_y, self.device = steppers, teacher, train_x, train_y, device
+        self.cam_keys = sorted({s.cam_key for s in steppers if s.teacher is not None}, key=str)
+        self.graphs = graphs and (device.type == "cuda" or runtime is not None) and all(s.graph_safe for s in steppers)
+        self.runtime = (runtime or CudaGraphs(device)) if self.graphs else None
+        self.counter = torch.zeros((), dtype=torch.long, device=device)  # steps taken this epoch
+        self.plan: EpochPlan | None = None  # device buffers, filled in place each epoch
+        self.graph: Any = None
+        self.warm = 0
+
+    def start_epoch(self, plan: EpochPlan) -> None:
+        """Load the epoch's batch order and augmentation draws into the step's buffers (in place)."""
+        plan = plan.to(self.device)
+        if self.plan is None:
+            self.plan = EpochPlan(*(torch.empty_like(t) for t in (plan.index, plan.offsets, plan.flips)))
+        elif self.plan.index.shape != plan.index.shape:
+            raise ValueError(f"epoch plans must keep one shape (got {tuple(plan.index.shape)}, "
+                             f"had {tuple(self.plan.index.shape)})")
+        for buf, t in zip((self.plan.index, self.plan.offsets, self.plan.flips), (plan.index, plan.offsets, plan.flips)):
+            buf.copy_(t)
+        self.counter.zero_()
+        for s in self.steppers:
+            s.new_epoch()
+
+    def _body(self) -> None:
+        row = self.counter.view(1)
+        idx = self.plan.index.index_select(0, row)[0]
+        draws = (self.plan.offsets.index_select(0, row)[0], self.plan.flips.index_select(0, row)[0])
+        self.counter.add_(1)  # now the 1-based number of this step
+        lead = self.steppers[0]
+        y = self.train_y[idx]
+        x = lead.prepare(self.train_x[idx], draws)
+        outs: dict[str | None, TeacherOut] = {}
+        if self.teacher is not None and self.cam_keys:
+            with _autocast(self.device, lead.cfg.amp):
+                outs = teacher_forwards(self.teacher, x, self.cam_keys, y)
+        for s in self.steppers:
+            total, terms, s_logits = s.forward_backward(x, y, outs.get(s.cam_key) if s.teacher is not None else None)
+            s.record(total, terms, s_logits, y, self.counter)
+
+    def __call__(self) -> None:
+        if not self.graphs:
+            self._body()
+        elif self.graph is not None:
+            self.graph.replay()
+        elif self.warm < GRAPH_WARMUP:  # warm-up steps are real steps
+            self.runtime.warm_up(self._body)
+            self.warm += 1
+        else:  # capturing records the step without running it: replay it at once
+            self.graph = self.runtime.capture(self._body)
+            self.graph.replay()
+        for s in self.steppers:
+            s.apply()
 
 
 def _check_compiler(cfg: RunConfig, device: torch.device) -> None:
@@ -335,7 +476,7 @@ def build_stepper(cfg: RunConfig, teacher: nn.Module | None, device: torch.devic
 # Settings every member of a cohort must share: they fix the data, the batches and the teacher.
 COHORT_SHARED = ("profile", "seed", "data_dir", "val_size", "train_size", "split_seed", "synthetic_train",
                  "synthetic_test", "batch_size", "teacher_seed", "device", "threads", "compile", "amp",
-                 "eval_batch_size")
+                 "cuda_graphs", "eval_batch_size")
 
 
 def train(
@@ -366,8 +507,6 @@ class _Member:
     amp: bool
     log: RunLog
     epochs_this_call: int = 0
-    sums: torch.Tensor | None = None
-    bad: torch.Tensor | None = None
 
     @property
     def done(self) -> bool:
@@ -488,13 +627,23 @@ def _train_locked(cfgs: list[RunConfig], todo: list[int], results: dict[int, Run
                                RunLog(run_dir, first_epoch=state["epoch"] + 1)))
 
     t_start = time.perf_counter()
+    step, stepping = None, None
     while True:
         running = [m for m in members if not m.done and (max_epochs is None or m.epochs_this_call < max_epochs)]
         if not running:
             break
         behind = min(m.state["epoch"] for m in running)  # members behind catch up before the others move
-        _train_epoch([m for m in running if m.state["epoch"] == behind], prepared, train_x, train_y, val_x, val_y,
-                     device, progress)
+        group = [m for m in running if m.state["epoch"] == behind]
+        if stepping != [id(m) for m in group]:  # a new group (a member left or caught up): a new step
+            # and a new graph (the old one would also update the members that left); the old one
+            # goes first, so its graph's memory is free for the new capture
+            step = None
+            step = CohortStep([m.stepper for m in group], prepared, train_x, train_y, device, first.cuda_graphs)
+            stepping = [id(m) for m in group]
+            if first.cuda_graphs and device.type == "cuda" and not step.graphs and progress:
+                print(f"kdnb: {', '.join(m.cfg.run_name for m in group)}: masks drawn on the host, "
+                      "so these steps run without CUDA graphs")
+        _train_epoch(step, group, len(train_y), val_x, val_y, progress)
     seconds = time.perf_counter() - t_start
     for i, m in zip(todo, members):
         if not m.done:
@@ -526,58 +675,35 @@ def _resume(stepper: Stepper, run_dir: Path, progress: bool) -> dict[str, Any] |
     return ck["state"]
 
 
-def _train_epoch(group: list[_Member], teacher: nn.Module | None, train_x: torch.Tensor, train_y: torch.Tensor,
-                 val_x: torch.Tensor, val_y: torch.Tensor, device: torch.device, progress: bool) -> None:
-    """One epoch of every member of ``group`` (all at the same epoch, so on the same batches)."""
+def _train_epoch(step: CohortStep, group: list[_Member], n_train: int, val_x: torch.Tensor, val_y: torch.Tensor,
+                 progress: bool) -> None:
+    """One epoch of every member of ``group`` (all at the same epoch, so on the same batches),
+    each step taken by ``step``, the group's :class:`CohortStep`."""
     lead = group[0]
     epoch = lead.state["epoch"] + 1
     # Each member draws its own plan from its own generator, exactly as alone (so its saved
     # generator state is its own); members at one epoch have equal generators, so equal plans.
-    plans = [plan_epoch(len(train_y), m.cfg.batch_size, m.stepper.gen) for m in group]
-    plan = plans[0].to(device)
-    cam_keys = sorted({m.stepper.cam_key for m in group if m.cfg.needs_teacher}, key=str)
-    for m in group:
-        m.stepper.student.train()
-        m.stepper.objective.train()
-        m.stepper.mask_share = 0.0
-        m.stepper.cam_short_share = 0.0
-        m.sums = torch.zeros(len(TERMS) + 2, device=device)  # terms..., total, correct
-        m.bad = torch.full((len(TERMS) + 1,), -1, device=device, dtype=torch.long)
-    n = len(plan)
+    plans = [plan_epoch(n_train, m.cfg.batch_size, m.stepper.gen) for m in group]
+    step.start_epoch(plans[0])
+    n = len(plans[0])
     names = ", ".join(m.cfg.run_name for m in group)
     bar = tqdm(total=n, desc=f"{names} epoch {epoch}/{lead.cfg.epochs}", disable=not progress, leave=False,
                mininterval=1.0)
-    seen = 0
     t0 = time.perf_counter()
-    for step in range(1, n + 1):
-        idx = plan.index[step - 1]
-        y = train_y[idx]
-        x = lead.stepper.prepare(train_x[idx], (plan.offsets[step - 1], plan.flips[step - 1]))
-        teacher_out: dict[str | None, TeacherOut] = {}
-        if teacher is not None and cam_keys:
-            with _autocast(device, lead.cfg.amp):
-                teacher_out = teacher_forwards(teacher, x, cam_keys, y)
-        for m in group:
-            out = teacher_out.get(m.stepper.cam_key) if m.cfg.needs_teacher else None
-            total, terms, s_logits = m.stepper.update(x, y, out)
-            with torch.no_grad():
-                vals = torch.stack([terms[t].detach().float() if t in terms else torch.zeros((), device=device)
-                                    for t in TERMS] + [total.detach().float()])
-                m.bad = torch.where((~torch.isfinite(vals)) & (m.bad < 0), torch.full_like(m.bad, step), m.bad)
-                m.sums[:-1] += vals
-                m.sums[-1] += (s_logits.argmax(1) == y).sum()
-        seen += len(y)
+    for i in range(1, n + 1):
+        step()
         # The only host reads of the loop, rate-limited: a non-finite term names its first step anyway.
-        if step % CHECK_EVERY == 0 or step == n:
+        if i % CHECK_EVERY == 0 or i == n:
             for m in group:
-                _check_finite(m.bad, epoch, m.cfg, m.amp)
-        if progress and (step % PROGRESS_EVERY == 0 or step == n):
-            bar.update(step - bar.n)
-            bar.set_postfix(loss=f"{lead.sums[-2].item() / step:.4f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+                _check_finite(m.stepper.bad, epoch, m.cfg, m.amp)
+        if progress and (i % PROGRESS_EVERY == 0 or i == n):
+            bar.update(i - bar.n)
+            seen = i * lead.cfg.batch_size
+            bar.set_postfix(loss=f"{lead.stepper.sums[-2].item() / i:.4f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
     bar.close()
     train_seconds = time.perf_counter() - t0
     for m in group:
-        _end_epoch(m, epoch, n, seen, train_seconds, val_x, val_y, progress)
+        _end_epoch(m, epoch, n, n * lead.cfg.batch_size, train_seconds, val_x, val_y, progress)
 
 
 def _end_epoch(m: _Member, epoch: int, n: int, seen: int, train_seconds: float, val_x: torch.Tensor,
@@ -587,7 +713,7 @@ def _end_epoch(m: _Member, epoch: int, n: int, seen: int, train_seconds: float, 
     ``train_seconds`` is the wall time of the (shared) epoch: in a cohort, every member's."""
     cfg, stepper, state = m.cfg, m.stepper, m.state
     val_loss, val_acc = evaluate(stepper.student, val_x, val_y, cfg.eval_batch_size, cfg.amp)
-    avg = (m.sums / max(n, 1)).tolist()
+    avg = (stepper.sums / max(n, 1)).tolist()
     mask_share = float(stepper.mask_share) / max(n, 1)
     # null for masks without a cam (histories written before this statistic lack the key: read as NaN)
     cam_short_share = float(stepper.cam_short_share) / max(n, 1) if cfg.needs_cam else None
@@ -597,7 +723,7 @@ def _end_epoch(m: _Member, epoch: int, n: int, seen: int, train_seconds: float, 
             "FA/AT transferred nothing: check the teacher checkpoint, or try compile=false / amp=false")
     record = {"epoch": epoch, "train_loss": avg[len(TERMS)],
               **{f"train_{t}": avg[i] for i, t in enumerate(TERMS)},
-              "train_acc": m.sums[-1].item() / max(seen, 1), "val_loss": val_loss, "val_acc": val_acc,
+              "train_acc": stepper.sums[-1].item() / max(seen, 1), "val_loss": val_loss, "val_acc": val_acc,
               "mask_share": mask_share, "cam_short_share": cam_short_share,
               "lr": stepper.opt.param_groups[0]["lr"], "seconds": train_seconds,
               "images_per_s": seen / max(train_seconds, 1e-9)}

@@ -42,3 +42,31 @@ def test_cpu_pipeline_passes_figures_under_the_runs_dir(tmp_path, monkeypatch, c
     run_pipeline(profile="cpu", runs_dir="runs", figures_dir=COMMITTED, verbose=False, notebooks=["08"])
     assert [p["figures_dir"] for p in seen] == [str(COMMITTED)]
     assert "unchanged" not in capsys.readouterr().out
+
+
+def test_pipeline_set_reaches_every_training_run(tmp_path, monkeypatch):
+    """``kdnb pipeline --set k=v`` gives each notebook that trains (01–06, and the cohort) the
+    override; a key no run has stops the command before any notebook starts."""
+    import pytest
+
+    from kdnb.cli import main
+    from kdnb.pipeline import cohort_configs
+
+    seen = []
+    monkeypatch.setattr(papermill, "execute_notebook",
+                        lambda src, out, parameters, **kw: seen.append((Path(src).stem, parameters)))
+    monkeypatch.setattr("kdnb.pipeline.run_cohort",
+                        lambda step, verbose: seen.append(("cohort", step.parameters, cohort_configs(step))) or [])
+    monkeypatch.chdir(tmp_path)
+    assert main(["pipeline", "--profile", "smoke", "--runs-dir", "runs", "--set", "cuda_graphs=true",
+                 "--set", "threads=1", "--only", "01", "02", "03"]) == 0
+    names = [s[0] for s in seen]
+    assert names == ["01_train_teacher", "cohort", "02_baseline", "03_kd"]
+    for s in seen:
+        assert s[1]["overrides"] == {"cuda_graphs": "true", "threads": "1"}
+    cohort = next(s for s in seen if s[0] == "cohort")
+    assert all(c.cuda_graphs is True and c.threads == 1 for c in cohort[2])
+
+    seen.clear()
+    assert main(["pipeline", "--profile", "smoke", "--runs-dir", "runs", "--set", "cuda_graph=true"]) == 2
+    assert seen == []

@@ -120,3 +120,41 @@ def test_compiled_objective_matches_eager(with_masks):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
     for b, w in zip(compiled_module.buffers(), eager.buffers()):  # the connector's BN statistics
         torch.testing.assert_close(b, w)
+
+
+def test_every_compiled_teacher_stage_stays_compiled(monkeypatch):
+    """The stem and four stages share one compiled function; run in both grad modes (as a cohort's
+    teacher pass and Grad-CAM do) and at two batch sizes, they need more cache entries than
+    dynamo's default limit of 8, past which dynamo falls back to eager with a warning (seen on an
+    H200). ``backend="eager"`` keeps the test fast: the cache is dynamo's, whatever the backend."""
+    import logging
+
+    import torch._dynamo
+
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)  # the default; restored afterwards
+    original = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: original(self, backend="eager"))
+    messages: list[str] = []
+
+    class Catch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    handler = Catch()
+    logger = logging.getLogger("torch._dynamo")
+    logger.addHandler(handler)
+    torch._dynamo.reset()
+    try:
+        teacher = prepare_teacher(_trained_like("resnet50", True, width=0.0625), compile=True)
+        for batch in (4, 6):
+            x = torch.randn(batch, 3, 32, 32)
+            for grad in (False, True):
+                with torch.set_grad_enabled(grad):
+                    h = teacher.stem(x)
+                    for stage in ("layer1", "layer2", "layer3", "layer4"):
+                        h = getattr(teacher, stage)(h)
+    finally:
+        logger.removeHandler(handler)
+        torch._dynamo.reset()
+    hit = [m for m in messages if "recompile_limit" in m or "cache_size_limit" in m]
+    assert not hit, hit

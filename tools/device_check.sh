@@ -19,8 +19,9 @@
 # _SEED (0), _WORK (/tmp: site/, data/, runs/, caches), _PYTHON (python3), _BENCH_STEPS /
 # _BENCH_REPEATS (10/3; smoke 2/1), _BENCH_CAP (seconds per benchmark; min(120, 22 % of the budget)), _ONLY (notebook prefixes for the pipeline's --only, e.g. "00 02"),
 # _RESERVE (seconds kept for the summary; min(40, budget/6)), _BENCH2_SET (KEY=VALUE ... for a second
-# benchmark into bench_gpu2.json, e.g. compile_mode=reduce-overhead),
-# _FORCE_WHEELS=1 (install the carried wheels even where papermill already imports).
+# benchmark into bench_gpu2.json; default cuda_graphs=true on cuda, empty: none),
+# _FORCE_WHEELS=1 (install the carried wheels even where papermill already imports), _SKIP (step names
+# not to run, e.g. "bench"), _TESTS (a pytest -k expression for the CUDA tests, e.g. "graph or cohort").
 set -u
 
 usage="usage: $0 OUT [BUDGET_SECONDS]"
@@ -102,8 +103,15 @@ run_step() {
   [ "$cap" -gt "$want" ] && cap=$want
   # timeout's grace between TERM and KILL, inside the cap: a tenth of it, 2 to 10 s.
   grace=$((cap / 10 < 2 ? 2 : cap / 10 > 10 ? 10 : cap / 10))
+  if [[ " ${KDNB_DEVICE_CHECK_SKIP:-} " == *" $name "* ]]; then
+    note "step $name skipped (KDNB_DEVICE_CHECK_SKIP)"
+    last_rc=skip
+    step_args+=(--step "$name=skip:0")
+    return 0
+  fi
   if [ "$aborted" = 1 ] || [ "$cap" -lt 10 ]; then
     note "step $name skipped (cap ${cap}s)"
+    last_rc=skip
     step_args+=(--step "$name=skip:0")
     return 0
   fi
@@ -123,6 +131,7 @@ run_step() {
     rc=$?
   fi
   reap
+  last_rc=$rc
   step_args+=(--step "$name=$rc:$(($(date +%s) - t0))")
   note "step $name ended: rc $rc after $(($(date +%s) - t0))s"
 }
@@ -231,21 +240,24 @@ fi
 # -v puts each result on its own line, so a run cut off by the cap still says what passed.
 run_step tests $((budget / 6 < 90 ? budget / 6 : 90)) "$out/tests.log" \
   "$py" -m pytest -v -m cuda -p no:nbval -p no:cacheprovider --continue-on-collection-errors -rfEs \
-  --durations=5 tests
+  --durations=5 ${KDNB_DEVICE_CHECK_TESTS:+-k "$KDNB_DEVICE_CHECK_TESTS"} tests
 
 bench_cap=${KDNB_DEVICE_CHECK_BENCH_CAP:-$((budget * 22 / 100 < 120 ? budget * 22 / 100 : 120))}
 run_step bench "$bench_cap" "" \
   "$py" -m kdnb bench --profile "$profile" --device "$device" --steps "$bench_steps" --repeats "$bench_repeats" \
   --json "$out/bench_gpu.json"
 
-# Optionally a second benchmark with other engine settings, e.g. KDNB_DEVICE_CHECK_BENCH2_SET=
-# "compile_mode=reduce-overhead" (CUDA graphs): same variants, its own JSON.
-if [ -n "${KDNB_DEVICE_CHECK_BENCH2_SET:-}" ]; then
+# A second benchmark with other engine settings (KEY=VALUE ...): same variants, its own JSON.
+# Default: CUDA graphs (cuda_graphs=true) on a GPU; KDNB_DEVICE_CHECK_BENCH2_SET="" switches it off.
+if [ "$device" = cuda ]; then bench2_default="cuda_graphs=true"; else bench2_default=""; fi
+KDNB_DEVICE_CHECK_BENCH2_SET=${KDNB_DEVICE_CHECK_BENCH2_SET-$bench2_default}
+if [ -n "$KDNB_DEVICE_CHECK_BENCH2_SET" ]; then
   bench2_set=()
   for kv in $KDNB_DEVICE_CHECK_BENCH2_SET; do bench2_set+=(--set "$kv"); done
   run_step bench2 "$bench_cap" "" \
     "$py" -m kdnb bench --profile "$profile" --device "$device" --steps "$bench_steps" --repeats "$bench_repeats" \
     "${bench2_set[@]}" --json "$out/bench_gpu2.json"
+  bench2_rc=$last_rc
 fi
 
 mon_pid=
@@ -255,11 +267,18 @@ if command -v nvidia-smi >/dev/null; then
     >"$out/gpu_monitor.csv" 2>/dev/null &
   mon_pid=$!
 fi
+# The series trains with CUDA graphs when the graphed benchmark ran through (then they work here).
+pipeline_set=()
+if [ -n "$KDNB_DEVICE_CHECK_BENCH2_SET" ] && [ "${bench2_rc:-}" = 0 ] && [[ " $KDNB_DEVICE_CHECK_BENCH2_SET " == *" cuda_graphs=true "* ]]; then
+  pipeline_set=(--set cuda_graphs=true)
+  note "the graphed benchmark passed: the series trains with cuda_graphs=true"
+fi
 only=()
 # shellcheck disable=SC2206  # prefixes are single words
 [ -n "${KDNB_DEVICE_CHECK_ONLY:-}" ] && only=(--only $KDNB_DEVICE_CHECK_ONLY)
 run_step pipeline "$budget" "$out/pipeline.log" \
-  "$py" -m kdnb pipeline --profile "$profile" --seeds "$seed" --runs-dir "$runs" --figures-dir "$figs" "${only[@]}"
+  "$py" -m kdnb pipeline --profile "$profile" --seeds "$seed" --runs-dir "$runs" --figures-dir "$figs" \
+  "${pipeline_set[@]}" "${only[@]}"
 [ -n "$mon_pid" ] && kill "$mon_pid" 2>/dev/null && wait "$mon_pid" 2>/dev/null
 
 # ---------------------------------------------------------------- always: summary and results
