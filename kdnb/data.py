@@ -191,7 +191,8 @@ def _load_image_folder(path: Path) -> Dataset:
         raise DataError(_options_hint(str(path)) + " (found train/ and test/ but no .png/.jpg images in class folders)")
     if train_classes != test_classes:
         raise DataError(f"{path}: train/ and test/ have different class folders: {train_classes} vs {test_classes}")
-    stats = [len(train_files), len(test_files), max(os.stat(f).st_mtime_ns for f, _ in train_files[:: max(1, len(train_files) // 50)])]
+    sample = train_files[:: max(1, len(train_files) // 50)]
+    stats = [len(train_files), len(test_files), max(os.stat(f).st_mtime_ns for f, _ in sample)]
     key = hashlib.sha1(f"{path.resolve()}|{stats}".encode()).hexdigest()[:16]
     cache = cache_dir() / f"imagefolder-{key}.pt"
     source = f"image folder {path} ({len(train_files)} train / {len(test_files)} test)"
@@ -200,7 +201,8 @@ def _load_image_folder(path: Path) -> Dataset:
             d = torch.load(cache, weights_only=True)
             return Dataset(d["train_x"], d["train_y"], d["test_x"], d["test_y"], tuple(train_classes), source)
         except Exception as exc:  # a damaged cache entry (disk full, a foreign file): decode again
-            warnings.warn(f"kdnb: ignoring the damaged decode cache {cache} ({type(exc).__name__}); decoding again")
+            warnings.warn(f"kdnb: ignoring the damaged decode cache {cache} ({type(exc).__name__}); decoding again",
+                          stacklevel=2)
     train_x, train_y = _decode_files(train_files)
     test_x, test_y = _decode_files(test_files)
     try:

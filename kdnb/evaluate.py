@@ -6,7 +6,8 @@ Models here take normalised float input; images are kept as uint8 (B,3,H,W) and 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from typing import TypeVar
 
 import pandas as pd
 import torch
@@ -15,6 +16,8 @@ from torch import nn
 from kdnb.corruptions import CIFAR10C_NAMES, CORRUPTIONS, SEVERITIES, corrupt, load_cifar10c
 
 Normalize = Callable[[torch.Tensor], torch.Tensor]
+
+K = TypeVar("K", bound=Hashable)
 
 
 def _batches(n: int, batch_size: int) -> Iterable[slice]:
@@ -133,8 +136,8 @@ def _stage_features(model: nn.Module, x: torch.Tensor, stage: str) -> torch.Tens
     return feats[stage]
 
 
-def attention_distance(
-    student: nn.Module,
+def attention_distances(
+    students: Mapping[K, nn.Module],
     teacher: nn.Module,
     images: torch.Tensor,
     normalize: Normalize,
@@ -142,24 +145,38 @@ def attention_distance(
     p: float = 2,
     batch_size: int = 256,
     device: torch.device | str = "cpu",
-) -> float:
-    """Mean over images of ‖a_s − a_t‖₂ between normalised attention maps at ``stage``.
+    progress: bool = False,
+) -> dict[K, float]:
+    """Per student, the mean over images of ‖a_s − a_t‖₂ between normalised attention maps at
+    ``stage`` (the teacher's features computed once per batch for all students).
 
     If the teacher's map is larger, its unnormalised map (channel mean of |f|^p) is adaptively
     average-pooled to the student's size before the L2 normalisation.
     """
+    from tqdm.auto import tqdm
+
     from kdnb.losses import attention_map  # lazy: keeps this module importable on its own
 
-    total, n = 0.0, 0
-    with _EvalMode(student, teacher), torch.inference_mode():
-        for sl in _batches(len(images), batch_size):
+    totals = {k: 0.0 for k in students}
+    n = 0
+    with _EvalMode(teacher, *students.values()), torch.inference_mode():
+        for sl in tqdm(list(_batches(len(images), batch_size)), desc="attention distance", disable=not progress):
             x = normalize(images[sl].to(device))
-            fs, ft = _stage_features(student, x, stage), _stage_features(teacher, x, stage)
-            a_s = attention_map(fs, p)
-            a_t = attention_map(ft, p, size=tuple(fs.shape[-2:]))
-            total += (a_s.float() - a_t.float()).norm(dim=1).sum().item()
+            ft = _stage_features(teacher, x, stage)
+            for key, student in students.items():
+                fs = _stage_features(student, x, stage)
+                a_s = attention_map(fs, p)
+                a_t = attention_map(ft, p, size=tuple(fs.shape[-2:]))
+                totals[key] += (a_s.float() - a_t.float()).norm(dim=1).sum().item()
             n += len(x)
-    return total / max(n, 1)
+    return {k: v / max(n, 1) for k, v in totals.items()}
+
+
+def attention_distance(student: nn.Module, teacher: nn.Module, images: torch.Tensor, normalize: Normalize,
+                       stage: str = "layer3", p: float = 2, batch_size: int = 256,
+                       device: torch.device | str = "cpu") -> float:
+    """:func:`attention_distances` of one student."""
+    return attention_distances({0: student}, teacher, images, normalize, stage, p, batch_size, device)[0]
 
 
 def plot_robustness_heatmap(ax, df: pd.DataFrame, config_col: str = "config", fmt: str = ".1f", scale: float = 100.0):

@@ -70,7 +70,9 @@ def _trains(step: Step, cohort_seeds: set) -> bool:
 
 def graph(steps: Sequence[Step]) -> list[Job]:
     """The jobs of ``steps`` (in plan order, which is a valid order to run them one at a time)."""
-    find = lambda name: [i for i, s in enumerate(steps) if s.notebook == name]  # noqa: E731
+    def find(name: str) -> list[int]:
+        return [i for i, s in enumerate(steps) if s.notebook == name]
+
     data, teacher = find("00_setup_and_data"), find("01_train_teacher")
     upstream = teacher or data  # what a training step reads first
     cohort_seeds = {s.parameters["seed"] for s in steps if s.configs}

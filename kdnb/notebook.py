@@ -20,10 +20,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import PROFILES, PRESETS, RunConfig, make_config, parse_value
-from .results import MissingInput, require_run  # noqa: F401  (re-exported for the notebooks)
+from .results import MissingInput as MissingInput  # re-exported for the notebooks
+from .results import require_run as require_run
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 DEFAULT_DATA_DIR = "../data"
 CIFAR10_TRAIN = 50000
@@ -278,7 +282,9 @@ def objective_example(config: str) -> "pd.DataFrame":
                     student_channels={"layer3": 16}, teacher_channels={"layer3": 32})
     with torch.no_grad():
         total, terms = obj(s_logits, {"layer3": s_feat}, labels, t_logits, {"layer3": t_feat}, {"layer3": mask})
-    sig = lambda v: float(f"{v:.5g}")  # noqa: E731  (5 significant digits: stable across CPUs)
+    def sig(v: float) -> float:  # 5 significant digits: stable across CPUs
+        return float(f"{v:.5g}")
+
     rows = [{"term": t.upper(), "weight": w[f"w_{t}"], "value": sig(terms[t].item()),
              "weighted": sig(w[f"w_{t}"] * terms[t].item())} for t in TERMS if t in terms and w[f"w_{t}"] > 0]
     rows.append({"term": "total", "weight": None, "value": None, "weighted": sig(total.item())})

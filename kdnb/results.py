@@ -377,7 +377,9 @@ def provenance(runs_dir: str | os.PathLike, profile: str, seeds: Sequence[int],
     dirs = [run_path(runs_dir, profile, run_folder(c, t), s) for t in teacher_seeds for c in configs for s in seeds]
     cfgs = [read_json(d / CONFIG_FILE) for d in dirs]
     first = cfgs[0]
-    uniq = lambda key: ", ".join(sorted({str(c.get(key)) for c in cfgs}))  # noqa: E731
+    def uniq(key: str) -> str:
+        return ", ".join(sorted({str(c.get(key)) for c in cfgs}))
+
     out = {
         "profile": profile,
         "seeds": ", ".join(str(s) for s in seeds),
@@ -420,7 +422,9 @@ def markdown_table(df: pd.DataFrame, index: bool = True) -> str:
     """A GitHub-flavoured markdown table (no extra dependency)."""
     d = df.reset_index() if index and (df.index.name or any(df.index.names)) else df
     cols = [str(c) for c in d.columns]
-    esc = lambda v: str(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    def esc(v) -> str:
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
     lines = ["| " + " | ".join(map(esc, cols)) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for row in d.itertuples(index=False):
         lines.append("| " + " | ".join(esc(v) for v in row) + " |")
@@ -604,7 +608,7 @@ def attention_distances(runs_dir: str | os.PathLike, profile: str, seeds: Sequen
     keys = [(TEACHER, teacher_seed)] + [(c, s) for c in configs for s in seeds]
     key = {"runs": _run_fingerprint(runs_dir, profile, keys) if all(
                is_finished(run_path(runs_dir, profile, c, s)) for c, s in keys) else None,
-           "stage": stage, "n_images": n_images, "data": data.source, "code": _code_fingerprint("results", "losses")}
+           "stage": stage, "n_images": n_images, "data": data.source, "code": _code_fingerprint("results", "evaluate", "losses")}
     if key["runs"] is None:
         cache_dir = None  # let the computation raise MissingInput
     return cached(cache_dir, "attention_distance", key, lambda: _attention_distances(
@@ -614,27 +618,16 @@ def attention_distances(runs_dir: str | os.PathLike, profile: str, seeds: Sequen
 
 def _attention_distances(runs_dir, profile, seeds, data, *, stage, n_images, configs, teacher_seed, batch_size,
                          device, progress) -> pd.DataFrame:
-    import torch
-    from tqdm.auto import tqdm
-
     from .data import normalize
-    from .losses import attention_map
+    from .evaluate import attention_distances
 
     dev = _device(device)
     x_all, _ = _subset(data, n_images)
     teacher = load_teacher_of(runs_dir, profile, teacher_seed, dev)
     students = load_students(runs_dir, profile, seeds, configs, dev)
-    totals = {k: 0.0 for k in students}
-    with torch.inference_mode():
-        for i in tqdm(range(0, len(x_all), batch_size), desc="attention distance", disable=not progress):
-            x = normalize(x_all[i: i + batch_size].to(dev))
-            ft = teacher(x, return_features=True)[1][stage]
-            for key, model in students.items():
-                fs = model(x, return_features=True)[1][stage]
-                a_s = attention_map(fs, 2)
-                a_t = attention_map(ft, 2, size=tuple(fs.shape[-2:]))
-                totals[key] += (a_s - a_t).norm(dim=1).sum().item()
-    rows = [{"config": c, "label": LABELS[c], "seed": s, "attention_distance": totals[(c, s)] / len(x_all),
+    dist = attention_distances(students, teacher, x_all, normalize, stage=stage, batch_size=batch_size, device=dev,
+                               progress=progress)
+    rows = [{"config": c, "label": LABELS[c], "seed": s, "attention_distance": dist[(c, s)],
              "images": len(x_all), "stage": stage} for (c, s) in students]
     return pd.DataFrame(rows)
 

@@ -22,7 +22,9 @@ _SKIP = ("epoch",)
 def available() -> bool:
     """Whether ``torch.utils.tensorboard`` can write (it needs the ``tensorboard`` package)."""
     try:
-        import torch.utils.tensorboard  # noqa: F401
+        import importlib
+
+        importlib.import_module("torch.utils.tensorboard")
     except ImportError:
         return False
     return os.environ.get("KDNB_TENSORBOARD", "1") != "0"

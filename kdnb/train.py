@@ -600,9 +600,9 @@ def _train_locked(cfgs: list[RunConfig], todo: list[int], results: dict[int, Run
     if data is None:
         data = load_dataset(first.data_dir, synthetic_train=first.synthetic_train, synthetic_test=first.synthetic_test)
     train_idx, val_idx = stratified_split(data.train_y, first.val_size, first.train_size, first.split_seed)
-    on_dev = lambda t: t.to(device)  # noqa: E731  (the whole dataset lives on the device)
-    train_x, train_y = on_dev(data.train_x[train_idx]), on_dev(data.train_y[train_idx])
-    val_x, val_y = on_dev(data.train_x[val_idx]), on_dev(data.train_y[val_idx])
+    # the whole dataset lives on the device
+    train_x, train_y = data.train_x[train_idx].to(device), data.train_y[train_idx].to(device)
+    val_x, val_y = data.train_x[val_idx].to(device), data.train_y[val_idx].to(device)
 
     steps_per_epoch = max(1, len(train_y) // first.batch_size)
     if device.type == "cuda":

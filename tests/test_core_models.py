@@ -27,8 +27,8 @@ def test_cbam_one_gate_per_block_before_the_addition():
         gate = [m for m in block.modules() if isinstance(m, CBAM)]
         assert len(gate) == 1
         seen = {}
-        h1 = gate[0].register_forward_hook(lambda m, i, o: seen.__setitem__("gate", o.clone()))  # the block adds in place
-        h2 = block.register_forward_hook(lambda m, i, o: seen.update(inp=i[0], out=o))
+        h1 = gate[0].register_forward_hook(lambda m, i, o, seen=seen: seen.__setitem__("gate", o.clone()))  # added in place
+        h2 = block.register_forward_hook(lambda m, i, o, seen=seen: seen.update(inp=i[0], out=o))
         with torch.no_grad():
             model(torch.randn(2, 3, 32, 32))
         h1.remove(), h2.remove()

@@ -76,18 +76,6 @@ def test_errors_list_allowed_values(images):
         corrupt(images[0], "contrast", 1)
 
 
-def test_cifar10c_constants():
-    assert C.GAUSSIAN_NOISE_STD == (0.04, 0.06, 0.08, 0.09, 0.10)
-    assert C.SHOT_NOISE_RATE == (500, 250, 100, 75, 50)
-    assert C.IMPULSE_NOISE_AMOUNT == (0.01, 0.02, 0.03, 0.05, 0.07)
-    assert C.GAUSSIAN_BLUR_SIGMA == (0.4, 0.6, 0.7, 0.8, 1.0)
-    assert C.DEFOCUS_BLUR == ((0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1.0, 0.2), (1.5, 0.1))
-    assert C.CONTRAST_FACTOR == (0.75, 0.5, 0.4, 0.3, 0.15)
-    assert C.BRIGHTNESS_SHIFT == (0.05, 0.1, 0.15, 0.2, 0.3)
-    assert C.JPEG_QUALITY == (80, 65, 58, 50, 40)
-    assert C.PIXELATE_FACTOR == (0.95, 0.9, 0.85, 0.75, 0.65)
-
-
 # ----------------------------------------------------------------------------- fidelity
 
 

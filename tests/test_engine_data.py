@@ -53,8 +53,9 @@ def test_augmentation_keeps_shape_and_labels_and_flips_about_half():
     padded = torch.nn.functional.pad(x[:200], (4, 4, 4, 4))
     for i in range(20):
         found = any(
-            torch.equal(crop[i], padded[i, :, r:r + 32, c:c + 32]) or torch.equal(crop[i], padded[i, :, r:r + 32, c:c + 32].flip(2))
+            torch.equal(crop[i], window) or torch.equal(crop[i], window.flip(2))
             for r in range(9) for c in range(9)
+            for window in [padded[i, :, r:r + 32, c:c + 32]]
         )
         assert found
     assert torch.equal(augment(x[:8], torch.Generator().manual_seed(5)), augment(x[:8], torch.Generator().manual_seed(5)))
@@ -64,7 +65,8 @@ def test_normalize_and_batches():
     x = torch.full((2, 3, 4, 4), 255, dtype=torch.uint8)
     out = normalize(x)
     assert out.dtype == torch.float32
-    np.testing.assert_allclose(out[0, :, 0, 0].numpy(), [(1 - 0.4914) / 0.2470, (1 - 0.4822) / 0.2435, (1 - 0.4465) / 0.2616], rtol=1e-5)
+    want = [(1 - 0.4914) / 0.2470, (1 - 0.4822) / 0.2435, (1 - 0.4465) / 0.2616]
+    np.testing.assert_allclose(out[0, :, 0, 0].numpy(), want, rtol=1e-5)
     b = epoch_batches(130, 64, torch.Generator().manual_seed(0))
     assert [len(i) for i in b] == [64, 64] and len(set(torch.cat(b).tolist())) == 128
 

@@ -4,7 +4,7 @@ import pandas as pd
 import torch
 
 from kdnb.data import make_synthetic, normalize
-from kdnb.evaluate import accuracy, agreement, attention_distance, predict
+from kdnb.evaluate import accuracy, agreement, attention_distance, attention_distances, predict
 from kdnb.models import build_model
 
 
@@ -28,6 +28,17 @@ def test_attention_distance_direct():
     t = build_model("resnet50", cbam=True, width=0.125).eval()
     x = make_synthetic(10, 12).test_x
     assert attention_distance(t, t, x, normalize, batch_size=5) < 1e-6
+    # against a direct computation: pooled teacher map, both L2-normalised, one norm per image
+    with torch.no_grad():
+        xs = normalize(x)
+        fs, ft = s(xs, return_features=True)[1]["layer3"], t(xs, return_features=True)[1]["layer3"]
+        a_s = fs.pow(2).mean(1).flatten(1)
+        a_t = torch.nn.functional.adaptive_avg_pool2d(ft.pow(2).mean(1, keepdim=True), fs.shape[-2:]).flatten(1)
+        want = (a_s / a_s.norm(dim=1, keepdim=True) - a_t / a_t.norm(dim=1, keepdim=True)).norm(dim=1).mean()
+    got = attention_distances({"a": s, "b": t}, t, x, normalize, batch_size=4)
+    assert abs(got["a"] - want.item()) < 1e-5 and got["a"] > 0.01
+    assert got["b"] < 1e-6
+    assert abs(attention_distance(s, t, x, normalize, batch_size=3) - got["a"]) < 1e-5
     with torch.no_grad():
         _, fs = s(normalize(x), return_features=True)
         _, ft = t(normalize(x), return_features=True)

@@ -47,8 +47,6 @@ def test_cpu_pipeline_passes_figures_under_the_runs_dir(tmp_path, monkeypatch, c
 def test_pipeline_set_reaches_every_training_run(tmp_path, monkeypatch):
     """``kdnb pipeline --set k=v`` gives each notebook that trains (01–06, and the cohort) the
     override; a key no run has stops the command before any notebook starts."""
-    import pytest
-
     from kdnb.cli import main
     from kdnb.pipeline import cohort_configs
 

@@ -77,3 +77,23 @@ def test_channels_and_torch():
     for needed in ("torch", "torchvision", "jupyterlab", "ipykernel", "ipywidgets", "matplotlib", "seaborn", "pandas",
                    "tqdm", "papermill", "nbval", "pytest"):
         assert needed in specs, f"{needed} missing"
+
+
+def test_pyproject_declares_what_requirements_install():
+    """pip install -e '.[notebooks,test,cluster]' and pip install -r requirements.txt install the
+    same packages with the same bounds; the runtime dependencies are the ones kdnb itself imports."""
+    import pytest
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = _pip_specs(project["dependencies"])
+    for extra in project["optional-dependencies"].values():
+        declared.update(_pip_specs(extra))
+    req = _requirements()
+    assert sorted(declared) == sorted(req), (
+        f"only in pyproject.toml: {sorted(set(declared) - set(req))}; "
+        f"only in requirements.txt: {sorted(set(req) - set(declared))}")
+    assert {n: declared[n] for n in declared} == req, "version bounds differ between pyproject.toml and requirements.txt"
+    runtime = set(_pip_specs(project["dependencies"]))
+    assert {"torch", "torchvision", "numpy", "pandas"} <= runtime
+    assert not runtime & {"pytest", "nbval", "ruff", "ray"}, "test and cluster packages belong in extras"

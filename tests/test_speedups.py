@@ -46,14 +46,18 @@ def test_fold_refuses_a_training_model():
         fold_batchnorm(build_model("resnet18", width=0.125).train())
 
 
-def test_folding_changes_something_a_wrong_fold_would_break():
-    # A fold that dropped the BN (Identity without adjusting the conv) must not pass the check above.
+def test_the_fold_check_catches_a_fold_that_forgets_the_shift():
+    """The tolerance of the comparison above is tight enough to see a wrong fold: kdnb's fold with
+    the stem's folded bias (the BN's shift, beta - gamma * mean / std) removed again differs."""
     model = _trained_like("resnet18", False)
-    broken = copy.deepcopy(model)
-    broken.stem[1] = torch.nn.Identity()
+    folded = fold_batchnorm(copy.deepcopy(model))
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
-        assert not torch.allclose(broken(x), model(x), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-4)
+        conv = folded.stem[0]
+        assert conv.bias is not None and conv.bias.abs().max() > 0
+        conv.bias.zero_()
+        assert not torch.allclose(folded(x), model(x), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16"])

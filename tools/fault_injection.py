@@ -157,7 +157,7 @@ def compare(reference: Path, interrupted: Path) -> list[str]:
     for ckpt in sorted(got.rglob("*.pt")):
         try:
             torch.load(ckpt, map_location="cpu", weights_only=False)
-        except Exception as exc:  # noqa: BLE001 (any failure to load is the finding)
+        except Exception as exc:  # any failure to load is the finding
             problems.append(f"damaged checkpoint: {ckpt} ({type(exc).__name__})")
     for table in ("results.csv", "ablation_table.md", "results_table.md"):
         a, b = ref / "figures" / table, got / "figures" / table
@@ -175,7 +175,7 @@ def compare(reference: Path, interrupted: Path) -> list[str]:
         try:
             if checked_outputs(a) != checked_outputs(b):
                 problems.append(f"checked outputs differ: notebooks/{a.name}")
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             problems.append(f"damaged notebook: {b} ({type(exc).__name__}: {exc})")
     leftovers = [p for p in got.rglob("*.tmp")]
     problems += [f"temporary file left behind: {p}" for p in leftovers]

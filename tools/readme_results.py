@@ -36,7 +36,7 @@ def render(readme: str) -> str:
             continue
         body = _quoted(path) if path.is_file() else f"(`{path.relative_to(ROOT)}` has not been written yet)"
         readme = re.sub(re.escape(start) + r".*?" + re.escape(end),
-                        lambda _: f"{start}\n{body}\n{end}", readme, flags=re.S)
+                        lambda _, start=start, body=body, end=end: f"{start}\n{body}\n{end}", readme, flags=re.S)
     return readme
 
 
