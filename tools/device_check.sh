@@ -21,7 +21,8 @@
 # _RESERVE (seconds kept for the summary; min(40, budget/6)), _BENCH2_SET (KEY=VALUE ... for a second
 # benchmark into bench_gpu2.json; default cuda_graphs=true on cuda, empty: none),
 # _FORCE_WHEELS=1 (install the carried wheels even where papermill already imports), _SKIP (step names
-# not to run, e.g. "bench"), _TESTS (a pytest -k expression for the CUDA tests, e.g. "graph or cohort").
+# not to run, e.g. "bench"), _TESTS (a pytest -k expression for the CUDA tests, e.g. "graph or cohort"), _TESTS_CAP (seconds for
+# them; min(90, budget/6)).
 set -u
 
 usage="usage: $0 OUT [BUDGET_SECONDS]"
@@ -238,7 +239,7 @@ fi
 # Tests marked cuda (none collected: rc 5). nbval is not installed there and not needed;
 # --continue-on-collection-errors keeps one unimportable module (cv2 missing) from hiding the rest;
 # -v puts each result on its own line, so a run cut off by the cap still says what passed.
-run_step tests $((budget / 6 < 90 ? budget / 6 : 90)) "$out/tests.log" \
+run_step tests "${KDNB_DEVICE_CHECK_TESTS_CAP:-$((budget / 6 < 90 ? budget / 6 : 90))}" "$out/tests.log" \
   "$py" -m pytest -v -m cuda -p no:nbval -p no:cacheprovider --continue-on-collection-errors -rfEs \
   --durations=5 ${KDNB_DEVICE_CHECK_TESTS:+-k "$KDNB_DEVICE_CHECK_TESTS"} tests
 
