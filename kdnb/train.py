@@ -627,19 +627,18 @@ def _train_locked(cfgs: list[RunConfig], todo: list[int], results: dict[int, Run
                                RunLog(run_dir, first_epoch=state["epoch"] + 1)))
 
     t_start = time.perf_counter()
-    step, stepping = None, None
+    step = None
     while True:
         running = [m for m in members if not m.done and (max_epochs is None or m.epochs_this_call < max_epochs)]
         if not running:
             break
         behind = min(m.state["epoch"] for m in running)  # members behind catch up before the others move
         group = [m for m in running if m.state["epoch"] == behind]
-        if stepping != [id(m) for m in group]:  # a new group (a member left or caught up): a new step
-            # and a new graph (the old one would also update the members that left); the old one
-            # goes first, so its graph's memory is free for the new capture
+        if step is None or step.steppers != [m.stepper for m in group]:  # a new group (a member left or caught up):
+            # a new step and graph (the old one would also update the members that left); the old
+            # one goes first, so its graph's memory is free for the new capture
             step = None
             step = CohortStep([m.stepper for m in group], prepared, train_x, train_y, device, first.cuda_graphs)
-            stepping = [id(m) for m in group]
             if first.cuda_graphs and device.type == "cuda" and not step.graphs and progress:
                 print(f"kdnb: {', '.join(m.cfg.run_name for m in group)}: masks drawn on the host, "
                       "so these steps run without CUDA graphs")
