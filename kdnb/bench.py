@@ -7,7 +7,7 @@ Everything runs in one process on one device, after warm-up:
   ``Normalize``) through a ``DataLoader`` with 2 persistent workers, fp32, the baseline
   configuration's student (same width as the profile) and SGD;
 - ``baseline``, ``kd``, ``kd_fa``, ``kd_at``, ``kd_fa_at`` — kdnb's own step
-  (:func:`kdnb.train.build_stepper`) on uint8 batches gathered from a dataset resident on the
+  (:func:`kdnb.engine.step.build_stepper`) on uint8 batches gathered from a dataset resident on the
   device: batch augmentation, forward(s), masks, losses, backward, SGD;
 - the pieces: ``teacher_forward`` (no graph; what KD needs) and ``gradcam_mask`` (the teacher
   forward with Grad-CAM at ``cam_stage`` plus the causal mask at every distillation stage).
@@ -25,6 +25,7 @@ only at timing boundaries.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import statistics
@@ -37,15 +38,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import STUDENT_CONFIGS, TEACHER, RunConfig, make_config
-from .data import MEAN, STD, augment, epoch_batches, load_dataset, make_synthetic, normalize, plan_epoch
-from .efficiency import device_name
-from .masks import causal_mask, teacher_forward
-from .models import build_model, count_parameters
-from .speedups import cpu_bf16_pays
-from .train import (
-    CohortStep, _autocast, amp_active, build_stepper, build_student, prepare_teacher_for, resolve_device,
-)
+from .engine.config import STUDENT_CONFIGS, TEACHER, RunConfig, make_config
+from .engine.data import MEAN, STD, augment, epoch_batches, load_dataset, make_synthetic, normalize, plan_epoch
+from .engine.speedups import amp_active, autocast, cpu_bf16_pays, device_name
+from .engine.step import CohortStep, build_stepper, build_student, prepare_teacher_for
+from .engine.train import resolve_device
+from .method.masks import causal_mask, teacher_forward
+from .method.models import count_parameters
 
 REFERENCE = "reference"
 PIECES: tuple[str, ...] = ("teacher_forward", "gradcam_mask")
@@ -136,7 +135,7 @@ def _images(data_dir: str | None, n: int) -> tuple[torch.Tensor, torch.Tensor, s
 def _loop_step(steppers: list, teacher, train_x: torch.Tensor, train_y: torch.Tensor, seed: int,
                device: torch.device, graphs: bool) -> Callable[[], None]:
     """One training step of ``steppers`` exactly as the training loop takes it (a
-    :class:`~kdnb.train.CohortStep`, CUDA graphs included when ``graphs``), epoch plan after epoch plan."""
+    :class:`~kdnb.engine.step.CohortStep`, CUDA graphs included when ``graphs``), epoch plan after epoch plan."""
     step = CohortStep(steppers, teacher, train_x, train_y, device, graphs)
     g = torch.Generator().manual_seed(seed)
     left = [0]
@@ -175,58 +174,85 @@ def run_bench(profile: str = "cpu", steps: int = 20, device: str = "auto", json_
 
     dev = resolve_device(device)
     overrides = {**(overrides or {}), "device": device}
-    cfgs = {c: make_config(c, profile, seed, overrides) for c in STUDENT_CONFIGS}
-    tcfg = make_config(TEACHER, profile, seed, overrides)
+    cfgs = {c: make_config(c, profile, seed, overrides) for c in (TEACHER, *STUDENT_CONFIGS)}
     base = cfgs["baseline"]
-    bs = base.batch_size
     if base.threads:  # as train() does
         torch.set_num_threads(base.threads)
     x_cpu, y_cpu, source = _images(data_dir, n_images)
-    if len(y_cpu) < bs:
-        raise ValueError(f"{len(y_cpu)} images are fewer than one batch of {bs}")
+    if len(y_cpu) < base.batch_size:
+        raise ValueError(f"{len(y_cpu)} images are fewer than one batch of {base.batch_size}")
 
     # The reference's workers are forked first, before the models and the device dataset exist.
     ref_steps = warmup + repeats * (settle + steps) + 2
-    loader = reference_loader(x_cpu, y_cpu, bs, ref_steps, seed) if REFERENCE in names else None
-    ref_iter = iter(loader) if loader is not None else None
+    loader = reference_loader(x_cpu, y_cpu, base.batch_size, ref_steps, seed) if REFERENCE in names else None
+    batches = iter(loader) if loader is not None else None  # (this forks the workers)
+    teacher, fns = _variant_steps(names, cfgs, x_cpu, y_cpu, batches, seed, dev)
+    order = [v for v in VARIANTS if v in fns]
+    meta = _meta(profile, dev, cfgs, teacher, source, len(y_cpu), overrides,
+                 {"steps": steps, "repeats": repeats, "warmup": warmup, "settle": settle})
+    _announce(meta, cfgs, len(order), out)
+    rounds = _time_rounds(fns, order, dev, warmup, repeats, settle, steps, out)
+    report = _report(meta, rounds, base.batch_size, gpu=dev.type == "cuda")
+    _print_report(report, out)
+    if dev.type == "cpu" and os.cpu_count():
+        try:
+            load = os.getloadavg()[0]
+            out(f"(load average at the end: {load:.2f} on {os.cpu_count()} CPUs; other processes skew CPU numbers)")
+            meta["loadavg_end"] = load
+        except OSError:
+            pass
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(report, indent=2))
+        out(f"wrote {json_path}")
+    return report
 
+
+def _variant_steps(names: tuple[str, ...], cfgs: dict[str, RunConfig], x_cpu: torch.Tensor, y_cpu: torch.Tensor,
+                   reference_batches, seed: int, dev: torch.device) -> tuple[torch.nn.Module, dict[str, Callable[[], None]]]:
+    """The (random-init) teacher, and one no-argument step function per variant in ``names``."""
+    base, tcfg = cfgs["baseline"], cfgs[TEACHER]
     torch.manual_seed(tcfg.seed)
-    teacher = build_model(tcfg.arch, cbam=tcfg.cbam, stem=tcfg.stem, width=tcfg.width).to(dev)
+    teacher = build_student(tcfg).to(dev)
     teacher.eval().requires_grad_(False)
     # One prepared (BN-folded, channels_last, compiled if on) teacher for every variant, as each
     # training run has one; separate compiled copies would overflow dynamo's cache.
     prepared = prepare_teacher_for(base, teacher, dev)
     train_x, train_y = x_cpu.to(dev), y_cpu.to(dev)  # the dataset resident on the device
-    steps_per_epoch = len(y_cpu) // bs
+    steps_per_epoch = len(y_cpu) // base.batch_size
+
+    def stepper(c: str):
+        return build_stepper(cfgs[c], prepared if cfgs[c].needs_teacher else None, dev, steps_per_epoch,
+                             teacher_prepared=True)
 
     fns: dict[str, Callable[[], None]] = {}
     if REFERENCE in names:
-        fns[REFERENCE] = ReferenceStep(base, ref_iter, dev)
-    steppers = {}
-    for c in STUDENT_CONFIGS:
-        if c in names:
-            cfg = cfgs[c]
-            steppers[c] = build_stepper(cfg, prepared if cfg.needs_teacher else None, dev, steps_per_epoch,
-                                        teacher_prepared=True)
-            fns[c] = _loop_step([steppers[c]], prepared, train_x, train_y, seed, dev, cfg.cuda_graphs)
+        fns[REFERENCE] = ReferenceStep(base, reference_batches, dev)
+    steppers = {c: stepper(c) for c in STUDENT_CONFIGS if c in names}
+    for c, st in steppers.items():
+        fns[c] = _loop_step([st], prepared, train_x, train_y, seed, dev, cfgs[c].cuda_graphs)
     if COHORT in names:
         # One step of all five students as train_cohort takes it: one augmentation and one teacher
         # pass (Grad-CAM included) per batch, then each student's own update. Without CUDA graphs
         # it reuses the solo variants' students; a captured graph owns its students' gradients,
         # so with graphs the cohort has students of its own.
         own = base.cuda_graphs and dev.type == "cuda"
-        members = [steppers[c] if c in steppers and not own else
-                   build_stepper(cfgs[c], prepared if cfgs[c].needs_teacher else None, dev, steps_per_epoch,
-                                 teacher_prepared=True) for c in STUDENT_CONFIGS]
+        members = [steppers[c] if c in steppers and not own else stepper(c) for c in STUDENT_CONFIGS]
         fns[COHORT] = _loop_step(members, prepared, train_x, train_y, seed, dev, base.cuda_graphs)
+    fns.update(_piece_steps(names, cfgs, prepared, train_x, train_y, seed, dev))
+    return teacher, fns
 
-    # Pieces: a few fixed prepared batches, so only the teacher (and mask) work is timed, with the
-    # teacher exactly as the training steps prepare it (BN folded, channels_last, compiled if on).
-    mcfg = cfgs["kd_fa_at"]
-    piece_teacher = prepared
+
+def _piece_steps(names: tuple[str, ...], cfgs: dict[str, RunConfig], prepared: torch.nn.Module,
+                 train_x: torch.Tensor, train_y: torch.Tensor, seed: int,
+                 dev: torch.device) -> dict[str, Callable[[], None]]:
+    """The pieces: the teacher forward alone, and with Grad-CAM and the masks, on a few fixed prepared
+    batches, with the teacher exactly as the training steps prepare it (BN folded, channels_last,
+    compiled if on)."""
+    base, mcfg = cfgs["baseline"], cfgs["kd_fa_at"]
     g = torch.Generator().manual_seed(seed)
     fixed = []
-    for idx in epoch_batches(len(y_cpu), bs, g)[:4]:
+    for idx in epoch_batches(len(train_y), base.batch_size, g)[:4]:
         xb = normalize(augment(train_x[idx.to(dev)], g)).contiguous(memory_format=torch.channels_last)
         fixed.append((xb, train_y[idx.to(dev)]))
     torch.manual_seed(base.seed)
@@ -234,38 +260,34 @@ def run_bench(profile: str = "cpu", steps: int = 20, device: str = "auto", json_
     with torch.no_grad():
         _, pf = probe(fixed[0][0][:2].float(), return_features=True)
     sizes = {s: tuple(pf[s].shape[-2:]) for s in mcfg.stages}
-    del probe, pf
-    piece_i = [0]
-
-    def next_fixed():
-        piece_i[0] = (piece_i[0] + 1) % len(fixed)
-        return fixed[piece_i[0]]
+    batches = itertools.cycle(fixed[1:] + fixed[:1])  # the order the pieces always took
 
     def teacher_piece() -> None:
-        xb, _ = next_fixed()
-        with _autocast(dev, mcfg.amp):
-            teacher_forward(piece_teacher, xb)
+        xb, _ = next(batches)
+        with autocast(dev, mcfg.amp):
+            teacher_forward(prepared, xb)
 
     def mask_piece() -> None:
-        xb, yb = next_fixed()
-        with _autocast(dev, mcfg.amp):
-            _, _, cam = teacher_forward(piece_teacher, xb, mcfg.cam_stage, yb)
+        xb, yb = next(batches)
+        with autocast(dev, mcfg.amp):
+            _, _, cam = teacher_forward(prepared, xb, mcfg.cam_stage, yb)
             for hw in sizes.values():
                 causal_mask(cam, mcfg.keep, mcfg.cam_type, hw)
 
-    if "teacher_forward" in names:
-        fns["teacher_forward"] = teacher_piece
-    if "gradcam_mask" in names:
-        fns["gradcam_mask"] = mask_piece
-    order = [v for v in VARIANTS if v in fns]
+    pieces = {"teacher_forward": teacher_piece, "gradcam_mask": mask_piece}
+    return {name: fn for name, fn in pieces.items() if name in names}
 
-    meta = {
+
+def _meta(profile: str, dev: torch.device, cfgs: dict[str, RunConfig], teacher: torch.nn.Module, source: str,
+          n_images: int, overrides: dict[str, Any], timing: dict[str, int]) -> dict[str, Any]:
+    """What the numbers were measured on and with: device, threads, models, data, engine switches."""
+    base, tcfg, mcfg = cfgs["baseline"], cfgs[TEACHER], cfgs["kd_fa_at"]
+    return {
         "profile": profile, "device": dev.type, "device_name": device_name(dev),
         "torch_version": torch.__version__, "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(), "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY",
                                                                       "MKL_NUM_THREADS") if k in os.environ},
-        "batch_size": bs, "steps": steps, "repeats": repeats,
-        "warmup": warmup, "settle": settle, "data": source, "n_images": len(y_cpu),
+        "batch_size": base.batch_size, **timing, "data": source, "n_images": n_images,
         "student": {"arch": base.arch, "width": base.width, "cbam": base.cbam, "stem": base.stem,
                     "params": count_parameters(build_student(base))},
         "teacher": {"arch": tcfg.arch, "width": tcfg.width, "cbam": tcfg.cbam, "stem": tcfg.stem,
@@ -278,24 +300,32 @@ def run_bench(profile: str = "cpu", steps: int = 20, device: str = "auto", json_
         "reference_loader": {"num_workers": NUM_WORKERS, "persistent_workers": True,
                              "prefetch_factor": PREFETCH_FACTOR, "pin_memory": False, "fp32": True},
     }
-    out(f"kdnb bench: profile {profile}, device {dev.type} ({meta['device_name']}), torch {torch.__version__}, "
-        f"{meta['torch_threads']} threads, batch {bs}")
+
+
+def _announce(meta: dict[str, Any], cfgs: dict[str, RunConfig], n_variants: int, out: Callable) -> None:
+    base, tcfg = cfgs["baseline"], cfgs[TEACHER]
+    out(f"kdnb bench: profile {meta['profile']}, device {meta['device']} ({meta['device_name']}), torch "
+        f"{torch.__version__}, {meta['torch_threads']} threads, batch {meta['batch_size']}")
     out(f"  student {base.arch} width {base.width}; teacher {tcfg.arch}{'+CBAM' if tcfg.cbam else ''} width "
-        f"{tcfg.width} (random init); data: {source}")
+        f"{tcfg.width} (random init); data: {meta['data']}")
     if meta["cuda_graphs"]:
         out("  CUDA graphs: every kdnb step (and the cohort) is captured after its warm-up and replayed")
-    out(f"  {len(order)} variants, {warmup} warm-up steps each, then {repeats} round(s) of {settle} settle + "
-        f"{steps} timed steps, round-robin")
+    out(f"  {n_variants} variants, {meta['warmup']} warm-up steps each, then {meta['repeats']} round(s) of "
+        f"{meta['settle']} settle + {meta['steps']} timed steps, round-robin")
 
-    # Warm-up (also starts the reference's workers and fills their queue).
+
+def _time_rounds(fns: dict[str, Callable[[], None]], order: list[str], dev: torch.device, warmup: int, repeats: int,
+                 settle: int, steps: int, out: Callable) -> dict[str, list[float]]:
+    """Seconds per step of each variant, one value per round: warm-up first (it also starts the
+    reference's workers and fills their queue), then round-robin rounds so that drifts of a shared
+    machine hit every variant alike."""
     t0 = time.perf_counter()
     for v in order:
         for _ in range(warmup):
             fns[v]()
     _sync(dev)
     out(f"  warm-up {time.perf_counter() - t0:.1f} s")
-
-    rounds: dict[str, list[float]] = {v: [] for v in order}  # seconds per step, one value per round
+    rounds: dict[str, list[float]] = {v: [] for v in order}
     for k in range(repeats):
         for v in order:
             fn = fns[v]
@@ -308,14 +338,18 @@ def run_bench(profile: str = "cpu", steps: int = 20, device: str = "auto", json_
             _sync(dev)
             rounds[v].append((time.perf_counter() - t) / steps)
         out(f"  round {k + 1}/{repeats} (ms/step): " + ", ".join(f"{v} {1e3 * rounds[v][-1]:.0f}" for v in order))
+    return rounds
 
+
+def _report(meta: dict[str, Any], rounds: dict[str, list[float]], bs: int, gpu: bool) -> dict[str, Any]:
+    """Per-variant medians, the paired ratios between variants, and each target with its verdict."""
     med = {v: statistics.median(r) for v, r in rounds.items()}
     ref = med.get(REFERENCE)
     results = {
         v: {"kind": KINDS[v], "images_per_s": bs / med[v], "ms_per_step": 1e3 * med[v],
             "rel_reference": (ref / med[v]) if ref else None,
             "rounds_ms_per_step": [1e3 * s for s in rounds[v]]}
-        for v in order
+        for v in rounds
     }
 
     def paired(num: str, den: str) -> float | None:
@@ -323,7 +357,6 @@ def run_bench(profile: str = "cpu", steps: int = 20, device: str = "auto", json_
             return None
         return statistics.median(a / b for a, b in zip(rounds[num], rounds[den]))
 
-    gpu = dev.type == "cuda"
     speedup = paired(REFERENCE, "baseline")  # reference time / baseline time = throughput ratio
     masked = paired("kd_fa_at", "kd")
     target_speedup = GPU_TARGET_BASELINE if gpu else CPU_TARGET_BASELINE
@@ -353,18 +386,23 @@ def run_bench(profile: str = "cpu", steps: int = 20, device: str = "auto", json_
             "value": cohort, "met": None if cohort is None else cohort <= GPU_TARGET_COHORT}
     cached = {"implemented": False, "mean_iou": None,
               "note": "live Grad-CAM every step (reusing the KD teacher forward); no cached-mask scheme"}
-    report = {"meta": meta, "variants": results, "ratios": ratios, "targets": targets, "cached_masks": cached}
+    return {"meta": meta, "variants": results, "ratios": ratios, "targets": targets, "cached_masks": cached}
 
+
+TARGET_LABELS = {"baseline_over_reference_throughput": "kdnb baseline / reference (throughput)",
+                 "kd_fa_at_over_kd_step_time": "kd_fa_at / kd (step time)",
+                 "cohort_over_kd_step_time": "cohort of all 5 students / kd (step time)"}
+
+
+def _print_report(report: dict[str, Any], out: Callable) -> None:
+    ratios = report["ratios"]
     out("")
     out(format_table(report))
     out("")
-    for key, t in targets.items():
+    for key, t in report["targets"].items():
         if t["value"] is not None:
-            label = {"baseline_over_reference_throughput": "kdnb baseline / reference (throughput)",
-                     "kd_fa_at_over_kd_step_time": "kd_fa_at / kd (step time)",
-                     "cohort_over_kd_step_time": "cohort of all 5 students / kd (step time)"}[key]
             verdict = "met" if t["met"] else "MISSED"
-            out(f"{label}: {t['value']:.2f}x  (target {t['target']}x on {t['applies_to']}: {verdict})")
+            out(f"{TARGET_LABELS[key]}: {t['value']:.2f}x  (target {t['target']}x on {t['applies_to']}: {verdict})")
     if ratios["gradcam_mask_over_teacher_forward_time"] is not None:
         out(f"gradcam_mask / teacher_forward (time): {ratios['gradcam_mask_over_teacher_forward_time']:.2f}x")
     if ratios["cohort_over_kd_step_time"] is not None:
@@ -372,19 +410,6 @@ def run_bench(profile: str = "cpu", steps: int = 20, device: str = "auto", json_
             + (f"; / the 5 solo steps together: {ratios['cohort_over_sum_of_solo_step_time']:.2f}x"
                if ratios["cohort_over_sum_of_solo_step_time"] is not None else ""))
     out("cached masks: not implemented (masks are live Grad-CAM every step), so no mean IoU to report")
-    if os.cpu_count() and dev.type == "cpu":
-        try:
-            load = os.getloadavg()[0]
-            out(f"(load average at the end: {load:.2f} on {os.cpu_count()} CPUs; other processes skew CPU numbers)")
-            meta["loadavg_end"] = load
-        except OSError:
-            pass
-
-    if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(report, indent=2))
-        out(f"wrote {json_path}")
-    return report
 
 
 def format_table(report: dict[str, Any]) -> str:

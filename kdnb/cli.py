@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .config import CONFIGS, PROFILES, ConfigError, make_config
+from .engine.config import CONFIGS, PROFILES, ConfigError, make_config
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
-    from .data import DataError
-    from .train import TrainingError
+    from .engine.data import DataError
+    from .engine.errors import TrainingError
 
     return (ConfigError, DataError, TrainingError)
 
@@ -34,7 +34,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.data_dir is not None:
         overrides["data_dir"] = args.data_dir
     cfgs = [make_config(c, args.profile, args.seed, overrides) for c in args.config]
-    from .train import check_cohort, train_cohort
+    from .engine.train import check_cohort, train_cohort
 
     check_cohort(cfgs)  # before any work: members must share seed, data and teacher
     for result in train_cohort(cfgs, args.runs_dir, force=args.force, progress=not args.quiet, wait=args.wait):
@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "'figures' refreshes the committed reference)")
     pl.add_argument("--only", nargs="*", default=None, help="run only these notebooks (name prefixes, e.g. 00 01)")
     pl.add_argument("--ablation", action="store_true",
-                    help="also run 09_mask_ablation (5 more KD+FA+AT runs per seed)")
+                    help="also run 09_mask_ablation (7 more KD+FA+AT runs per seed)")
     pl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override one setting of every run of the series (each notebook's `overrides`), "
                          "e.g. cuda_graphs=true or threads=1")

@@ -20,8 +20,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .pipeline import STUDENT_NOTEBOOKS, PipelineError, Step, execute_step
-from .runs import METRICS_FILE, run_path
+from .engine.runs import METRICS_FILE, run_path
+from .pipeline import PipelineError, Step, execute_step
+from .report.series import STUDENT_NOTEBOOKS
 
 DONE, FAILED, SKIPPED = "done", "failed", "skipped"
 

@@ -16,7 +16,7 @@ GPUs or CPU cores (``--jobs N``), as Ray tasks, or as Slurm jobs through submiti
 
 By default the student configurations of a seed are trained first as one *cohort* (one process,
 one teacher pass per batch for all of them, each run exactly as it would be alone; see
-``kdnb.train.train_cohort``); their notebooks then find the runs finished and show them.
+``kdnb.engine.train.train_cohort``); their notebooks then find the runs finished and show them.
 ``cohort=False`` (``--one-at-a-time``) lets each notebook train its own configuration instead.
 """
 
@@ -32,16 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import PROFILES, ConfigError
-from .notebook import context, figures_dir_for, share_compile_cache
-from .results import NOTEBOOKS
-from .train import TrainingError
+from .engine.config import PROFILES, ConfigError
+from .engine.errors import TrainingError
+from .report.notebook import context, figures_dir_for, share_compile_cache
+from .report.series import NOTEBOOKS, STUDENT_NOTEBOOKS
 
 KERNEL = "python3"
-# The student notebooks and the configuration each one trains.
-STUDENT_NOTEBOOKS = {"02_baseline": "baseline", "03_kd": "kd", "04_kd_fa": "kd_fa", "05_kd_at": "kd_at",
-                     "06_kd_fa_at": "kd_fa_at"}
-
 # Studies beyond the series (teacher + five configurations + evaluation): run when asked for, with
 # ``--ablation`` or by name in ``--only``, because they multiply the training cost.
 OPTIONAL_NOTEBOOKS = ("09_mask_ablation",)
@@ -128,7 +124,7 @@ def cohort_configs(step: Step) -> list:
 
 def _train_cohort_job(cfgs: list, runs_dir: str, progress: bool) -> list[str]:
     """Runs in a fresh process: train the cohort, return one summary line per member."""
-    from .train import train_cohort
+    from .engine.train import train_cohort
 
     lines = []
     for r in train_cohort(cfgs, runs_dir, progress=progress):
@@ -146,7 +142,7 @@ def run_cohort(step: Step, verbose: bool = True) -> list[str]:
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
-    from .data import DataError
+    from .engine.data import DataError
 
     cfgs = cohort_configs(step)
     try:

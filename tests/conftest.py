@@ -22,8 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def smoke_runs(tmp_path_factory) -> Path:
-    from kdnb.config import make_config
-    from kdnb.train import train
+    from kdnb.engine.config import make_config
+    from kdnb.engine.train import train
 
     runs = tmp_path_factory.mktemp("kdnb-smoke-teacher")
     train(make_config("teacher", "smoke", 0), runs, progress=False)

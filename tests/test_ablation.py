@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from kdnb import ablation
-from kdnb.config import ConfigError, make_config
-from kdnb.results import MissingInput
-from kdnb.runs import run_path
+from kdnb.engine.config import ConfigError, make_config
+from kdnb.engine.runs import run_path
+from kdnb.report import ablation
+from kdnb.report.lookup import MissingInput
 
 
 def test_variants_none_gradcam_size_matched_random_and_soft():
@@ -140,9 +140,9 @@ def test_conclusion_follows_the_data():
 
 def test_train_missing_trains_only_its_own_runs_one_cohort_per_seed(tmp_path, monkeypatch):
     cohorts = []
-    monkeypatch.setattr("kdnb.train.train_cohort",
+    monkeypatch.setattr("kdnb.report.ablation.train_cohort",
                         lambda cfgs, runs_dir, **kw: cohorts.append(sorted((c.seed, c.run_name) for c in cfgs)))
-    monkeypatch.setattr("kdnb.results.require_run", lambda *a, **k: None)  # teacher "present"
+    monkeypatch.setattr("kdnb.report.ablation.require_run", lambda *a, **k: None)  # teacher "present"
     plan = ablation.plan("smoke", [0, 1], tmp_path)
     ablation.train_missing(plan, "smoke", tmp_path)
     own = sorted(["kd_fa_at-none", "kd_fa_at-random_matched-keep0.25", "kd_fa_at-random_matched-keep0.5",
@@ -153,8 +153,8 @@ def test_train_missing_trains_only_its_own_runs_one_cohort_per_seed(tmp_path, mo
 
 def test_a_main_run_trained_with_other_mask_settings_is_not_reported_as_the_variant(tmp_path):
     """06 trained with overrides={"keep": 0.3}: 09 must not call it 'gradcam 0.5'."""
-    from kdnb.results import RunMismatch
-    from kdnb.runs import write_json
+    from kdnb.engine.runs import write_json
+    from kdnb.report.lookup import RunMismatch
 
     plan = ablation.plan("smoke", [0], tmp_path)
     _write_fake_runs(plan, tmp_path, main_extra={"keep": 0.3})
@@ -168,7 +168,7 @@ def test_a_main_run_trained_with_other_mask_settings_is_not_reported_as_the_vari
 def _write_fake_runs(plan: pd.DataFrame, runs_dir, main_extra: dict | None = None, history: bool = True) -> None:
     """Finished run folders for every row of ``plan``: config.json as the variant's (the main run's with
     ``main_extra``), metrics and a two-epoch history whose mask statistics follow from the variant."""
-    from kdnb.runs import write_json
+    from kdnb.engine.runs import write_json
 
     for r in plan.itertuples():
         d = run_path(runs_dir, "smoke", r.run, r.seed)
@@ -183,7 +183,7 @@ def _write_fake_runs(plan: pd.DataFrame, runs_dir, main_extra: dict | None = Non
 
 
 def test_collect_reads_mask_statistics_and_old_histories(tmp_path):
-    from kdnb.runs import write_json
+    from kdnb.engine.runs import write_json
 
     plan = ablation.plan("smoke", [0, 1], tmp_path)
     _write_fake_runs(plan, tmp_path)

@@ -13,11 +13,12 @@ import torch
 import torch.nn.functional as F
 
 from kdnb.bench import VARIANTS
-from kdnb.config import make_config
-from kdnb.data import make_synthetic
-from kdnb.masks import gradcam
-from kdnb.models import build_model
-from kdnb.train import _autocast, amp_active, build_stepper
+from kdnb.engine.config import make_config
+from kdnb.engine.data import make_synthetic
+from kdnb.engine.speedups import amp_active, autocast
+from kdnb.engine.step import build_stepper
+from kdnb.method.masks import gradcam
+from kdnb.method.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,6 +32,7 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+@pytest.mark.slow
 def test_bench_command_smoke(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
@@ -106,7 +108,7 @@ def test_masked_step_gradcam_equals_gradcam(one_thread, amp):
     stepper.gen.set_state(before)
     x = stepper.prepare(xb)
     assert torch.equal(stepper.gen.get_state(), after)  # prepare consumed exactly the step's draws
-    with _autocast(torch.device("cpu"), amp):
+    with autocast(torch.device("cpu"), amp):
         expected = gradcam(stepper.teacher, x, cfg.cam_stage, y)
     torch.testing.assert_close(cam, expected, rtol=1e-6, atol=1e-7)
     assert (cam.flatten(1).amax(1) > 0).float().mean() > 0.5  # not a vacuous all-zero comparison

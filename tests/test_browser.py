@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING
 
 import nbformat
 import pytest
-
 from test_notebooks import _as_a_user_would, _parameters_cells, _read
 
 if TYPE_CHECKING:

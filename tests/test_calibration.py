@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from kdnb.calibration import expected_calibration_error, plot_reliability, reliability_table
+from kdnb.evaluation.calibration import expected_calibration_error, reliability_table
+from kdnb.report.plots import plot_reliability
 
 
 def two_class_probs(conf):

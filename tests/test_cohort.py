@@ -9,9 +9,9 @@ import shutil
 import pytest
 import torch
 
-from kdnb.config import STUDENT_CONFIGS, make_config
-from kdnb.runs import BEST_FILE, CONFIG_FILE, load_torch, read_json
-from kdnb.train import TrainingError, train, train_cohort
+from kdnb.engine.config import STUDENT_CONFIGS, make_config
+from kdnb.engine.runs import BEST_FILE, CONFIG_FILE, load_torch, read_json
+from kdnb.engine.train import TrainingError, train, train_cohort
 
 TIMING = ("seconds", "images_per_s", "train_seconds", "median_epoch_seconds")
 
@@ -38,6 +38,7 @@ def _assert_same_runs(alone, together):
         assert all(torch.equal(wa[k], wc[k]) for k in wa), a.config.run_name
 
 
+@pytest.mark.slow
 def test_cohort_of_all_students_equals_each_alone(tmp_path, smoke_runs):
     cfgs = [make_config(c, "smoke", 0, {"epochs": 2}) for c in STUDENT_CONFIGS]
     solo_dir = _runs_with_teacher(smoke_runs, tmp_path / "solo")
@@ -48,6 +49,7 @@ def test_cohort_of_all_students_equals_each_alone(tmp_path, smoke_runs):
     assert read_json(alone[0].run_dir / CONFIG_FILE)["cohort"] is None
 
 
+@pytest.mark.slow
 def test_random_masks_and_mixed_cam_needs(tmp_path, smoke_runs):
     """Random-mask variants (their own mask generators; the size-matched one also on the shared cam)
     beside Grad-CAM and KD-only members."""
@@ -62,6 +64,7 @@ def test_random_masks_and_mixed_cam_needs(tmp_path, smoke_runs):
     _assert_same_runs(alone, together)
 
 
+@pytest.mark.slow
 def test_killed_cohort_resumes_members_at_different_epochs(tmp_path, smoke_runs):
     cfgs = [make_config(c, "smoke", 0, {"epochs": 3, "patience": 3}) for c in ("kd", "kd_at", "baseline")]
     whole = train_cohort(cfgs, _runs_with_teacher(smoke_runs, tmp_path / "whole"), progress=False)
@@ -73,6 +76,7 @@ def test_killed_cohort_resumes_members_at_different_epochs(tmp_path, smoke_runs)
     _assert_same_runs(whole, resumed)
 
 
+@pytest.mark.slow
 def test_members_leave_at_their_own_last_epoch(tmp_path, smoke_runs):
     cfgs = [make_config("kd", "smoke", 0, {"epochs": 1}), make_config("kd_fa", "smoke", 0, {"epochs": 3})]
     alone = [train(c, _runs_with_teacher(smoke_runs, tmp_path / f"solo{i}"), progress=False) for i, c in enumerate(cfgs)]
@@ -90,6 +94,7 @@ def test_cohort_members_must_share_the_batches():
         train_cohort([make_config("kd", "smoke", 0), make_config("kd", "smoke", 0)])
 
 
+@pytest.mark.slow
 def test_cohort_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path, smoke_runs, cli_env):
     """SIGKILL of a training cohort (``kdnb train --config …``) inside its second epoch, then the
     same command again: every member ends exactly as in an uninterrupted cohort."""

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from kdnb.config import CONFIGS, PROFILES, RANGES, ConfigError, RunConfig, make_config, parse_value
+from kdnb.engine.config import CONFIGS, PROFILES, RANGES, ConfigError, RunConfig, make_config, parse_value
 
 REPO = Path(__file__).resolve().parents[1]
 NAN, INF = float("nan"), float("inf")
 
-# The ranges this test expects, written out independently of kdnb.config.RANGES:
+# The ranges this test expects, written out independently of kdnb.engine.config.RANGES:
 # setting -> (range text, out-of-range values on both sides, in-range boundary values).
 EXPECTED: dict[str, tuple[str, list, list]] = {
     "seed": ("[0, 2**63)", [-1, 2**63], [0, 2**63 - 1]),
@@ -189,7 +189,7 @@ def test_cli_refuses_non_finite_before_creating_anything(tmp_path, cli_env, sett
     ({"overrides": {"batch_size": 1}}, "setting batch_size=1 must be an integer in [2, 65536]"),
 ])
 def test_notebook_parameters_fail_in_context(tmp_path, params, needle):
-    from kdnb.notebook import context
+    from kdnb.report.notebook import context
 
     with pytest.raises(ConfigError) as info:
         context("smoke", runs_dir="runs", base=tmp_path, **params)
@@ -198,7 +198,7 @@ def test_notebook_parameters_fail_in_context(tmp_path, params, needle):
 
 
 def test_notebook_whole_float_epochs_still_work(tmp_path, monkeypatch):
-    from kdnb.notebook import context
+    from kdnb.report.notebook import context
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "compile-cache"))
     ctx = context("smoke", runs_dir="runs", base=tmp_path, epochs=2.0, seed=1.0)

@@ -1,4 +1,4 @@
-"""Losses against independent computations (NumPy, written differently from kdnb.losses).
+"""Losses against independent computations (NumPy, written differently from kdnb.method.losses).
 
 Each test would fail on one of the released notebook's mistakes: MSE on channel means instead
 of KL, raw features instead of attention maps, masks ignored, detached student features.
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from kdnb.losses import Connector, at_loss, attention_map, fa_loss, kd_loss
-from kdnb.models import build_model
-from kdnb.objective import Objective
+from kdnb.method.losses import Connector, at_loss, attention_map, fa_loss, kd_loss
+from kdnb.method.models import build_model
+from kdnb.method.objective import Objective
 
 
 def np_softmax(z):

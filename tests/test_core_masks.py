@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from kdnb.masks import causal_mask, gradcam, make_masks, random_mask, teacher_forward
-from kdnb.models import build_model
+from kdnb.method.masks import causal_mask, gradcam, make_masks, random_mask, teacher_forward
+from kdnb.method.models import build_model
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +183,7 @@ def test_matched_random_soft_mask_moves_the_cam_weights():
 
 
 def test_cam_short_counts_cams_too_sparse_for_keep():
-    from kdnb.masks import cam_short
+    from kdnb.method.masks import cam_short
 
     cam = _sparse_cams()  # positive on 0, 1, 5, 16, 40, 64 of 64 positions
     assert cam_short(cam, 0.25).tolist() == [True, True, True, False, False, False]  # keep 0.25 asks for 16

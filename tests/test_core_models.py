@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from kdnb.models import CBAM, STAGES, build_model, count_parameters
+from kdnb.method.models import CBAM, STAGES, build_model, count_parameters
 
 
 @pytest.mark.parametrize(

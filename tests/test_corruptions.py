@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from kdnb import corruptions as C
-from kdnb.corruptions import CORRUPTIONS, DETERMINISTIC, corrupt, load_cifar10c
+from kdnb.evaluation import corruptions as C
+from kdnb.evaluation.corruptions import CORRUPTIONS, DETERMINISTIC, corrupt, load_cifar10c
 
 RANDOM = sorted(set(CORRUPTIONS) - DETERMINISTIC)
 
@@ -216,7 +216,7 @@ def test_load_cifar10c_errors(tmp_path):
 
 
 def test_robustness_table_shape():
-    from kdnb.evaluate import robustness, robustness_summary
+    from kdnb.evaluation.metrics import robustness, robustness_summary
 
     x, labels = natural_images(8), torch.arange(8) % 2
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 2))

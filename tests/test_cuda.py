@@ -9,11 +9,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kdnb.config import STUDENT_CONFIGS, TEACHER, make_config
-from kdnb.data import make_synthetic, plan_epoch
-from kdnb.models import build_model
-from kdnb.masks import teacher_forwards
-from kdnb.train import CohortStep, build_stepper, prepare_teacher_for, train
+from kdnb.engine.config import STUDENT_CONFIGS, TEACHER, make_config
+from kdnb.engine.data import make_synthetic, plan_epoch
+from kdnb.engine.step import CohortStep, build_stepper, prepare_teacher_for
+from kdnb.engine.train import train
+from kdnb.method.masks import teacher_forwards
+from kdnb.method.models import build_model
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

@@ -1,7 +1,7 @@
-"""The logic of a captured training step (kdnb.train.CohortStep with CUDA graphs), on a CPU.
+"""The logic of a captured training step (kdnb.engine.step.CohortStep with CUDA graphs), on a CPU.
 
 A CUDA graph records a step's kernels once, with the addresses of every tensor they touch, and
-replays them without running Python. ``FakeGraphs`` stands in for kdnb.train.CudaGraphs with those
+replays them without running Python. ``FakeGraphs`` stands in for kdnb.engine.train.CudaGraphs with those
 semantics as far as a CPU can show them: capture records without running the step, and every
 replay first checks that each buffer the step reads or writes (the epoch plan, the step counter,
 the statistics) is still the storage it was at capture, then runs the step. The real capture runs
@@ -13,10 +13,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kdnb.config import TEACHER, make_config
-from kdnb.data import make_synthetic, plan_epoch
-from kdnb.models import build_model
-from kdnb.train import GRAPH_WARMUP, CohortStep, build_stepper, prepare_teacher_for
+from kdnb.engine.config import TEACHER, make_config
+from kdnb.engine.data import make_synthetic, plan_epoch
+from kdnb.engine.step import GRAPH_WARMUP, CohortStep, build_stepper, prepare_teacher_for
+from kdnb.method.models import build_model
 
 CPU = torch.device("cpu")
 N, BATCH, STEPS = 8 * 16, 16, 8

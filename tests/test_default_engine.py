@@ -3,7 +3,7 @@
 
 Why this exists: CI once ran only the eager fp32 `smoke` path, while the default profile's
 compiled bf16 teacher turned NaN at step 2 (inductor miscompiled a bf16 kernel of its backward on
-AVX-512, see :func:`kdnb.speedups.ensure_compiled_bf16_correct`). bf16 autocast is only *used* on
+AVX-512, see :func:`kdnb.engine.speedups.ensure_compiled_bf16_correct`). bf16 autocast is only *used* on
 CPUs where it pays (AMX), so these tests switch it on whatever the CPU, as an AMX machine would.
 """
 
@@ -15,11 +15,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import kdnb.train as engine
-from kdnb.config import STUDENT_CONFIGS, TEACHER, make_config
-from kdnb.data import make_synthetic
-from kdnb.models import STAGES, build_model
-from kdnb.train import build_stepper, prepare_teacher_for
+import kdnb.engine.speedups as speedups
+from kdnb.engine.config import STUDENT_CONFIGS, TEACHER, make_config
+from kdnb.engine.data import make_synthetic
+from kdnb.engine.step import build_stepper, prepare_teacher_for
+from kdnb.method.models import STAGES, build_model
 
 BATCH = 16
 STEPS = 6
@@ -37,7 +37,7 @@ def batch():
 def bf16_cpu():
     """bf16 autocast on this CPU, as on one with AMX (the profile's default there)."""
     mp = pytest.MonkeyPatch()
-    mp.setattr(engine, "cpu_bf16_pays", lambda: True)
+    mp.setattr(speedups, "cpu_bf16_pays", lambda: True)
     yield
     mp.undo()
 
@@ -67,12 +67,13 @@ def _grads(module: torch.nn.Module) -> dict[str, torch.Tensor]:
             for n, p in module.named_parameters() if p.grad is not None}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", (TEACHER, *STUDENT_CONFIGS))
 def test_compiled_bf16_steps_learn_like_eager_fp32(config, batch, teachers, bf16_cpu):
     x, y, draws = batch
     cfg, fast = _stepper(config, teachers, compiled=True)
     _, ref = _stepper(config, teachers, compiled=False)
-    assert engine.amp_active(torch.device("cpu"), cfg.amp) and cfg.compile
+    assert speedups.amp_active(torch.device("cpu"), cfg.amp) and cfg.compile
 
     losses = []
     for step in range(STEPS):

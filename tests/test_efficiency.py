@@ -5,7 +5,7 @@ import torch
 import torchvision
 from torch import nn
 
-from kdnb.efficiency import count_parameters, flops_per_image, macs_per_image, measure_latency, training_cost_ratio
+from kdnb.evaluation.efficiency import count_parameters, flops_per_image, macs_per_image, measure_latency, training_cost_ratio
 
 
 def cifar_resnet18() -> nn.Module:

@@ -8,8 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from kdnb.data import (
-    DataError, augment, epoch_batches, load_dataset, make_synthetic, normalize, resolve_data_dir, stratified_split,
+from kdnb.engine.data import (
+    DataError,
+    augment,
+    epoch_batches,
+    load_dataset,
+    make_synthetic,
+    normalize,
+    resolve_data_dir,
+    stratified_split,
 )
 
 

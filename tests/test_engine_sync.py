@@ -16,8 +16,8 @@ from collections import Counter
 import pytest
 import torch
 
-from kdnb.config import STUDENT_CONFIGS, make_config
-from kdnb.train import CHECK_EVERY, train
+from kdnb.engine.config import STUDENT_CONFIGS, make_config
+from kdnb.engine.train import CHECK_EVERY, train
 
 HOST_READS = ("item", "tolist", "__bool__", "__float__", "__int__", "cpu", "numpy")
 
@@ -71,10 +71,11 @@ def _one_epoch(config: str, steps: int, runs, data, overrides: dict | None = Non
 CASES = [(c, {}, {}) for c in STUDENT_CONFIGS] + [("kd_fa_at", {"mask_mode": "random_matched"}, {"to": 50})]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("config", "overrides", "moves"), CASES,
                          ids=[c + "".join(f"-{v}" for v in o.values()) for c, o, _ in CASES])
 def test_no_host_reads_or_moves_per_step(config, overrides, moves, tmp_path, smoke_runs):
-    from kdnb.data import make_synthetic
+    from kdnb.engine.data import make_synthetic
 
     data = make_synthetic(64 * 100 + 200, 100)
     import shutil

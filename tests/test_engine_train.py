@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from kdnb.config import make_config
-from kdnb.runs import CHECKPOINT_FILE, METRICS_FILE
-from kdnb.train import TrainingError, train
+from kdnb.engine.config import make_config
+from kdnb.engine.runs import CHECKPOINT_FILE, METRICS_FILE
+from kdnb.engine.train import TrainingError, train
 
 REPO = Path(__file__).resolve().parents[1]
 TIMING = ("seconds", "images_per_s")
@@ -81,7 +81,7 @@ def test_missing_teacher_is_a_clear_error_before_data_loads(tmp_path):
 
 
 def test_nan_loss_names_epoch_step_and_term(tmp_path, smoke_runs, monkeypatch):
-    import kdnb.objective as objective
+    import kdnb.method.objective as objective
 
     monkeypatch.setattr(objective, "kd_loss", lambda s, t, T: (s * float("nan")).sum())
     with pytest.raises(TrainingError, match=r"'kd' became NaN/inf at epoch 1, step 1"):
@@ -93,15 +93,15 @@ def test_all_empty_causal_masks_stop_the_run(tmp_path, smoke_runs, monkeypatch):
     compiled teacher under bf16): the engine refuses to go on after such an epoch."""
     import torch
 
-    import kdnb.train as engine
+    import kdnb.engine.step as step
 
-    real = engine.teacher_forwards
+    real = step.teacher_forwards
 
     def zero_cam(model, x, layers, target=None):
         return {k: (logits, feats, None if cam is None else torch.zeros_like(cam))
                 for k, (logits, feats, cam) in real(model, x, layers, target).items()}
 
-    monkeypatch.setattr(engine, "teacher_forwards", zero_cam)
+    monkeypatch.setattr(step, "teacher_forwards", zero_cam)
     with pytest.raises(TrainingError, match="every causal mask of epoch 1 was empty"):
         train(make_config("kd_at", "smoke", 0, {"epochs": 1, "name": "zero-cam"}), smoke_runs, progress=False)
 
@@ -122,6 +122,7 @@ def _cli(args, env, **kw):
                           text=True, **kw)
 
 
+@pytest.mark.slow
 def test_kill_minus_nine_mid_epoch_then_resume_equals_uninterrupted(tmp_path, cli_env):
     args = ["train", "--config", "baseline", "--profile", "smoke", "--quiet",
             "--set", "epochs=3", "--set", "patience=3", "--set", "synthetic_train=2400"]

@@ -1,11 +1,11 @@
-"""evaluate.py: predictions, agreement and attention distance against direct computations."""
+"""kdnb.evaluation.metrics: predictions, agreement and attention distance against direct computations."""
 
 import pandas as pd
 import torch
 
-from kdnb.data import make_synthetic, normalize
-from kdnb.evaluate import accuracy, agreement, attention_distance, attention_distances, predict
-from kdnb.models import build_model
+from kdnb.engine.data import make_synthetic, normalize
+from kdnb.evaluation.metrics import accuracy, agreement, attention_distance, attention_distances, predict
+from kdnb.method.models import build_model
 
 
 def test_predict_accuracy_agreement():
@@ -50,9 +50,9 @@ def test_attention_distance_direct():
 
 def test_robustness_cache_makes_each_corrupted_set_once(monkeypatch):
     """Several models share one cache: the corruptions are generated once, the results are unchanged."""
-    import kdnb.evaluate as ev
-    from kdnb.data import normalize as norm
-    from kdnb.models import build_model
+    import kdnb.evaluation.metrics as ev
+    from kdnb.engine.data import normalize as norm
+    from kdnb.method.models import build_model
 
     torch.manual_seed(0)
     images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)

@@ -1,4 +1,4 @@
-"""The interactive explorer of 07 (``kdnb.explorer``) against the fixed grid of the same notebook
+"""The interactive explorer of 07 (``kdnb.report.explorer``) against the fixed grid of the same notebook
 (``results.attention_panel``, batched over one image per class), and its widget plumbing without a
 browser (tests/test_browser.py drives it in JupyterLab)."""
 
@@ -11,9 +11,9 @@ from unittest import mock
 import pytest
 import torch
 
-from kdnb import notebook as nb
-from kdnb.explorer import TRUE_CLASS, MaskExplorer
-from kdnb.results import attention_panel, first_per_class
+from kdnb.report import notebook as nb
+from kdnb.report.analyses import attention_panel, first_per_class
+from kdnb.report.explorer import TRUE_CLASS, MaskExplorer
 
 
 @pytest.fixture(scope="module")

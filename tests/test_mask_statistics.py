@@ -8,10 +8,11 @@ import math
 import pytest
 import torch
 
-import kdnb.train as engine
-from kdnb.config import make_config
-from kdnb.results import history_frame, mask_statistics
-from kdnb.runs import read_json
+import kdnb.engine.step as step
+from kdnb.engine.config import make_config
+from kdnb.engine.runs import read_json
+from kdnb.engine.train import train
+from kdnb.report.lookup import history_frame, mask_statistics
 
 # A fixed cam pattern: image i of a batch is positive on POSITIVES[i % 6] of the 8×8 = 64 positions.
 POSITIVES = (0, 1, 5, 16, 40, 64)
@@ -33,20 +34,20 @@ def _config(name: str, **settings):
 
 def test_statistics_on_a_fixed_cam_match_an_independent_count(smoke_runs, monkeypatch):
     keep = 0.25
-    real = engine.teacher_forwards
+    real = step.teacher_forwards
 
     def fixed(model, x, layers, target=None):
         return {k: (logits, feats, None if cam is None else _fixed_cam(cam))
                 for k, (logits, feats, cam) in real(model, x, layers, target).items()}
 
-    monkeypatch.setattr(engine, "teacher_forwards", fixed)
+    monkeypatch.setattr(step, "teacher_forwards", fixed)
     # independently: keep asks for ceil(keep * 64) positions (the student's layer3 is 8×8, as the cam)
     wanted = math.ceil(keep * 64)
     pattern = [POSITIVES[i % 6] for i in range(64)]
     short = sum(p < wanted for p in pattern) / 64
     kept = sum(min(p, wanted) for p in pattern) / 64 / 64
     for mode in ("gradcam", "random_matched"):
-        h = engine.train(_config(f"fixed-{mode}-{keep:g}", mask_mode=mode, keep=keep), smoke_runs,
+        h = train(_config(f"fixed-{mode}-{keep:g}", mask_mode=mode, keep=keep), smoke_runs,
                          progress=False).history[0]
         assert h["cam_short_share"] == pytest.approx(short, abs=1e-12), mode
         assert h["mask_share"] == pytest.approx(kept, abs=1e-12), mode
@@ -55,9 +56,9 @@ def test_statistics_on_a_fixed_cam_match_an_independent_count(smoke_runs, monkey
 def test_matched_control_keeps_what_gradcam_keeps_on_the_same_batches(smoke_runs):
     """Same seed, same batches, same frozen teacher: the size-matched random masks keep exactly as many
     positions as the Grad-CAM masks, every step, so the epoch statistics are equal bit for bit."""
-    grad = engine.train(_config("stat-gradcam", keep=0.25), smoke_runs, progress=False)
-    matched = engine.train(_config("stat-matched", mask_mode="random_matched", keep=0.25), smoke_runs, progress=False)
-    unmatched = engine.train(_config("stat-random", mask_mode="random", keep=0.25), smoke_runs, progress=False)
+    grad = train(_config("stat-gradcam", keep=0.25), smoke_runs, progress=False)
+    matched = train(_config("stat-matched", mask_mode="random_matched", keep=0.25), smoke_runs, progress=False)
+    unmatched = train(_config("stat-random", mask_mode="random", keep=0.25), smoke_runs, progress=False)
     g, m, u = grad.history[0], matched.history[0], unmatched.history[0]
     assert m["mask_share"] == g["mask_share"] and m["cam_short_share"] == g["cam_short_share"]
     assert m["train_loss"] != g["train_loss"]  # other positions, other losses

@@ -16,14 +16,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nbformat
 import jupytext
+import nbformat
 import papermill
 import pytest
 
-from kdnb.config import PRESETS
-from kdnb.pipeline import STUDENT_NOTEBOOKS
-from kdnb.results import NOTEBOOKS
+from kdnb.engine.config import PRESETS
+from kdnb.report.series import NOTEBOOKS, STUDENT_NOTEBOOKS
 
 ROOT = Path(__file__).resolve().parent.parent
 NB_DIR = ROOT / "notebooks"
@@ -146,7 +145,7 @@ _TERMS = {"w_ce": r"\mathrm{CE}", "w_kd": r"T^2", "w_fa": r"\mathcal{L}_{FA}", "
 @pytest.mark.parametrize(("name", "config"), STUDENT_NOTEBOOKS.items())
 def test_student_objective_quotes_the_configured_weights(name, config):
     """The objective written in a student notebook's introduction has the weights of
-    ``kdnb.config.PRESETS`` (an omitted weight is 1, an omitted term 0)."""
+    ``kdnb.engine.config.PRESETS`` (an omitted weight is 1, an omitted term 0)."""
     formula = re.search(r"\$\$\\mathcal\{L\} = (.*?)\$\$", _read(name).cells[0].source).group(1)
     quoted = {}
     for term in formula.split(" + "):

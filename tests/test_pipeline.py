@@ -11,10 +11,10 @@ import pytest
 from papermill.exceptions import PapermillExecutionError
 
 from kdnb.cli import main
-from kdnb.config import STUDENT_CONFIGS, ConfigError
-from kdnb.config import make_config
+from kdnb.engine.config import STUDENT_CONFIGS, ConfigError, make_config
 from kdnb.pipeline import PipelineError, Step, _failure, cohort_configs, failing_line, plan, run_pipeline
-from kdnb.results import LABELS, NOTEBOOKS, MissingInput, notebook_hint, resolve_seeds
+from kdnb.report.lookup import MissingInput, notebook_hint, resolve_seeds
+from kdnb.report.series import LABELS, NOTEBOOKS
 
 FIGURES = [
     "00_samples", "00_split", "01_teacher_curves",

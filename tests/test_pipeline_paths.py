@@ -7,8 +7,8 @@ from pathlib import Path
 
 import papermill
 
-from kdnb import notebook as nb
 from kdnb.pipeline import notebooks_dir, run_pipeline
+from kdnb.report import notebook as nb
 
 COMMITTED = notebooks_dir().parent / "figures"
 

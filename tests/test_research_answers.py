@@ -9,10 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kdnb import results
-from kdnb.config import STUDENT_CONFIGS, ConfigError, make_config
-from kdnb.results import LABELS, MissingInput
-from kdnb.runs import CONFIG_FILE, METRICS_FILE, run_path, write_json
+from kdnb.engine.config import STUDENT_CONFIGS, ConfigError, make_config
+from kdnb.engine.runs import CONFIG_FILE, METRICS_FILE, run_path, write_json
+from kdnb.report import answers, lookup, tables
+from kdnb.report.lookup import MissingInput
+from kdnb.report.series import LABELS
 
 # test top-1 (%) per config over three seeds: KD+FA+AT clearly best
 ACC = {"baseline": [60.0, 61.0, 59.0], "kd": [62.0, 63.0, 61.5], "kd_fa": [62.2, 62.9, 61.0],
@@ -40,7 +41,7 @@ def _efficiency() -> pd.DataFrame:
 
 
 def test_answers_follow_the_papers_numbering_without_the_ablation():
-    text = results.research_answers(_runs(), _per_run(), _efficiency())
+    text = answers.research_answers(_runs(), _per_run(), _efficiency())
     rq = re.findall(r"\*\*(RQ\d) — ([^*]+)\*\*", text)
     assert [n for n, _ in rq] == ["RQ1", "RQ2", "RQ3"]
     assert "accuracy, generalisation and robustness over each technique alone" in rq[0][1]
@@ -57,37 +58,38 @@ def test_answers_follow_the_papers_numbering_without_the_ablation():
 def test_rq2_is_answered_from_the_ablation_runs():
     from test_ablation import _fake_runs
 
-    from kdnb import ablation
+    from kdnb.report import ablation
 
     abl = _fake_runs({"none": [60.0, 61.0, 59.0], "random_matched 0.5": [60.2, 61.1, 59.1],
                       "gradcam 0.5": [60.1, 61.0, 59.2]})
-    rq2 = results.research_answers(_runs(), _per_run(), _efficiency(), ablation_runs=abl).split("\n\n")[1]
+    rq2 = answers.research_answers(_runs(), _per_run(), _efficiency(), ablation_runs=abl).split("\n\n")[1]
     assert rq2.startswith("**RQ2") and "run 09" not in rq2
     assert ablation.conclusion(abl) in rq2
 
 
 def test_one_seed_draws_no_verdict_and_other_teachers_add_a_sentence():
-    one = results.research_answers(_runs().query("seed == 0"), _per_run().query("seed == 0"), _efficiency())
+    one = answers.research_answers(_runs().query("seed == 0"), _per_run().query("seed == 0"), _efficiency())
     assert "With one seed no difference can be called significant" in one
-    two = results.research_answers(_runs((0, 1)), _per_run(), _efficiency())
+    two = answers.research_answers(_runs((0, 1)), _per_run(), _efficiency())
     assert "With teacher seed 1 (test top-1): KD+FA+AT − baseline" in two
 
 
 def test_accuracy_table_per_teacher_seed_when_several():
-    assert "teacher seed" not in results.accuracy_table(_runs()).index.names
-    tab = results.accuracy_table(_runs((0, 1)))
+    assert "teacher seed" not in tables.accuracy_table(_runs()).index.names
+    tab = tables.accuracy_table(_runs((0, 1)))
     assert tab.index.names == ["teacher seed", "configuration"]
     assert tab.loc[(1, "KD+FA+AT"), "test top-1 (%)"] == f"{np.mean(ACC['kd_fa_at']) + 1:.2f} ± " \
                                                           f"{np.std(ACC['kd_fa_at'], ddof=1):.2f}"
-    numbers = results.accuracy_numbers(_runs((0, 1)))
+    numbers = tables.accuracy_numbers(_runs((0, 1)))
     assert list(numbers["teacher_seed"]) == [0] * 5 + [1] * 5
-    assert "teacher_seed" not in results.accuracy_numbers(_runs())
+    assert "teacher_seed" not in tables.accuracy_numbers(_runs())
 
 
 def test_second_teacher_runs_get_their_own_folders():
     assert make_config("kd", "smoke", 0).run_name == "kd"
     assert make_config("kd", "smoke", 0, {"teacher_seed": 1}).run_name == "kd-t1"
-    assert make_config("baseline", "smoke", 2, {"teacher_seed": 3}).run_name == "baseline-t3"
+    assert make_config("baseline", "smoke", 2, {"teacher_seed": 3}).run_name == "baseline"  # no teacher, no teacher seed
+    assert make_config("baseline", "smoke", 2, {"teacher_seed": 3}).teacher_seed == 0
     assert make_config("kd", "smoke", 0, {"teacher_seed": 1, "name": "kd-x"}).run_name == "kd-x-t1"
     assert make_config("teacher", "smoke", 1).run_name == "teacher"  # teacher seeds are seed folders
     with pytest.raises(ConfigError, match="reserved for runs of teacher seed"):
@@ -106,25 +108,33 @@ def _fake_run(runs_dir, config: str, seed: int, teacher_seed: int = 0) -> None:
 
 
 def test_collect_runs_and_provenance_with_two_teachers(tmp_path):
-    configs = ["baseline", "kd"]
+    configs = ["baseline", "kd", "kd_fa_at"]
     for t in (0, 1):
         _fake_run(tmp_path, "teacher", t, t)  # (its test top-1 tells the teachers apart)
         for c in configs:
             for s in (0, 1):
-                if (t, c, s) != (1, "kd", 1):
+                if t == 0 or (c == "kd" and s == 0):  # teacher 1: KD only (seed 1 still missing), no baseline of its own
                     _fake_run(tmp_path, c, s, t)
-    assert results.resolve_teacher_seeds(tmp_path, "smoke", [0, 1], configs=configs) == [0]  # kd-t1 seed 1 missing
+    assert not run_path(tmp_path, "smoke", "baseline-t1", 0).exists()  # one baseline serves both teachers
+    assert lookup.resolve_teacher_seeds(tmp_path, "smoke", [0, 1], configs=configs) == [0]  # kd-t1 in progress
     with pytest.raises(MissingInput, match=r"03_kd.ipynb first \(profile='smoke', seed=1, overrides=\{'teacher_seed': 1\}\)"):
-        results.collect_runs(tmp_path, "smoke", [0, 1], configs, teacher_seeds=[0, 1])
+        lookup.collect_runs(tmp_path, "smoke", [0, 1], configs, teacher_seeds=[0, 1])
     _fake_run(tmp_path, "kd", 1, 1)
-    assert results.resolve_teacher_seeds(tmp_path, "smoke", [0, 1], configs=configs) == [0, 1]
-    assert results.resolve_teacher_seeds(tmp_path, "smoke", [0, 1], [1], configs) == [1]
-    runs = results.collect_runs(tmp_path, "smoke", [0, 1], configs, teacher_seeds=[0, 1])
-    assert list(runs["teacher_seed"]) == [0] * 4 + [1] * 4
-    assert runs.loc[runs["teacher_seed"] == 1, "run_dir"].str.contains(r"(?:baseline|kd)-t1/seed\d$").all()
-    assert list(results.collect_runs(tmp_path, "smoke", [0, 1], configs)["teacher_seed"]) == [0] * 4
-    prov = results.provenance(tmp_path, "smoke", [0, 1], configs, teacher_seeds=[0, 1])
+    assert lookup.resolve_teacher_seeds(tmp_path, "smoke", [0, 1], configs=configs) == [0, 1]
+    assert lookup.resolve_teacher_seeds(tmp_path, "smoke", [0, 1], [1], configs) == [1]
+    assert lookup.teacher_block(tmp_path, "smoke", [0, 1], 1, configs) == ["baseline", "kd"]  # kd_fa_at not repeated
+    runs = lookup.collect_runs(tmp_path, "smoke", [0, 1], configs, teacher_seeds=[0, 1])
+    assert list(runs["teacher_seed"]) == [0] * 6 + [1] * 4
+    second = runs[runs["teacher_seed"] == 1]
+    assert list(second["run_dir"].str.extract(r"/(\w[\w-]*)/seed\d$")[0]) == ["baseline"] * 2 + ["kd-t1"] * 2
+    assert second["test_acc"].tolist() == [50.0, 50.0, 51.0, 51.0]  # the shared baseline, then teacher 1's KD
+    assert list(lookup.collect_runs(tmp_path, "smoke", [0, 1], configs)["teacher_seed"]) == [0] * 6
+    table = tables.accuracy_table(runs)
+    assert table.loc[(1, "KD"), "Δ vs baseline (pp)"] == "+1.00" and (1, "KD+FA+AT") not in table.index
+    prov = tables.provenance(tmp_path, "smoke", [0, 1], configs, teacher_seeds=[0, 1])
     assert "seed 0: test top-1 50.00 %" in prov["teacher"] and "seed 1: test top-1 51.00 %" in prov["teacher"]
     assert "distilled from each teacher" in prov["teacher"]
-    assert prov["training time (sum over these runs)"] == "10.0 min"  # 2 teachers + 8 students
-    assert "one teacher" in results.provenance(tmp_path, "smoke", [0, 1], configs)["teacher"]
+    assert prov["training time (sum over these runs)"] == "10.0 min"  # 2 teachers + 6 runs of teacher 0 + 2 of kd-t1
+    assert "one teacher" in tables.provenance(tmp_path, "smoke", [0, 1], configs)["teacher"]
+    with pytest.raises(MissingInput, match="teacher seed 2 has no finished distilled runs"):
+        lookup.collect_runs(tmp_path, "smoke", [0, 1], configs, teacher_seeds=[0, 2])

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from kdnb.config import make_config
-from kdnb.results import provenance, public_source
-from kdnb.runs import CONFIG_FILE, METRICS_FILE, run_path, write_json
+from kdnb.engine.config import make_config
+from kdnb.engine.runs import CONFIG_FILE, METRICS_FILE, run_path, write_json
+from kdnb.report.tables import provenance, public_source
 
 SOURCE = "image folder /home/someone/data/cifar10-jpeg (50000 train / 10000 test)"
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import pytest
 
-from kdnb import notebook as nb
-from kdnb.config import make_config
-from kdnb.results import RunMismatch, collect_runs, require_run
-from kdnb.runs import CONFIG_FILE, METRICS_FILE, run_path, write_json
+from kdnb.engine.config import make_config
+from kdnb.engine.runs import CONFIG_FILE, METRICS_FILE, run_path, write_json
+from kdnb.report import notebook as nb
+from kdnb.report.lookup import RunMismatch, collect_runs, require_run
 
 METRICS = {"test_acc": 0.5, "val_acc": 0.5, "test_loss": 1.0, "val_loss": 1.0, "best_epoch": 1, "epochs_run": 2,
            "params": 10, "train_seconds": 1.0}

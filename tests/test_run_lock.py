@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from kdnb.config import make_config
-from kdnb.runs import LOCK_FILE, RunLock, RunLocked, run_path
-from kdnb.train import TrainingError, train
+from kdnb.engine.config import make_config
+from kdnb.engine.runs import LOCK_FILE, RunLock, RunLocked, run_path
+from kdnb.engine.train import TrainingError, train
 
 HOLD = """
 import sys, time
-from kdnb.runs import RunLock
+from kdnb.engine.runs import RunLock
 with RunLock(sys.argv[1]):
     print("locked", flush=True)
     time.sleep(float(sys.argv[2]))
@@ -100,7 +100,7 @@ def test_a_killed_writer_leaves_no_temporary_file_behind(tmp_path, cli_env):
     of the same file removes it (only files of writers on this host that no longer run)."""
     import socket
 
-    from kdnb.runs import write_json
+    from kdnb.engine.runs import write_json
 
     target = tmp_path / "metrics.json"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

@@ -20,9 +20,8 @@ import pandas as pd
 import pytest
 
 from kdnb.cli import main
-from kdnb.config import ConfigError
-from kdnb.executors import check_executor
-from kdnb.executors import local
+from kdnb.engine.config import ConfigError
+from kdnb.executors import check_executor, local
 from kdnb.jobs import Job, check_visible, graph
 from kdnb.pipeline import PipelineError, Step, plan, run_pipeline
 
@@ -108,6 +107,7 @@ def test_a_node_that_cannot_see_the_runs_is_one_line(tmp_path):
         check_visible(Job(2, step, (1,), needs_teacher=True))
 
 
+@pytest.mark.slow
 def test_a_failed_job_is_reported_and_independent_jobs_finish(smoke_pipeline, tmp_path, capsys, checkout_on_path):
     """Seed 1's folder holds a run with other settings: its notebook fails, 08 (which needs it) is
     skipped, seed 0's notebook (already trained: it only shows the run) finishes."""
@@ -148,6 +148,7 @@ def one_thread_series(smoke_pipeline, tmp_path_factory):
     return runs
 
 
+@pytest.mark.slow
 def test_two_local_jobs_give_the_sequential_table(one_thread_series, smoke_pipeline, tmp_path, checkout_on_path):
     runs = _with_teacher(smoke_pipeline, tmp_path)
     steps = run_pipeline(profile="smoke", runs_dir=runs, notebooks=SERIES, parameters=ONE_EPOCH, verbose=False,
@@ -158,6 +159,7 @@ def test_two_local_jobs_give_the_sequential_table(one_thread_series, smoke_pipel
     assert [s.notebook for s in steps][:3] == ["00_setup_and_data", "cohort", "02_baseline"]
 
 
+@pytest.mark.slow
 def test_ray_local_instance_gives_the_sequential_table(one_thread_series, smoke_pipeline, tmp_path,
                                                        checkout_on_path):
     ray = pytest.importorskip("ray", reason="ray is not installed (pip install ray)")
@@ -172,6 +174,7 @@ def test_ray_local_instance_gives_the_sequential_table(one_thread_series, smoke_
     assert all(s.seconds > 0 for s in steps)
 
 
+@pytest.mark.slow
 def test_submitit_local_executor_trains_a_seeds_cohort(one_thread_series, smoke_pipeline, tmp_path,
                                                        checkout_on_path):
     """A smaller graph (00, seed 0's cohort of KD and KD+AT, their notebooks): the runs are those of

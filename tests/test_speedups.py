@@ -7,9 +7,9 @@ import copy
 import pytest
 import torch
 
-from kdnb.masks import gradcam, teacher_forward
-from kdnb.models import build_model
-from kdnb.speedups import fold_batchnorm, prepare_teacher
+from kdnb.engine.speedups import fold_batchnorm, prepare_teacher
+from kdnb.method.masks import gradcam, teacher_forward
+from kdnb.method.models import build_model
 
 
 def _trained_like(arch: str, cbam: bool, width: float = 0.125) -> torch.nn.Module:
@@ -60,18 +60,19 @@ def test_the_fold_check_catches_a_fold_that_forgets_the_shift():
         assert not torch.allclose(folded(x), model(x), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16"])
 def test_compiled_stages_keep_gradcam(amp):
     """The teacher as the cpu profile runs it: ResNet-50+CBAM, BN folded, every stage compiled, and
     Grad-CAM differentiating through the compiled layer4 (whose CBAM once gave NaN gradients in bf16)."""
-    from kdnb.train import _autocast
+    from kdnb.engine.speedups import autocast
 
     torch.set_num_threads(1)
     raw = _trained_like("resnet50", True)
     model = fold_batchnorm(copy.deepcopy(raw))
     x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
     compiled = prepare_teacher(raw, compile=True)
-    with _autocast(torch.device("cpu"), amp):
+    with autocast(torch.device("cpu"), amp):
         want_logits, want_feats, want_cam = teacher_forward(model, x, "layer3", y)
         logits, feats, cam = teacher_forward(compiled, x, "layer3", y)
     assert float(want_cam.amax()) == 1.0  # a real cam, so the comparison is not vacuous
@@ -89,11 +90,12 @@ def test_compiled_stages_keep_gradcam(amp):
         torch.testing.assert_close(cam, want_cam, **tol)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("with_masks", [True, False], ids=["masked", "no-mask"])
 def test_compiled_objective_matches_eager(with_masks):
     """The cpu profile compiles the objective (FA connector + loss maps): same loss terms and
     gradients as eager, for the student's features and the connector's parameters."""
-    from kdnb.objective import Objective
+    from kdnb.method.objective import Objective
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -126,6 +128,7 @@ def test_compiled_objective_matches_eager(with_masks):
         torch.testing.assert_close(b, w)
 
 
+@pytest.mark.slow
 def test_every_compiled_teacher_stage_stays_compiled(monkeypatch):
     """The stem and four stages share one compiled function; run in both grad modes (as a cohort's
     teacher pass and Grad-CAM do) and at two batch sizes, they need more cache entries than
@@ -135,7 +138,8 @@ def test_every_compiled_teacher_stage_stays_compiled(monkeypatch):
 
     import torch._dynamo
 
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)  # the default; restored afterwards
+    limit = torch._dynamo.config.patch(recompile_limit=8)  # the default (torch's own patch restores it: after
+    limit.__enter__()  # monkeypatch's undo, later compiles found no recompile_limit at all)
     original = torch.nn.Module.compile
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: original(self, backend="eager"))
     messages: list[str] = []
@@ -159,6 +163,7 @@ def test_every_compiled_teacher_stage_stays_compiled(monkeypatch):
                         h = getattr(teacher, stage)(h)
     finally:
         logger.removeHandler(handler)
+        limit.__exit__(None, None, None)
         torch._dynamo.reset()
     hit = [m for m in messages if "recompile_limit" in m or "cache_size_limit" in m]
     assert not hit, hit

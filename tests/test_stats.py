@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from scipy import stats as st
 
-from kdnb.stats import comparison_table, paired_difference, summarize
+from kdnb.evaluation.stats import comparison_table, paired_difference, summarize
 
 
 def test_summarize_matches_scipy_and_hand_computation():

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from kdnb.config import make_config
-from kdnb.objective import TERMS
-from kdnb.tensorboard import TB_DIR, RunLog
-from kdnb.train import train
+from kdnb.engine.config import make_config
+from kdnb.engine.tensorboard import TB_DIR, RunLog
+from kdnb.engine.train import train
+from kdnb.method.objective import TERMS
 
 pytest.importorskip("tensorboard", reason="tensorboard is not installed (pip install tensorboard)")
 

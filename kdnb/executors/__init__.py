@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError
+from ..engine.config import ConfigError
 from ..jobs import DONE, FAILED, Job, JobResult
 
 EXECUTORS = ("local", "ray", "slurm")

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError
+from ..engine.config import ConfigError
 from ..jobs import FAILED, Job, JobResult, blocked, device_label, run_job
 from . import outcome
 

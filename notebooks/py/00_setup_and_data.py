@@ -40,8 +40,8 @@ runs_dir: str = "../runs"            # runs are written to <runs_dir>/<profile>/
 figures_dir: "Optional[str]" = None  # None: <runs_dir>/<profile>/figures; "../figures" refreshes the committed reference
 
 # %%
-import kdnb.notebook as nb
-from kdnb import plots
+import kdnb.report.notebook as nb
+from kdnb.report import plots
 
 ctx = nb.context(profile, data_dir=data_dir, runs_dir=runs_dir, figures_dir=figures_dir)
 print(ctx.describe())
@@ -62,7 +62,7 @@ print(nb.profiles_table())
 # The five students differ only in the loss weights (the teacher trains with cross-entropy alone).
 # KD uses $T=4$ with CE 0.1 / KD 0.9 (Hinton; RepDistiller) and AT $\beta=1000$ (Zagoruyko & Komodakis).
 # FA follows FitNets (a conv–BN–ReLU connector, as in RepDistiller); its weight is chosen so that the FA
-# term starts at the size of the KD term (the reasoning is beside `PRESETS` in `kdnb/config.py`).
+# term starts at the size of the KD term (the reasoning is beside `PRESETS` in `kdnb/engine/config.py`).
 # Any weight can be changed per run (`overrides` in the notebooks, `--set w_fa=100` on the command line).
 
 # %%

@@ -43,9 +43,9 @@ device: str = "auto"                 # auto (CUDA if available), cpu, cuda or mp
 overrides: dict = {}                 # any other run setting, e.g. {"lr": 0.05, "batch_size": 128}
 
 # %%
-import kdnb.notebook as nb
-from kdnb import plots, results
-from kdnb.train import train
+import kdnb.report.notebook as nb
+from kdnb.report import lookup, plots
+from kdnb.engine.train import train
 
 ctx = nb.context(profile, seed=seed, data_dir=data_dir, runs_dir=runs_dir, figures_dir=figures_dir,
                  epochs=epochs, device=device, overrides=overrides)
@@ -66,7 +66,7 @@ print(nb.architecture_table())
 
 # %%
 cfg = ctx.config("teacher")
-results.config_table(cfg)
+lookup.config_table(cfg)
 
 # %% [markdown]
 # ## Training
@@ -76,7 +76,7 @@ data = ctx.load_data(cfg)
 result = train(cfg, ctx.runs_dir, data=data, progress=True)
 
 # %%
-results.run_summary(result)
+lookup.run_summary(result)
 
 # %%
 fig = plots.learning_curves(result.history, title="teacher: ResNet-50 + CBAM", best_epoch=result.metrics["best_epoch"])

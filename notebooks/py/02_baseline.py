@@ -39,9 +39,9 @@ device: str = "auto"                 # auto (CUDA if available), cpu, cuda or mp
 overrides: dict = {}                 # any other run setting, e.g. {"keep": 0.3, "stages": ["layer2", "layer3"]}
 
 # %%
-import kdnb.notebook as nb
-from kdnb import plots, results
-from kdnb.train import train
+import kdnb.report.notebook as nb
+from kdnb.report import lookup, plots
+from kdnb.engine.train import train
 
 CONFIG = "baseline"
 ctx = nb.context(profile, seed=seed, data_dir=data_dir, runs_dir=runs_dir, figures_dir=figures_dir,
@@ -64,7 +64,7 @@ print(nb.objective_example(CONFIG))
 # ## Run settings
 
 # %%
-results.config_table(cfg)
+lookup.config_table(cfg)
 
 # %% [markdown]
 # ## Training
@@ -80,13 +80,13 @@ data = ctx.load_data(cfg)
 result = train(cfg, ctx.runs_dir, data=data, progress=True)
 
 # %%
-results.run_summary(result)
+lookup.run_summary(result)
 
 # %% [markdown]
 # Per epoch: the training objective and its terms, accuracies (%), validation loss and the epoch's time.
 
 # %%
-results.history_frame(result.history).round(4)
+lookup.history_frame(result.history).round(4)
 
 # %% [markdown]
 # Learning curves: the training objective and its unweighted terms (left), training and validation

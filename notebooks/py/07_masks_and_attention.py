@@ -46,12 +46,12 @@ eval_images: "Optional[int]" = None  # test images for the distances; None: the 
 device: str = "auto"                 # auto (CUDA if available), cpu, cuda or mps
 
 # %%
-import kdnb.notebook as nb
-from kdnb import plots, results
+import kdnb.report.notebook as nb
+from kdnb.report import analyses, lookup, plots, tables
 
 ctx = nb.context(profile, seed=seed, data_dir=data_dir, runs_dir=runs_dir, figures_dir=figures_dir)
 ctx.require("teacher", 0)
-seeds_used = results.resolve_seeds(ctx.runs_dir, profile, seeds)
+seeds_used = lookup.resolve_seeds(ctx.runs_dir, profile, seeds)
 print(ctx.describe())
 print("seeds:", seeds_used)
 
@@ -63,7 +63,7 @@ print("seeds:", seeds_used)
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print(results.mask_example(keeps))
+print(analyses.mask_example(keeps))
 
 # %% [markdown]
 # ## One test image per class
@@ -73,7 +73,7 @@ print(results.mask_example(keeps))
 
 # %%
 data = ctx.load_data()
-panel = results.attention_panel(ctx.runs_dir, profile, seed, data, stage=stage, keeps=keeps)
+panel = analyses.attention_panel(ctx.runs_dir, profile, seed, data, stage=stage, keeps=keeps)
 fig = plots.attention_grid(panel)
 ctx.save(fig, f"07_attention_seed{seed}")
 
@@ -89,7 +89,7 @@ ctx.save(fig, f"07_attention_seed{seed}")
 # than `keep`. Run headless (papermill, the tests) this cell shows only the figure of the defaults.
 
 # %%
-from kdnb.explorer import MaskExplorer
+from kdnb.report.explorer import MaskExplorer
 
 explorer = MaskExplorer(ctx.runs_dir, profile, seed, data)
 explorer.show(stage=stage)
@@ -98,10 +98,10 @@ explorer.show(stage=stage)
 # ## Attention distance to the teacher (test set)
 
 # %%
-distances = results.attention_distances(ctx.runs_dir, profile, seeds_used, data, stage=stage, n_images=eval_images,
+distances = analyses.attention_distances(ctx.runs_dir, profile, seeds_used, data, stage=stage, n_images=eval_images,
                                         device=device, cache_dir=ctx.results_dir)
 ctx.save_csv(distances, "attention_distance", index=False)
-results.summarize_metric(distances, "attention_distance")
+tables.summarize_metric(distances, "attention_distance")
 
 # %%
 fig = plots.metric_bars(distances, "attention_distance", "‖a_s − a_t‖₂ (mean over test images)",

@@ -31,7 +31,8 @@
 #   256, training time per epoch.
 #
 # With students of more than one teacher seed (a second teacher's runs live in `<config>-t<k>/`), the accuracy
-# table is given per teacher seed; everything else uses teacher seed 0, the main series.
+# table is given per teacher seed; everything else uses teacher seed 0, the main series. A second teacher may
+# repeat only part of the series (e.g. KD and KD+FA+AT); the baseline has no teacher, so its runs serve every block.
 #
 # **Why.** The paper reports one run per configuration with the epoch chosen on the test set; its margins
 # (83.53 vs 83.64 vs 83.77) are smaller than typical seed-to-seed noise. Here the test set is used once per run
@@ -45,7 +46,7 @@
 # %% tags=["parameters"]
 profile: str = "cpu"                       # smoke: seconds, synthetic data (CI) · cpu: CIFAR-10 on 2 CPU cores, ~1 h · paper: GPU
 seeds: "Optional[list]" = None             # None: every seed finished for all five configurations
-teacher_seeds: "Optional[list]" = None     # None: 0 and every other teacher seed whose students are finished for all configurations and seeds
+teacher_seeds: "Optional[list]" = None     # None: 0 and every other teacher seed with distilled runs finished for every seed
 data_dir: "Optional[str]" = None           # None: the profile's own source (smoke: synthetic), else $KDNB_DATA_DIR, else ../data
 runs_dir: str = "../runs"                  # runs are written to <runs_dir>/<profile>/<config>/seed<k>/
 figures_dir: "Optional[str]" = None        # None: <runs_dir>/<profile>/figures; "../figures" refreshes the committed reference
@@ -56,16 +57,16 @@ latency_repeats: "Optional[int]" = None    # timed passes per latency; None: the
 device: str = "auto"                       # evaluation and latency device: auto (CUDA if available), cpu, cuda or mps
 
 # %%
-import kdnb.notebook as nb
+import kdnb.report.notebook as nb
 from IPython.display import Markdown
-from kdnb import ablation, plots, results
+from kdnb.report import ablation, analyses, answers, lookup, plots, tables
 
 ctx = nb.context(profile, data_dir=data_dir, runs_dir=runs_dir, figures_dir=figures_dir)
-seeds_used = results.resolve_seeds(ctx.runs_dir, profile, seeds)
-teacher_seeds_used = results.resolve_teacher_seeds(ctx.runs_dir, profile, seeds_used, teacher_seeds)
-runs = results.collect_runs(ctx.runs_dir, profile, seeds_used)  # teacher seed 0: the main series
-runs_by_teacher = results.collect_runs(ctx.runs_dir, profile, seeds_used, teacher_seeds=teacher_seeds_used)
-distances = results.read_attention_distances(ctx.results_dir, seeds_used)
+seeds_used = lookup.resolve_seeds(ctx.runs_dir, profile, seeds)
+teacher_seeds_used = lookup.resolve_teacher_seeds(ctx.runs_dir, profile, seeds_used, teacher_seeds)
+runs = lookup.collect_runs(ctx.runs_dir, profile, seeds_used)  # teacher seed 0: the main series
+runs_by_teacher = lookup.collect_runs(ctx.runs_dir, profile, seeds_used, teacher_seeds=teacher_seeds_used)
+distances = lookup.read_attention_distances(ctx.results_dir, seeds_used)
 print(ctx.describe())
 print("seeds:", seeds_used, " teacher seeds:", teacher_seeds_used)
 
@@ -77,7 +78,7 @@ print("seeds:", seeds_used, " teacher seeds:", teacher_seeds_used)
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print(results.paper_table())
+print(tables.paper_table())
 
 # %% [markdown]
 # ## Accuracy (this reproduction)
@@ -85,12 +86,12 @@ print(results.paper_table())
 # With more than one teacher seed, one block per teacher seed: does a conclusion depend on the teacher?
 
 # %%
-table = results.accuracy_table(runs_by_teacher)
+table = tables.accuracy_table(runs_by_teacher)
 table
 
 # %%
-provenance = results.provenance(ctx.runs_dir, profile, seeds_used, teacher_seeds=teacher_seeds_used)
-paths = results.write_results(table, results.accuracy_numbers(runs_by_teacher), provenance, ctx.figures_dir)
+provenance = tables.provenance(ctx.runs_dir, profile, seeds_used, teacher_seeds=teacher_seeds_used)
+paths = tables.write_results(table, tables.accuracy_numbers(runs_by_teacher), provenance, ctx.figures_dir)
 print("\n".join(map(str, paths)))
 provenance
 
@@ -102,7 +103,7 @@ ctx.save(fig, "08_accuracy")
 # ## Learning curves (mean over seeds; band ±1 std)
 
 # %%
-histories = results.collect_histories(ctx.runs_dir, profile, seeds_used)
+histories = lookup.collect_histories(ctx.runs_dir, profile, seeds_used)
 fig = plots.learning_curves_by_config(histories)
 ctx.save(fig, "08_learning_curves")
 
@@ -113,7 +114,7 @@ ctx.save(fig, "08_learning_curves")
 # training time (a teacher forward per step, plus Grad-CAM's partial backward for FA/AT).
 
 # %%
-efficiency = results.efficiency_table(ctx.runs_dir, profile, seeds_used, device=device,
+efficiency = analyses.efficiency_table(ctx.runs_dir, profile, seeds_used, device=device,
                                       repeats=ctx.eval_default("latency_repeats", latency_repeats))
 ctx.save_csv(efficiency, "efficiency")
 efficiency
@@ -127,7 +128,7 @@ efficiency
 
 # %%
 data = ctx.load_data()
-evaluation = results.evaluate_models(
+evaluation = analyses.evaluate_models(
     ctx.runs_dir, profile, seeds_used, data, corruption_seed=corruption_seed, cifar10c_dir=cifar10c_dir,
     robustness_images=ctx.eval_default("robustness_images", robustness_images), device=device,
     cache_dir=ctx.results_dir)
@@ -135,7 +136,7 @@ per_run = evaluation["per_run"]
 students = per_run.query("config != 'teacher'")
 ctx.save_csv(per_run, "per_run", index=False)
 ctx.save_csv(evaluation["robustness"], "robustness", index=False)
-results.robustness_table(evaluation["robustness"])
+tables.robustness_table(evaluation["robustness"])
 
 # %%
 fig = plots.robustness_heatmap(evaluation["robustness"])
@@ -149,7 +150,7 @@ ctx.save(fig, "08_robustness_severity")
 # Per corruption and severity (%, mean over seeds; `robustness_pivot.csv`):
 
 # %%
-pivot = results.robustness_pivot(evaluation["robustness"])
+pivot = tables.robustness_pivot(evaluation["robustness"])
 ctx.save_csv(pivot, "robustness_pivot")
 pivot
 
@@ -157,13 +158,13 @@ pivot
 # Mean accuracy over all corruptions and severities (%), with seed-paired differences:
 
 # %%
-results.summarize_metric(students, "mean_corruption_acc", digits=2)
+tables.summarize_metric(students, "mean_corruption_acc", digits=2)
 
 # %% [markdown]
 # Expected calibration error (lower is better), with seed-paired differences:
 
 # %%
-results.summarize_metric(students, "ece")
+tables.summarize_metric(students, "ece")
 
 # %%
 fig = plots.reliability_diagrams(evaluation["reliability"])
@@ -173,10 +174,10 @@ ctx.save(fig, "08_reliability")
 # Top-1 agreement with the teacher (%) and the attention distance to it (from `07`):
 
 # %%
-results.summarize_metric(students, "agreement", digits=2)
+tables.summarize_metric(students, "agreement", digits=2)
 
 # %%
-results.summarize_metric(distances, "attention_distance")
+tables.summarize_metric(distances, "attention_distance")
 
 # %% [markdown]
 # ## Answers to the paper's questions
@@ -186,7 +187,7 @@ results.summarize_metric(distances, "attention_distance")
 
 # %%
 ablation_runs = ablation.saved_runs(ctx.runs_dir, profile, seeds_used)
-Markdown(results.research_answers(runs_by_teacher, students, efficiency, distances, ablation_runs))
+Markdown(answers.research_answers(runs_by_teacher, students, efficiency, distances, ablation_runs))
 
 # %% [markdown]
 # Next: `09_mask_ablation.ipynb` tests the causal masks against no mask and size-matched random masks.

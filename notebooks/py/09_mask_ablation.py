@@ -26,8 +26,9 @@
 #   anywhere. Where the cam is positive on fewer positions than `keep` asks for, the Grad-CAM mask keeps fewer,
 #   and so does its control;
 # - `gradcam soft`: the cam itself as weights, $M = \mathrm{cam}$ (`keep` does not apply);
-# - optionally (`unmatched=True`) `random`: exactly `keep` of the positions at random, whatever the cam; larger than
-#   the Grad-CAM mask wherever the cam is sparse, so it is not the control the table compares against.
+# - `random` (unmatched; `unmatched=False` leaves it out): exactly `keep` of the positions at random, whatever the
+#   cam; larger than the Grad-CAM mask wherever the cam is sparse, so it is not the control the table compares
+#   against, but it shows whether the control's size matters.
 #
 # Same seeds, split, teacher and recipe as the main series. The table gives test top-1 mean ± std, the seed-paired
 # difference $\Delta = \frac{1}{n}\sum_s (a^{mask}_s - a^{ref}_s)$ with its 95% Student-t interval against `none`
@@ -51,17 +52,17 @@ data_dir: "Optional[str]" = None     # None: the profile's own source (smoke: sy
 runs_dir: str = "../runs"            # runs are written to <runs_dir>/<profile>/<config>/seed<k>/
 figures_dir: "Optional[str]" = None  # None: <runs_dir>/<profile>/figures; "../figures" refreshes the committed reference
 keeps: list = [0.25, 0.5]            # mask fractions for the Grad-CAM and random variants
-unmatched: bool = False              # also train the unmatched random masks (exactly keep of the positions)
+unmatched: bool = True               # also train the unmatched random masks (exactly keep of the positions)
 device: str = "auto"                 # auto (CUDA if available), cpu, cuda or mps
 
 # %%
-import kdnb.notebook as nb
+import kdnb.report.notebook as nb
 from IPython.display import Markdown
-from kdnb import ablation, plots, results
+from kdnb.report import ablation, lookup, plots, tables
 
 ctx = nb.context(profile, data_dir=data_dir, runs_dir=runs_dir, figures_dir=figures_dir, device=device)
 ctx.require("teacher", 0)
-seeds_used = results.resolve_seeds(ctx.runs_dir, profile, seeds, configs=[ablation.ABLATION_CONFIG])
+seeds_used = lookup.resolve_seeds(ctx.runs_dir, profile, seeds, configs=[ablation.ABLATION_CONFIG])
 print(ctx.describe())
 print("seeds:", seeds_used)
 
@@ -109,6 +110,6 @@ ctx.save(fig, "09_mask_ablation")
 
 # %%
 sentence = ablation.conclusion(runs)
-provenance = results.provenance(ctx.runs_dir, profile, seeds_used, configs=list(dict.fromkeys(plan["run"])))
+provenance = tables.provenance(ctx.runs_dir, profile, seeds_used, configs=list(dict.fromkeys(plan["run"])))
 print(ablation.write_table(table, versus, sentence, provenance, ctx.figures_dir))
 Markdown(sentence)

@@ -1,6 +1,6 @@
 """One objective for every configuration: ``w_ce·CE + w_kd·KD + w_fa·FA + w_at·AT``.
 
-Configurations differ only in their weights (see :data:`kdnb.config.PRESETS`); a term with
+Configurations differ only in their weights (see :data:`kdnb.engine.config.PRESETS`); a term with
 weight 0 is not computed (except CE, always logged). FA and AT are averaged over the
 distillation stages. The FA connectors are the objective's only parameters: they are trained
 with the student and are not part of the deployed student.

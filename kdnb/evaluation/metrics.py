@@ -1,45 +1,23 @@
 """Evaluation helpers for the results notebook: predictions, robustness, agreement, attention.
 
 Models here take normalised float input; images are kept as uint8 (B,3,H,W) and ``normalize``
-(e.g. ``kdnb.data.normalize``) is applied batch by batch, so corruptions always act on pixels.
+(e.g. ``kdnb.engine.data.normalize``) is applied batch by batch, so corruptions always act on pixels.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import TypeVar
 
 import pandas as pd
 import torch
 from torch import nn
 
-from kdnb.corruptions import CIFAR10C_NAMES, CORRUPTIONS, SEVERITIES, corrupt, load_cifar10c
-
-Normalize = Callable[[torch.Tensor], torch.Tensor]
+from ..engine.inference import Normalize, batch_slices, batched_logits, eval_mode
+from ..method.losses import attention_map
+from .corruptions import CIFAR10C_NAMES, CORRUPTIONS, SEVERITIES, corrupt, load_cifar10c
 
 K = TypeVar("K", bound=Hashable)
-
-
-def _batches(n: int, batch_size: int) -> Iterable[slice]:
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    return (slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size))
-
-
-class _EvalMode:
-    """Context manager: eval mode inside, the previous train/eval mode restored afterwards."""
-
-    def __init__(self, *models: nn.Module) -> None:
-        self.models = models
-        self.modes = [m.training for m in models]
-
-    def __enter__(self) -> None:
-        for m in self.models:
-            m.eval()
-
-    def __exit__(self, *exc) -> None:
-        for m, mode in zip(self.models, self.modes):
-            m.train(mode)
 
 
 def predict(
@@ -50,11 +28,8 @@ def predict(
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
     """Logits (N, classes) on the CPU for uint8 ``images``, in eval mode and inference mode."""
-    out = []
-    with _EvalMode(model), torch.inference_mode():
-        for sl in _batches(len(images), batch_size):
-            out.append(model(normalize(images[sl].to(device))).float().cpu())
-    return torch.cat(out) if out else torch.empty(0)
+    return torch.cat([logits.cpu() for _, logits in batched_logits(model, images, normalize, batch_size, device)]
+                     if len(images) else [torch.empty(0)])
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -155,12 +130,10 @@ def attention_distances(
     """
     from tqdm.auto import tqdm
 
-    from kdnb.losses import attention_map  # lazy: keeps this module importable on its own
-
     totals = {k: 0.0 for k in students}
     n = 0
-    with _EvalMode(teacher, *students.values()), torch.inference_mode():
-        for sl in tqdm(list(_batches(len(images), batch_size)), desc="attention distance", disable=not progress):
+    with eval_mode(teacher, *students.values()), torch.inference_mode():
+        for sl in tqdm(list(batch_slices(len(images), batch_size)), desc="attention distance", disable=not progress):
             x = normalize(images[sl].to(device))
             ft = _stage_features(teacher, x, stage)
             for key, student in students.items():
@@ -177,22 +150,3 @@ def attention_distance(student: nn.Module, teacher: nn.Module, images: torch.Ten
                        device: torch.device | str = "cpu") -> float:
     """:func:`attention_distances` of one student."""
     return attention_distances({0: student}, teacher, images, normalize, stage, p, batch_size, device)[0]
-
-
-def plot_robustness_heatmap(ax, df: pd.DataFrame, config_col: str = "config", fmt: str = ".1f", scale: float = 100.0):
-    """Seaborn heatmap of accuracy (×``scale``), config × corruption, averaged over severities.
-
-    ``df`` is the concatenation of :func:`robustness` tables with a ``config`` column (a table
-    without one is drawn as a single row); "clean" comes first, then the corruptions.
-    """
-    import seaborn as sns
-
-    data = df if config_col in df.columns else df.assign(**{config_col: "model"})
-    table = data.pivot_table(index=config_col, columns="corruption", values="accuracy", aggfunc="mean", sort=False)
-    cols = ["clean"] + [c for c in table.columns if c != "clean"] if "clean" in table.columns else list(table.columns)
-    table = table[cols] * scale
-    label = "accuracy (%)" if scale == 100 else "accuracy"
-    sns.heatmap(table, annot=True, fmt=fmt, cmap="viridis", cbar_kws={"label": label}, ax=ax)
-    ax.set_xlabel("corruption (mean over severities)")
-    ax.set_ylabel(config_col)
-    return ax

@@ -10,15 +10,17 @@ still take the gradient with respect to one stage's activation.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
+import platform
 
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from .models import STAGES, ResNet, SpatialGate
+from ..method.models import STAGES, ResNet, SpatialGate
 
 
 def _fold_pair(owner: nn.Module, conv_name: str, bn_owner: nn.Module, bn_name: str) -> None:
@@ -73,7 +75,7 @@ TEACHER_RECOMPILE_LIMIT = 64
 def compile_stages(model: ResNet) -> ResNet:
     """``torch.compile`` the stem and each stage separately, in place.
 
-    The stage boundaries stay eager, so :func:`kdnb.masks.teacher_forward` can run the stages up
+    The stage boundaries stay eager, so :func:`kdnb.method.masks.teacher_forward` can run the stages up
     to the Grad-CAM stage without a graph and differentiate the later ones with respect to that
     stage's activation. (The head, an average pool and one linear layer, stays eager.) Raises
     dynamo's recompile limit to :data:`TEACHER_RECOMPILE_LIMIT` so every stage stays compiled.
@@ -152,3 +154,31 @@ def ensure_compiled_bf16_correct() -> dict[str, object]:
         return {"inductor_bf16_probe": "miscompiled at the default vector width; using simdlen=256"}
     raise RuntimeError("inductor miscompiles bf16 kernels on this CPU even at simdlen=256: "
                        "use --set amp=false or --set compile=false")
+
+
+def device_name(device: torch.device | str) -> str:
+    """Human-readable name of the device used for timing (GPU model or CPU model)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def amp_active(device: torch.device, enabled: bool) -> bool:
+    """bf16 autocast is used on CUDA and on CPUs where it is faster (AMX, see :func:`cpu_bf16_pays`);
+    elsewhere ``amp`` is a no-op."""
+    return enabled and (device.type == "cuda" or (device.type == "cpu" and cpu_bf16_pays()))
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast where :func:`amp_active`, else a context that does nothing."""
+    if amp_active(device, enabled):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()

@@ -1,6 +1,6 @@
 """Figures for the notebooks. Every function returns a matplotlib ``Figure`` (shown inline by
 Jupyter; ``Context.save`` writes it as PNG) and takes plain tensors or DataFrames from
-:mod:`kdnb.results`, so the notebooks hold no plotting code.
+:mod:`kdnb.report.tables` and :mod:`kdnb.report.analyses`, so the notebooks hold no plotting code.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .results import LABELS, PAPER_ACCURACY
+from ..evaluation.calibration import ece_from_table
+from .series import LABELS, PAPER_ACCURACY
 
 ORDER = [LABELS[c] for c in ("baseline", "kd", "kd_fa", "kd_at", "kd_fa_at")]
 
@@ -27,9 +28,7 @@ def _palette(labels: Sequence[str]) -> dict[str, tuple]:
 
 def _log_y(ax) -> None:
     """Logarithmic y axis with plain-number tick labels (0.5, 2, 40 rather than 5×10⁻¹)."""
-    from matplotlib.ticker import FuncFormatter
-
-    from matplotlib.ticker import NullFormatter
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     ax.set_yscale("log")
     fmt = FuncFormatter(lambda v, _: f"{v:g}")
@@ -178,8 +177,6 @@ def metric_bars(df: pd.DataFrame, y: str, ylabel: str, title: str = ""):
 
 def robustness_heatmap(robust: pd.DataFrame):
     """Accuracy (%) per configuration × corruption, mean over severities and seeds."""
-    from .evaluate import plot_robustness_heatmap
-
     n_cols = robust["corruption"].nunique()
     fig, ax = plt.subplots(figsize=(1.0 + 0.9 * n_cols, 0.6 + 0.5 * robust["label"].nunique()))
     plot_robustness_heatmap(ax, robust, config_col="label")
@@ -206,9 +203,7 @@ def robustness_by_severity(robust: pd.DataFrame):
 
 
 def reliability_diagrams(tables: Mapping[str, pd.DataFrame]):
-    """One reliability diagram per configuration (``kdnb.calibration.plot_reliability``)."""
-    from .calibration import plot_reliability
-
+    """One reliability diagram per configuration (:func:`plot_reliability`)."""
     n = len(tables)
     fig, axes = plt.subplots(1, n, figsize=(3.3 * n, 3.4), squeeze=False)
     for ax, (label, table) in zip(axes[0], tables.items()):
@@ -286,7 +281,7 @@ def ablation_points(runs: pd.DataFrame, title: str = "KD+FA+AT: which mask?"):
 
 # ---------------------------------------------------------------- explorer (07)
 def explorer_figure(view):
-    """One image of :class:`kdnb.explorer.View`: the image, the teacher's Grad-CAM for the explained
+    """One image of :class:`kdnb.report.explorer.View`: the image, the teacher's Grad-CAM for the explained
     class, the causal mask, and the attention maps of the teacher and the chosen students, each titled
     with its prediction. Built as a bare ``Figure`` (not registered with pyplot)."""
     from matplotlib.figure import Figure
@@ -317,3 +312,46 @@ def explorer_figure(view):
         ax.set_yticks([])
     fig.suptitle(f"{view.label} · stage {view.stage} · keep {view.keep:g}", fontsize=9)
     return fig
+
+
+def plot_robustness_heatmap(ax, df: pd.DataFrame, config_col: str = "config", fmt: str = ".1f", scale: float = 100.0):
+    """Seaborn heatmap of accuracy (×``scale``), config × corruption, averaged over severities.
+
+    ``df`` is the concatenation of :func:`kdnb.evaluation.metrics.robustness` tables with a ``config`` column (a table
+    without one is drawn as a single row); "clean" comes first, then the corruptions.
+    """
+    import seaborn as sns
+
+    data = df if config_col in df.columns else df.assign(**{config_col: "model"})
+    table = data.pivot_table(index=config_col, columns="corruption", values="accuracy", aggfunc="mean", sort=False)
+    cols = ["clean"] + [c for c in table.columns if c != "clean"] if "clean" in table.columns else list(table.columns)
+    table = table[cols] * scale
+    label = "accuracy (%)" if scale == 100 else "accuracy"
+    sns.heatmap(table, annot=True, fmt=fmt, cmap="viridis", cbar_kws={"label": label}, ax=ax)
+    ax.set_xlabel("corruption (mean over severities)")
+    ax.set_ylabel(config_col)
+    return ax
+
+
+def plot_reliability(ax, table: pd.DataFrame, title: str | None = None):
+    """Reliability diagram on a matplotlib ``ax``: accuracy per bin against the diagonal.
+
+    Bars show accuracy, red hatched boxes the gap to mean confidence; ECE goes in the legend.
+    """
+    filled = table[table["count"] > 0]
+    width = table["upper"] - table["lower"]
+    centers = (table["lower"] + table["upper"]) / 2
+    fw, fc = width[filled.index], centers[filled.index]
+    ax.bar(fc, filled["accuracy"], width=fw, edgecolor="black", color="tab:blue", label="accuracy")
+    ax.bar(
+        fc, filled["confidence"] - filled["accuracy"], bottom=filled["accuracy"], width=fw,
+        color="tab:red", alpha=0.3, hatch="//", edgecolor="tab:red", label="gap to confidence",
+    )
+    ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{title}  (ECE {ece_from_table(table):.3f})" if title else f"ECE {ece_from_table(table):.3f}")
+    ax.legend(loc="upper left", fontsize="small")
+    return ax

@@ -6,7 +6,6 @@ student's inference cost stays that of its architecture; these helpers measure b
 
 from __future__ import annotations
 
-import platform
 import statistics
 import time
 from collections.abc import Sequence
@@ -16,7 +15,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .models import count_parameters as count_parameters  # re-exported: the deployed size
+from ..engine.speedups import device_name
+from ..method.models import count_parameters as count_parameters  # re-exported: the deployed size
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -45,21 +45,6 @@ def flops_per_image(model: nn.Module, input_size: Sequence[int] = (3, 32, 32)) -
 def macs_per_image(model: nn.Module, input_size: Sequence[int] = (3, 32, 32)) -> int:
     """Multiply-accumulates of one forward pass on one image (FLOPs / 2)."""
     return flops_per_image(model, input_size) // 2
-
-
-def device_name(device: torch.device | str) -> str:
-    """Human-readable name of the device used for timing (GPU model or CPU model)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
 
 
 def _sync(device: torch.device) -> None:

@@ -81,27 +81,3 @@ def expected_calibration_error(
 ) -> float:
     """ECE with ``n_bins`` equal-width confidence bins; ``scores`` are logits or probabilities (N,K)."""
     return ece_from_table(reliability_table(scores, labels, n_bins, from_logits))
-
-
-def plot_reliability(ax, table: pd.DataFrame, title: str | None = None):
-    """Reliability diagram on a matplotlib ``ax``: accuracy per bin against the diagonal.
-
-    Bars show accuracy, red hatched boxes the gap to mean confidence; ECE goes in the legend.
-    """
-    filled = table[table["count"] > 0]
-    width = table["upper"] - table["lower"]
-    centers = (table["lower"] + table["upper"]) / 2
-    fw, fc = width[filled.index], centers[filled.index]
-    ax.bar(fc, filled["accuracy"], width=fw, edgecolor="black", color="tab:blue", label="accuracy")
-    ax.bar(
-        fc, filled["confidence"] - filled["accuracy"], bottom=filled["accuracy"], width=fw,
-        color="tab:red", alpha=0.3, hatch="//", edgecolor="tab:red", label="gap to confidence",
-    )
-    ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("confidence")
-    ax.set_ylabel("accuracy")
-    ax.set_title(f"{title}  (ECE {ece_from_table(table):.3f})" if title else f"ECE {ece_from_table(table):.3f}")
-    ax.legend(loc="upper left", fontsize="small")
-    return ax

@@ -17,12 +17,13 @@ from typing import Any
 
 import torch
 
-from .config import STUDENT_CONFIGS
-from .data import normalize
-from .losses import attention_map
-from .masks import CAM_TYPES, causal_mask, gradcam
-from .models import STAGES
-from .results import LABELS, load_students, load_teacher_of
+from ..engine.config import STUDENT_CONFIGS
+from ..engine.data import normalize
+from ..method.losses import attention_map
+from ..method.masks import CAM_TYPES, causal_mask, gradcam
+from ..method.models import STAGES
+from .analyses import load_students, load_teacher_of
+from .series import LABELS
 
 TRUE_CLASS = -1  # ``explain`` value meaning "the image's own label"
 

@@ -24,9 +24,13 @@ from typing import Any
 
 import pandas as pd
 
-from .config import RunConfig, make_config
-from .masks import CAM_MODES
-from .runs import HISTORY_FILE, METRICS_FILE, is_finished, read_json, run_path, write_text
+from ..engine.config import RunConfig, make_config
+from ..engine.runs import HISTORY_FILE, METRICS_FILE, is_finished, read_json, run_path, write_text
+from ..engine.train import train_cohort
+from ..evaluation.stats import describe_difference, interval_text, paired_difference, summarize
+from ..method.masks import CAM_MODES
+from .lookup import MissingInput, check_identity, mask_statistics, notebook_hint, require_run
+from .tables import markdown_table
 
 ABLATION_CONFIG = "kd_fa_at"
 KEEPS: tuple[float, ...] = (0.25, 0.5)
@@ -37,7 +41,6 @@ MATCHED = "random_matched"
 @dataclass(frozen=True)
 class Variant:
     """One mask setting of the ablation."""
-
     mask_mode: str
     keep: float | None = None  # None where keep does not apply: mask_mode "none", and soft masks
     cam_type: str = "binary"
@@ -105,9 +108,6 @@ def train_missing(plan_df: pd.DataFrame, profile: str, runs_dir: str | os.PathLi
     series' runs are left to notebook 06. The missing variants of a seed train together as a
     cohort (one teacher pass per batch; each run as it would be alone). Returns the run folders
     trained in this call."""
-    from .results import require_run
-    from .train import train_cohort
-
     by_seed: dict[int, list[RunConfig]] = {}
     for r in plan_df.itertuples(index=False):
         cfg = variant_config(_variant(r), profile, int(r.seed), overrides, config)
@@ -124,11 +124,9 @@ def train_missing(plan_df: pd.DataFrame, profile: str, runs_dir: str | os.PathLi
 def collect(plan_df: pd.DataFrame, profile: str, runs_dir: str | os.PathLike,
             overrides: dict[str, Any] | None = None, config: str = ABLATION_CONFIG) -> pd.DataFrame:
     """Test/validation accuracy (%), best epoch and mask statistics (mean over epochs of the kept share
-    and the cam-short share, see :func:`kdnb.results.mask_statistics`) of every run in ``plan_df`` (all
+    and the cam-short share, see :func:`kdnb.report.lookup.mask_statistics`) of every run in ``plan_df`` (all
     must be finished, each trained with exactly its variant's settings: a main-series run trained with
     other mask settings is not reported as a variant)."""
-    from .results import MissingInput, check_identity, mask_statistics, notebook_hint
-
     rows = []
     for r in plan_df.itertuples(index=False):
         d = run_path(runs_dir, profile, r.run, r.seed)
@@ -173,15 +171,12 @@ def _matched_label(runs: pd.DataFrame, mask_mode: str, keep: float) -> str | Non
 def _versus(runs: pd.DataFrame, label: str, ref: str | None, digits: int) -> tuple[str, str, str]:
     """(Δ, 95% CI, verdict) texts of ``label`` − ``ref``, paired by seed; the reference itself reads
     "0 (reference)", a missing reference "–"."""
-    from .stats import paired_difference
-
     if ref is None:
         return "–", "–", ""
     if ref == label:
         return "0 (reference)", "", ""
     d = paired_difference(_by_seed(runs, label), _by_seed(runs, ref))
-    ci = "–" if math.isnan(d["ci_low"]) else f"[{d['ci_low']:.{digits}f}, {d['ci_high']:.{digits}f}]"
-    return f"{d['mean']:+.{digits}f}", ci, d["label"]
+    return f"{d['mean']:+.{digits}f}", interval_text(d, digits), d["label"]
 
 
 def _percent(x: float) -> str:
@@ -198,8 +193,6 @@ def table(runs: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
     vs the size-matched random control at the same ``keep``; the masks' mean kept share (over epochs
     and seeds; for the soft mask its mean weight) and, for binary cam-based masks, the share of images
     whose cam is positive on fewer positions than ``keep`` asks for."""
-    from .stats import summarize
-
     rows = []
     for label, grp in runs.groupby("variant", sort=False):
         first = grp.iloc[0]
@@ -224,8 +217,6 @@ def versus_matched(runs: pd.DataFrame) -> pd.DataFrame:
     """Seed-paired Δ of the Grad-CAM mask and (when trained) the unmatched random mask against the
     size-matched random control at each ``keep``: does *where* the mask falls matter, and does the
     control's size?"""
-    from .stats import paired_difference
-
     rows = []
     for keep in sorted(runs["keep"].dropna().unique()):
         ref = _matched_label(runs, MATCHED, keep)
@@ -241,17 +232,10 @@ def versus_matched(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _say(d: dict) -> str:
-    ci = "" if pd.isna(d["ci_low"]) else f", 95% CI [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}]"
-    return f"{d['mean']:+.2f} pp{ci}, {d['label']}"
-
-
 def conclusion(runs: pd.DataFrame, config_label: str = "KD+FA+AT") -> str:
     """Sentences, built from ``runs``, on whether Grad-CAM masks beat no mask and the size-matched
     random control (with the masks' kept shares), how the unmatched random control and the soft mask
     compare, and a verdict."""
-    from .stats import paired_difference
-
     none = _by_seed(runs, REFERENCE)
     n = runs["seed"].nunique()
     parts, wins, losses = [], [], []
@@ -269,15 +253,15 @@ def conclusion(runs: pd.DataFrame, config_label: str = "KD+FA+AT") -> str:
                 text += (f"; in {100 * g['cam_short_share'].mean():.1f} % of images the cam was positive on fewer "
                          "positions than keep asks for")
             text += ")"
-        text += f", Grad-CAM vs no mask {_say(vs_none)}"
+        text += f", Grad-CAM vs no mask {describe_difference(vs_none)}"
         vs_ref = None
         if ref is not None:
             vs_ref = paired_difference(_by_seed(runs, g["variant"].iloc[0]), _by_seed(runs, ref))
-            text += f"; Grad-CAM vs size-matched random masks {_say(vs_ref)}"
+            text += f"; Grad-CAM vs size-matched random masks {describe_difference(vs_ref)}"
             unmatched = runs[(runs["mask_mode"] == "random") & (runs["keep"] == keep)]
             if not unmatched.empty:
                 d = paired_difference(_by_seed(runs, unmatched["variant"].iloc[0]), _by_seed(runs, ref))
-                text += f"; unmatched random masks (exactly keep) vs size-matched {_say(d)}"
+                text += f"; unmatched random masks (exactly keep) vs size-matched {describe_difference(d)}"
         parts.append(text)
         beats = [vs_none] + ([vs_ref] if vs_ref is not None else [])
         if vs_ref is not None and all(d["significant"] and d["mean"] > 0 for d in beats):
@@ -287,7 +271,7 @@ def conclusion(runs: pd.DataFrame, config_label: str = "KD+FA+AT") -> str:
     soft = runs[~binary & (runs["mask_mode"] == "gradcam")]
     if not soft.empty:
         parts.append(f"the soft Grad-CAM mask (the cam as weights) vs no mask "
-                     f"{_say(paired_difference(_by_seed(runs, soft['variant'].iloc[0]), none))}")
+                     f"{describe_difference(paired_difference(_by_seed(runs, soft['variant'].iloc[0]), none))}")
     if n < 2:
         verdict = "With one seed there are no intervals, so no verdict can be drawn."
     elif wins:
@@ -307,13 +291,11 @@ def write_table(tab: pd.DataFrame, versus: pd.DataFrame, sentence: str, prov: di
                 figures_dir: str | os.PathLike) -> Path:
     """Write ``ablation_table.md`` (table, Δ vs the size-matched control, conclusion, provenance) into
     ``figures_dir``."""
-    from .results import markdown_table
-
     path = Path(figures_dir) / "ablation_table.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     vr = versus.copy()
     if not vr.empty:
-        vr["95% CI"] = [f"[{lo:+.2f}, {hi:+.2f}]" if pd.notna(lo) else "–" for lo, hi in zip(vr["ci_low"], vr["ci_high"])]
+        vr["95% CI"] = [interval_text({"ci_low": lo, "ci_high": hi}, signed=True) for lo, hi in zip(vr["ci_low"], vr["ci_high"])]
         vr["Δ vs matched random (pp)"] = vr["Δ vs matched random (pp)"].map(lambda d: f"{d:+.2f}")
         vr = vr.drop(columns=["ci_low", "ci_high"])
     prov_lines = "\n".join(f"- {k}: {v}" for k, v in prov.items())

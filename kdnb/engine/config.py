@@ -15,8 +15,8 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .masks import CAM_MODES, CAM_TYPES, MASK_MODES
-from .models import ARCHS, STAGES, STEMS
+from ..method.masks import CAM_MODES, CAM_TYPES, MASK_MODES
+from ..method.models import ARCHS, STAGES, STEMS
 
 TEACHER = "teacher"
 
@@ -382,7 +382,10 @@ def make_config(
         if key not in types:
             raise ConfigError(f"unknown setting {key!r}; allowed: {', '.join(sorted(types))}")
         values[key] = parse_value(key, value) if isinstance(value, str) else value
-    return validate(RunConfig(**values))
+    cfg = validate(RunConfig(**values))
+    if not cfg.needs_teacher:  # a run without a teacher has no teacher seed: one baseline serves every teacher
+        cfg.teacher_seed = 0
+    return cfg
 
 
 # Settings that change how fast a run goes, not what it computes: they may differ on resume.

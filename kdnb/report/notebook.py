@@ -22,9 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import PROFILES, PRESETS, RunConfig, make_config, parse_value
-from .results import MissingInput as MissingInput  # re-exported for the notebooks
-from .results import require_run as require_run
+from ..engine.config import PRESETS, PROFILES, ConfigError, RunConfig, make_config, parse_value
+from ..engine.data import download_cifar10 as _download
+from ..engine.data import load_dataset, stratified_split
+from ..engine.runs import atomic_write, write_text
+from ..method.masks import causal_mask
+from ..method.models import build_model, count_parameters
+from ..method.objective import TERMS, Objective
+from .lookup import MissingInput as MissingInput  # re-exported for the notebooks
+from .lookup import require_run as require_run
+from .series import LABELS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -69,7 +76,6 @@ def data_dir_for(profile: str, data_dir: str | os.PathLike | None, base: str | o
 @dataclass
 class Context:
     """Everything a notebook derives from its parameters."""
-
     profile: str
     runs_dir: Path
     figures_dir: Path
@@ -93,8 +99,7 @@ class Context:
             require_run(self.runs_dir, self.profile, "teacher", cfg.teacher_seed)
 
     def load_data(self, cfg: RunConfig | None = None):
-        """The dataset the profile's runs use (``kdnb.data.Dataset``)."""
-        from .data import load_dataset
+        """The dataset the profile's runs use (``kdnb.engine.data.Dataset``)."""
 
         cfg = cfg or self.config("baseline")
         if self.download_to is not None and cfg.data_dir == self.download_to:
@@ -114,7 +119,6 @@ class Context:
 
     def save(self, fig, name: str) -> None:
         """Save a matplotlib figure as ``<figures_dir>/<name>.png`` (the figure still shows inline)."""
-        from .runs import atomic_write
 
         path = self.figures_dir / f"{name}.png"
         atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"))
@@ -123,7 +127,6 @@ class Context:
     def save_csv(self, table, name: str, index: bool = True) -> Path:
         """Save a DataFrame as ``<runs_dir>/<profile>/evaluation/<name>.csv`` (atomically: a later
         notebook never reads a half-written table), for the notebooks after this one."""
-        from .runs import write_text
 
         path = self.results_dir / f"{name}.csv"
         write_text(path, table.to_csv(index=index))
@@ -153,7 +156,6 @@ def context(
     """Build the :class:`Context` from a notebook's parameters (validated: a bad profile or
     setting fails here with one line)."""
     if profile not in PROFILES:
-        from .config import ConfigError
 
         raise ConfigError(f"unknown profile {profile!r}; allowed: {', '.join(PROFILES)}")
     base_path = Path(base) if base is not None else Path.cwd()
@@ -202,8 +204,6 @@ def share_compile_cache(runs_dir: str | os.PathLike) -> Path:
 
 def download_cifar10(path: str | os.PathLike) -> None:
     """Download CIFAR-10 (torchvision) into ``path`` unless a copy (or an image folder) is there."""
-    from .data import download_cifar10 as _download
-
     if not (Path(path) / "train").is_dir():
         _download(path)
 
@@ -211,8 +211,6 @@ def download_cifar10(path: str | os.PathLike) -> None:
 def presets_table():
     """Loss weights of every configuration (the same under every profile)."""
     import pandas as pd
-
-    from .results import LABELS
 
     return pd.DataFrame(PRESETS).T.rename(index=LABELS).rename_axis("configuration")
 
@@ -248,8 +246,6 @@ def architecture_table():
     next to the reference counts; the profiles then scale every width (see the run settings)."""
     import pandas as pd
 
-    from .models import build_model, count_parameters
-
     rows = []
     for (arch, cbam), ref in REFERENCE_PARAMS.items():
         name = {"resnet18": "ResNet-18", "resnet50": "ResNet-50"}[arch] + (" + CBAM" if cbam else "")
@@ -267,9 +263,6 @@ def objective_example(config: str) -> "pd.DataFrame":
     Deterministic, so the notebooks pin these numbers: a change to a loss changes them."""
     import pandas as pd
     import torch
-
-    from .masks import causal_mask
-    from .objective import TERMS, Objective
 
     w = PRESETS[config]
     g = torch.Generator().manual_seed(0)
@@ -296,8 +289,6 @@ def split_table(data, cfg: RunConfig):
     (the split every run of the profile shares: ``val_size``, ``train_size``, ``split_seed``)."""
     import pandas as pd
     import torch
-
-    from .data import stratified_split
 
     train_idx, val_idx = stratified_split(data.train_y, cfg.val_size, cfg.train_size, cfg.split_seed)
     k = data.num_classes

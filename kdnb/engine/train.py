@@ -10,12 +10,10 @@ order, augmentation and random masks, and all random states are saved in the che
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,33 +23,38 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import __version__
+from .. import __version__
+from ..method.models import count_parameters
+from ..method.objective import TERMS
 from .config import ENGINE_FIELDS, RunConfig, config_from_dict
-from .data import (
-    Dataset, EpochPlan, apply_augmentation, augment, load_dataset, normalize, plan_epoch, stratified_split,
-)
-from .efficiency import device_name
-from .masks import HOST_DRAWN_MASKS, cam_short, make_masks, teacher_forward, teacher_forwards
-from .models import build_model, count_parameters
-from .objective import TERMS, Objective
-from .speedups import cpu_bf16_pays, ensure_compiled_bf16_correct, prepare_teacher
-from .tensorboard import RunLog
+from .data import Dataset, load_dataset, normalize, plan_epoch, stratified_split
+from .errors import TrainingError
+from .inference import batched_logits
 from .runs import (
-    BEST_FILE, CHECKPOINT_FILE, CONFIG_FILE, HISTORY_FILE, LOCK_FILE, METRICS_FILE, RunLock, RunLocked,
-    is_finished, load_torch, read_json, run_path, save_torch, write_json,
+    BEST_FILE,
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    HISTORY_FILE,
+    LOCK_FILE,
+    METRICS_FILE,
+    RunLock,
+    RunLocked,
+    is_finished,
+    load_torch,
+    read_json,
+    run_path,
+    save_torch,
+    write_json,
 )
+from .speedups import amp_active, cpu_bf16_pays, device_name, ensure_compiled_bf16_correct
+from .state import TrainingState
+from .step import CohortStep, Stepper, build_stepper, build_student, prepare_teacher_for
+from .tensorboard import RunLog
 
 # Host reads in the training loop happen only every so many steps (a read waits for the device).
 CHECK_EVERY = 50
 PROGRESS_EVERY = 20
 
-
-
-TeacherOut = tuple[torch.Tensor, dict[str, torch.Tensor], "torch.Tensor | None"]  # logits, stage features, cam
-
-
-class TrainingError(RuntimeError):
-    """A run cannot start or cannot go on; the message says why and what to do."""
 
 
 @dataclass
@@ -81,18 +84,6 @@ def _git_commit() -> str | None:
         return None
 
 
-def amp_active(device: torch.device, enabled: bool) -> bool:
-    """bf16 autocast is used on CUDA and on CPUs where it is faster (AMX, see
-    :func:`kdnb.speedups.cpu_bf16_pays`); elsewhere ``amp`` is a no-op."""
-    return enabled and (device.type == "cuda" or (device.type == "cpu" and cpu_bf16_pays()))
-
-
-def _autocast(device: torch.device, enabled: bool):
-    if amp_active(device, enabled):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def teacher_dir(runs_dir: str | os.PathLike, cfg: RunConfig) -> Path:
     return run_path(runs_dir, cfg.profile, "teacher", cfg.teacher_seed)
 
@@ -113,18 +104,12 @@ def load_teacher(runs_dir: str | os.PathLike, cfg: RunConfig, device: torch.devi
             f"val_size={cfg.val_size}, split_seed={cfg.split_seed}: the teacher would have trained on this run's "
             "validation images. Use the same split or retrain the teacher."
         )
-    teacher = build_model(tcfg.arch, cbam=tcfg.cbam, stem=tcfg.stem, width=tcfg.width)
-    teacher.load_state_dict(load_torch(tdir / BEST_FILE)["model"])
-    teacher.to(device).eval().requires_grad_(False)
-    return teacher
-
-
-def build_student(cfg: RunConfig, num_classes: int = 10) -> nn.Module:
-    return build_model(cfg.arch, num_classes, cbam=cfg.cbam, stem=cfg.stem, width=cfg.width)
+    return load_trained(tdir, device).requires_grad_(False)
 
 
 def load_trained(run_dir: str | os.PathLike, device: torch.device | str = "cpu") -> nn.Module:
-    """The best-by-validation model of a finished run, in eval mode."""
+    """The best-by-validation model of a finished run (student or teacher), in eval mode: the one loader
+    of trained models."""
     run_dir = Path(run_dir)
     if not (run_dir / BEST_FILE).is_file():
         raise TrainingError(f"{run_dir / BEST_FILE} not found: the run has not finished")
@@ -134,24 +119,18 @@ def load_trained(run_dir: str | os.PathLike, device: torch.device | str = "cpu")
     return model.to(device).eval()
 
 
-@torch.inference_mode()
 def evaluate(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500, amp: bool = True
 ) -> tuple[float, float]:
-    """Mean cross-entropy and top-1 accuracy of ``model`` on uint8 images ``x``."""
-    was_training = model.training
-    model.eval()
+    """Mean cross-entropy and top-1 accuracy of ``model`` on uint8 images ``x`` (one host read at the end)."""
     device = next(model.parameters()).device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    for i in range(0, len(x), batch_size):
-        xb = normalize(x[i : i + batch_size].to(device, non_blocking=True))
-        yb = y[i : i + batch_size].to(device, non_blocking=True)
-        with _autocast(device, amp):
-            logits = model(xb).float()
-        loss_sum += F.cross_entropy(logits, yb, reduction="sum")
-        correct += (logits.argmax(1) == yb).sum()
-    model.train(was_training)
+    with torch.inference_mode():
+        for sl, logits in batched_logits(model, x, normalize, batch_size, device, amp):
+            yb = y[sl].to(device, non_blocking=True)
+            loss_sum += F.cross_entropy(logits, yb, reduction="sum")
+            correct += (logits.argmax(1) == yb).sum()
     return loss_sum.item() / len(x), correct.item() / len(x)
 
 
@@ -200,278 +179,6 @@ def _provenance(cfg: RunConfig, device: torch.device, data: Dataset, n_train: in
     }
 
 
-def _make_scheduler(cfg: RunConfig, opt: torch.optim.Optimizer, steps_per_epoch: int):
-    total = max(1, cfg.epochs * steps_per_epoch)
-    if cfg.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=cfg.warmup_frac)
-    if cfg.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
-    return None
-
-
-# ---------------------------------------------------------------- one step
-class Stepper:
-    """One optimisation step: batch augmentation → student (and frozen teacher) forward → masks →
-    objective → backward → SGD. Shared by :func:`train` and the benchmark, so both measure the same code.
-
-    Nothing here synchronises the device; the teacher's Grad-CAM (when masks need it) reuses the
-    teacher forward that KD needs anyway. ``last_cam`` keeps the latest batch's cam for inspection.
-    """
-
-    def __init__(self, cfg: RunConfig, student: nn.Module, objective: Objective, teacher: nn.Module | None,
-                 opt: torch.optim.Optimizer, sched, gen: torch.Generator, mask_gen: torch.Generator,
-                 device: torch.device) -> None:
-        self.cfg, self.student, self.objective, self.teacher = cfg, student, objective, teacher
-        self.opt, self.sched, self.gen, self.mask_gen, self.device = opt, sched, gen, mask_gen, device
-        # Compiled callables share the modules' parameters. The objective is compiled on its own
-        # (eager, the FA connector and the loss maps cost a fifth of a kd_fa_at step: 283 → 229 ms
-        # when compiled, profiled at 1 thread).
-        mode = None if cfg.compile_mode == "default" else cfg.compile_mode
-        self.forward = torch.compile(student, mode=mode) if cfg.compile else student
-        self.loss = torch.compile(objective, mode=mode) if cfg.compile else objective
-        self.sizes: dict[str, tuple[int, int]] | None = None
-        self.last_cam: torch.Tensor | None = None
-        # The epoch's running statistics, device tensors updated in place (never rebound, so a
-        # captured CUDA graph keeps writing where the loop reads): the objective's terms, total and
-        # correct predictions summed over steps; the first step at which each term and the total
-        # were non-finite (-1: none); the masks' kept share and the cams' short share, summed.
-        self.sums = torch.zeros(len(TERMS) + 2, device=device)
-        self.bad = torch.full((len(TERMS) + 1,), -1, device=device, dtype=torch.long)
-        self.mask_share = torch.zeros((), device=device)
-        self.cam_short_share = torch.zeros((), device=device)  # cam-based masks only
-
-    def new_epoch(self) -> None:
-        """Training mode and zeroed epoch statistics (in place)."""
-        self.student.train()
-        self.objective.train()
-        for t in (self.sums, self.mask_share, self.cam_short_share):
-            t.zero_()
-        self.bad.fill_(-1)
-
-    @property
-    def graph_safe(self) -> bool:
-        """Whether this step may be captured as a CUDA graph: not when its masks are drawn on the host."""
-        return not ((self.cfg.w_fa > 0 or self.cfg.w_at > 0) and self.cfg.mask_mode in HOST_DRAWN_MASKS)
-
-    def prepare(self, xb: torch.Tensor, draws: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """uint8 batch → augmented, normalised float batch in the device's preferred layout.
-
-        ``draws``: the batch's crop offsets and flips from an :class:`~kdnb.data.EpochPlan`
-        (already on the device); without them they are drawn from the stepper's generator."""
-        x = augment(xb, self.gen) if draws is None else apply_augmentation(xb, *draws)
-        return normalize(x).contiguous(memory_format=torch.channels_last)
-
-    @property
-    def cam_key(self) -> str | None:
-        """The stage whose Grad-CAM this student's masks need (``None``: no cam)."""
-        return self.cfg.cam_stage if self.cfg.needs_cam else None
-
-    def __call__(self, xb: torch.Tensor, y: torch.Tensor, draws: tuple[torch.Tensor, torch.Tensor] | None = None
-                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-        x = self.prepare(xb, draws)
-        teacher_out = None
-        if self.teacher is not None:
-            with _autocast(self.device, self.cfg.amp):
-                teacher_out = teacher_forward(self.teacher, x, self.cam_key, y)
-        return self.update(x, y, teacher_out)
-
-    def update(self, x: torch.Tensor, y: torch.Tensor, teacher_out: TeacherOut | None
-               ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-        """Student forward, masks, objective, backward and SGD on a prepared batch ``x``, given the
-        teacher's ``(logits, feats, cam)`` for it (computed once per batch for a whole cohort)."""
-        out = self.forward_backward(x, y, teacher_out)
-        self.apply()
-        return out
-
-    def forward_backward(self, x: torch.Tensor, y: torch.Tensor, teacher_out: TeacherOut | None
-                         ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-        """Everything of :meth:`update` but the optimiser's update: the part a CUDA graph captures."""
-        cfg = self.cfg
-        with _autocast(self.device, cfg.amp):
-            s_logits, s_feats = self.forward(x, return_features=True)
-            t_logits, t_feats, cam = teacher_out if teacher_out is not None else (None, None, None)
-            self.last_cam = cam
-            masks = None
-            if cfg.w_fa > 0 or cfg.w_at > 0:
-                if self.sizes is None:
-                    self.sizes = {s: tuple(s_feats[s].shape[-2:]) for s in cfg.stages}
-                masks = make_masks(cfg.mask_mode, self.sizes, cam=cam, keep=cfg.keep, cam_type=cfg.cam_type,
-                                   batch=len(y), generator=self.mask_gen, device=self.device)
-                if masks is not None:  # share of positions the masks keep (a device scalar, no sync; None = all)
-                    shares = [torch.ones((), device=self.device) if m is None else m.float().mean() for m in masks.values()]
-                    self.mask_share.add_(torch.stack(shares).mean())
-                if cfg.needs_cam:  # share of images whose cam is too sparse for `keep` (device scalar, no sync)
-                    short = [cam_short(cam, cfg.keep, hw).float().mean() for hw in self.sizes.values()]
-                    self.cam_short_share.add_(torch.stack(short).mean())
-            total, terms = self.loss(s_logits, s_feats, y, t_logits, t_feats, masks)
-        self.opt.zero_grad(set_to_none=True)
-        total.backward()
-        return total, terms, s_logits
-
-    def apply(self) -> None:
-        """The optimiser's update and the LR schedule's step, outside any CUDA graph (so the
-        schedule's learning rate and momentum stay plain numbers)."""
-        self.opt.step()
-        if self.sched is not None:
-            self.sched.step()
-
-    def record(self, total: torch.Tensor, terms: dict[str, torch.Tensor], s_logits: torch.Tensor, y: torch.Tensor,
-               step: torch.Tensor) -> None:
-        """Add one step's terms, total and correct predictions to the epoch's sums, and note ``step``
-        (a device scalar) as the first bad step of any non-finite term: no host read."""
-        with torch.no_grad():
-            vals = torch.stack([terms[t].detach().float() if t in terms else torch.zeros((), device=self.device)
-                                for t in TERMS] + [total.detach().float()])
-            self.bad.copy_(torch.where((~torch.isfinite(vals)) & (self.bad < 0), step, self.bad))
-            self.sums[:-1] += vals
-            self.sums[-1] += (s_logits.argmax(1) == y).sum()
-
-
-# Warm-up steps before a CUDA graph is captured (compilation, cuDNN autotuning, lazy allocations).
-GRAPH_WARMUP = 3
-
-
-class CudaGraphs:
-    """The CUDA calls with which a :class:`CohortStep` warms up, captures and replays its step
-    (in one place, so the step's logic can be tested on a CPU with a stand-in)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.side = torch.cuda.Stream(device)
-
-    def warm_up(self, fn: Callable[[], None]) -> None:
-        """Run ``fn`` for real on a side stream, as capture requires of the steps before it."""
-        self.side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(self.side):
-            fn()
-        torch.cuda.current_stream(self.device).wait_stream(self.side)
-
-    def capture(self, fn: Callable[[], None]) -> torch.cuda.CUDAGraph:
-        """Record ``fn``'s kernels without running them; the graph's ``replay()`` runs them."""
-        torch.cuda.synchronize(self.device)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            fn()
-        return graph
-
-
-class CohortStep:
-    """One training step of a group of steppers on the same batch, as ``train_cohort`` takes it:
-    the batch gathered and augmented once, one teacher pass (per cam stage needed), then each
-    student's forward, backward and statistics; then each optimiser's update.
-
-    The step takes no arguments: it reads the epoch's plan (:meth:`start_epoch`) from device
-    buffers at a device step counter, so on CUDA with ``graphs`` it is captured once, after
-    :data:`GRAPH_WARMUP` eager steps on a side stream, and then replayed: one launch per step.
-    The optimiser updates run after it, uncaptured. Replays write the same tensors the eager step
-    would (parameters' gradients, the steppers' statistics), so everything outside reads them as
-    usual. ``runtime`` stands in for :class:`CudaGraphs` (tests).
-    """
-
-    def __init__(self, steppers: list[Stepper], teacher: nn.Module | None, train_x: torch.Tensor,
-                 train_y: torch.Tensor, device: torch.device, graphs: bool = False, runtime: Any = None) -> None:
-        self.steppers, self.teacher, self.train_x, self.train_y, self.device = steppers, teacher, train_x, train_y, device
-        self.cam_keys = sorted({s.cam_key for s in steppers if s.teacher is not None}, key=str)
-        self.graphs = graphs and (device.type == "cuda" or runtime is not None) and all(s.graph_safe for s in steppers)
-        self.runtime = (runtime or CudaGraphs(device)) if self.graphs else None
-        self.counter = torch.zeros((), dtype=torch.long, device=device)  # steps taken this epoch
-        self.plan: EpochPlan | None = None  # device buffers, filled in place each epoch
-        self.graph: Any = None
-        self.warm = 0
-
-    def start_epoch(self, plan: EpochPlan) -> None:
-        """Load the epoch's batch order and augmentation draws into the step's buffers (in place)."""
-        plan = plan.to(self.device)
-        if self.plan is None:
-            self.plan = EpochPlan(*(torch.empty_like(t) for t in (plan.index, plan.offsets, plan.flips)))
-        elif self.plan.index.shape != plan.index.shape:
-            raise ValueError(f"epoch plans must keep one shape (got {tuple(plan.index.shape)}, "
-                             f"had {tuple(self.plan.index.shape)})")
-        for buf, t in zip((self.plan.index, self.plan.offsets, self.plan.flips), (plan.index, plan.offsets, plan.flips)):
-            buf.copy_(t)
-        self.counter.zero_()
-        for s in self.steppers:
-            s.new_epoch()
-
-    def _body(self) -> None:
-        row = self.counter.view(1)
-        idx = self.plan.index.index_select(0, row)[0]
-        draws = (self.plan.offsets.index_select(0, row)[0], self.plan.flips.index_select(0, row)[0])
-        self.counter.add_(1)  # now the 1-based number of this step
-        lead = self.steppers[0]
-        y = self.train_y[idx]
-        x = lead.prepare(self.train_x[idx], draws)
-        outs: dict[str | None, TeacherOut] = {}
-        if self.teacher is not None and self.cam_keys:
-            with _autocast(self.device, lead.cfg.amp):
-                outs = teacher_forwards(self.teacher, x, self.cam_keys, y)
-        for s in self.steppers:
-            total, terms, s_logits = s.forward_backward(x, y, outs.get(s.cam_key) if s.teacher is not None else None)
-            s.record(total, terms, s_logits, y, self.counter)
-
-    def __call__(self) -> None:
-        if not self.graphs:
-            self._body()
-        elif self.graph is not None:
-            self.graph.replay()
-        elif self.warm < GRAPH_WARMUP:  # warm-up steps are real steps
-            self.runtime.warm_up(self._body)
-            self.warm += 1
-        else:  # capturing records the step without running it: replay it at once
-            self.graph = self.runtime.capture(self._body)
-            self.graph.replay()
-        for s in self.steppers:
-            s.apply()
-
-
-def _check_compiler(cfg: RunConfig, device: torch.device) -> None:
-    """Before compiling under bf16 on a CPU, make sure inductor's bf16 kernels are right here."""
-    if cfg.compile and device.type == "cpu" and amp_active(device, cfg.amp):
-        try:
-            ensure_compiled_bf16_correct()
-        except RuntimeError as exc:
-            raise TrainingError(str(exc)) from None
-
-
-def prepare_teacher_for(cfg: RunConfig, teacher: nn.Module, device: torch.device) -> nn.Module:
-    """The frozen teacher as ``cfg``'s training steps use it (see :func:`kdnb.speedups.prepare_teacher`):
-    stored in bf16 on CUDA under autocast, compiled when ``cfg.compile``."""
-    _check_compiler(cfg, device)
-    return prepare_teacher(teacher, cfg.compile, low_precision=device.type == "cuda" and amp_active(device, cfg.amp))
-
-
-def build_stepper(cfg: RunConfig, teacher: nn.Module | None, device: torch.device, steps_per_epoch: int,
-                  num_classes: int = 10, teacher_prepared: bool = False) -> Stepper:
-    """Seeded student, objective (with connectors), SGD, LR schedule and generators for ``cfg``.
-
-    ``teacher_prepared``: ``teacher`` already went through :func:`kdnb.speedups.prepare_teacher`
-    (so several steppers can share one compiled teacher)."""
-    _check_compiler(cfg, device)
-    torch.manual_seed(cfg.seed)
-    student = build_student(cfg, num_classes).to(device)
-    objective = Objective(
-        {"ce": cfg.w_ce, "kd": cfg.w_kd, "fa": cfg.w_fa, "at": cfg.w_at},
-        temperature=cfg.temperature, stages=cfg.stages, at_p=cfg.at_p,
-        student_channels=student.stage_channels,
-        teacher_channels=teacher.stage_channels if teacher is not None else None,
-    ).to(device)
-    # channels_last is faster on CUDA and on CPU alike (the CPU bench: student step 102 → 74 ms).
-    student = student.to(memory_format=torch.channels_last)
-    objective = objective.to(memory_format=torch.channels_last)
-    if teacher is not None and not teacher_prepared:
-        # A private copy with BN folded into the convolutions (exact up to rounding), so the
-        # caller's teacher is untouched; compiled stage by stage when ``compile`` is on.
-        teacher = prepare_teacher_for(cfg, teacher, device)
-    params = list(student.parameters()) + list(objective.parameters())
-    # One fused kernel for the whole update on CUDA (the foreach path launches several per step).
-    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                          nesterov=cfg.nesterov, fused=device.type == "cuda" or None)
-    sched = _make_scheduler(cfg, opt, steps_per_epoch)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    mask_gen = torch.Generator().manual_seed(cfg.seed + 1_000_003)
-    return Stepper(cfg, student, objective, teacher, opt, sched, gen, mask_gen, device)
-
-
 # ---------------------------------------------------------------- the loop
 # Settings every member of a cohort must share: they fix the data, the batches and the teacher.
 COHORT_SHARED = ("profile", "seed", "data_dir", "val_size", "train_size", "split_seed", "synthetic_train",
@@ -503,14 +210,14 @@ class _Member:
     cfg: RunConfig
     run_dir: Path
     stepper: Stepper
-    state: dict[str, Any]
+    state: TrainingState
     amp: bool
     log: RunLog
     epochs_this_call: int = 0
 
     @property
     def done(self) -> bool:
-        return self.state["epoch"] >= self.cfg.epochs or self.state["stopped_early"]
+        return self.state.done(self.cfg.epochs)
 
 
 def check_cohort(cfgs: list[RunConfig]) -> None:
@@ -549,7 +256,7 @@ def train_cohort(
     alone, with the same numbers; finished members are skipped, interrupted ones resume from their
     own checkpoints (members behind catch up first), members leave on early stopping.
 
-    Each member's folder is locked while it trains (:class:`kdnb.runs.RunLock`): a run another
+    Each member's folder is locked while it trains (:class:`kdnb.engine.runs.RunLock`): a run another
     process is training is refused with one line naming that process, or waited for with ``wait``.
     """
     check_cohort(cfgs)
@@ -619,12 +326,11 @@ def _train_locked(cfgs: list[RunConfig], todo: list[int], results: dict[int, Run
                                 data.num_classes, teacher_prepared=True)
         state = _resume(stepper, run_dir, progress)
         if state is None:
-            state = {"epoch": 0, "history": [], "best_val_loss": math.inf, "best_epoch": 0, "best": None,
-                     "bad_epochs": 0, "stopped_early": False}
+            state = TrainingState()
             write_json(run_dir / CONFIG_FILE, {**_provenance(cfg, device, data, len(train_y), len(val_y)),
                                                "cohort": cohort})
         members.append(_Member(cfg, run_dir, stepper, state, amp_active(device, cfg.amp),
-                               RunLog(run_dir, first_epoch=state["epoch"] + 1)))
+                               RunLog(run_dir, first_epoch=state.epoch + 1)))
 
     t_start = time.perf_counter()
     step = None
@@ -632,8 +338,8 @@ def _train_locked(cfgs: list[RunConfig], todo: list[int], results: dict[int, Run
         running = [m for m in members if not m.done and (max_epochs is None or m.epochs_this_call < max_epochs)]
         if not running:
             break
-        behind = min(m.state["epoch"] for m in running)  # members behind catch up before the others move
-        group = [m for m in running if m.state["epoch"] == behind]
+        behind = min(m.state.epoch for m in running)  # members behind catch up before the others move
+        group = [m for m in running if m.state.epoch == behind]
         if step is None or step.steppers != [m.stepper for m in group]:  # a new group (a member left or caught up):
             # a new step and graph (the old one would also update the members that left); the old
             # one goes first, so its graph's memory is free for the new capture
@@ -646,8 +352,7 @@ def _train_locked(cfgs: list[RunConfig], todo: list[int], results: dict[int, Run
     seconds = time.perf_counter() - t_start
     for i, m in zip(todo, members):
         if not m.done:
-            results[i] = RunResult(m.run_dir, m.cfg, m.state["history"],
-                                   {"finished": False, "epochs_run": m.state["epoch"]})
+            results[i] = RunResult(m.run_dir, m.cfg, m.state.history, {"finished": False, "epochs_run": m.state.epoch})
             m.log.close()
         else:
             results[i] = _finish(m.run_dir, m.cfg, m.stepper.student, m.state, data, device, m.cfg.needs_teacher,
@@ -655,7 +360,7 @@ def _train_locked(cfgs: list[RunConfig], todo: list[int], results: dict[int, Run
             m.log.finish(m.cfg.to_dict(), results[i].metrics)
 
 
-def _resume(stepper: Stepper, run_dir: Path, progress: bool) -> dict[str, Any] | None:
+def _resume(stepper: Stepper, run_dir: Path, progress: bool) -> TrainingState | None:
     """Load ``run_dir``'s checkpoint into ``stepper``; its training state, or None when there is none."""
     ckpt_path = run_dir / CHECKPOINT_FILE
     if not ckpt_path.is_file():
@@ -671,7 +376,7 @@ def _resume(stepper: Stepper, run_dir: Path, progress: bool) -> dict[str, Any] |
     torch.set_rng_state(ck["torch_rng"])
     if progress:
         print(f"kdnb: resuming {run_dir} after epoch {ck['state']['epoch']}")
-    return ck["state"]
+    return TrainingState.from_dict(ck["state"])
 
 
 def _train_epoch(step: CohortStep, group: list[_Member], n_train: int, val_x: torch.Tensor, val_y: torch.Tensor,
@@ -679,7 +384,7 @@ def _train_epoch(step: CohortStep, group: list[_Member], n_train: int, val_x: to
     """One epoch of every member of ``group`` (all at the same epoch, so on the same batches),
     each step taken by ``step``, the group's :class:`CohortStep`."""
     lead = group[0]
-    epoch = lead.state["epoch"] + 1
+    epoch = lead.state.epoch + 1
     # Each member draws its own plan from its own generator, exactly as alone (so its saved
     # generator state is its own); members at one epoch have equal generators, so equal plans.
     plans = [plan_epoch(n_train, m.cfg.batch_size, m.stepper.gen) for m in group]
@@ -726,28 +431,21 @@ def _end_epoch(m: _Member, epoch: int, n: int, seen: int, train_seconds: float, 
               "mask_share": mask_share, "cam_short_share": cam_short_share,
               "lr": stepper.opt.param_groups[0]["lr"], "seconds": train_seconds,
               "images_per_s": seen / max(train_seconds, 1e-9)}
-    state["history"].append(record)
-    state["epoch"] = epoch
-    if val_loss < state["best_val_loss"]:
-        state.update(best_val_loss=val_loss, best_epoch=epoch, bad_epochs=0,
-                     best={"model": _cpu_state(stepper.student), "objective": _cpu_state(stepper.objective)})
-    else:
-        state["bad_epochs"] += 1
-        if state["bad_epochs"] >= cfg.patience:
-            state["stopped_early"] = True
+    state.end_epoch(record, cfg.patience,
+                    lambda: {"model": _cpu_state(stepper.student), "objective": _cpu_state(stepper.objective)})
     m.log.epoch(record)  # before the commit: a resumed run never logs a committed epoch again
     save_torch(m.run_dir / CHECKPOINT_FILE, {
         "model": stepper.student.state_dict(), "objective": stepper.objective.state_dict(),
         "optimizer": stepper.opt.state_dict(),
         "scheduler": stepper.sched.state_dict() if stepper.sched is not None else None, "gen": stepper.gen.get_state(),
-        "mask_gen": stepper.mask_gen.get_state(), "torch_rng": torch.get_rng_state(), "state": state,
+        "mask_gen": stepper.mask_gen.get_state(), "torch_rng": torch.get_rng_state(), "state": state.to_dict(),
     })
-    write_json(m.run_dir / HISTORY_FILE, state["history"])
+    write_json(m.run_dir / HISTORY_FILE, state.history)
     m.epochs_this_call += 1
     if progress:
         print(f"{cfg.run_name} seed{cfg.seed} epoch {epoch:>2}: train loss {record['train_loss']:.4f}  "
               f"val loss {val_loss:.4f}  val acc {val_acc:.4f}  {record['images_per_s']:.0f} img/s  "
-              f"{train_seconds:.1f} s" + ("  (early stop)" if state["stopped_early"] else ""))
+              f"{train_seconds:.1f} s" + ("  (early stop)" if state.stopped_early else ""))
 
 
 def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -774,21 +472,22 @@ def _check_finite(bad: torch.Tensor, epoch: int, cfg: RunConfig, amp: bool) -> N
     )
 
 
-def _finish(run_dir: Path, cfg: RunConfig, model: nn.Module, state: dict, data: Dataset, device: torch.device,
-            distilled: bool, seconds: float) -> RunResult:
+def _finish(run_dir: Path, cfg: RunConfig, model: nn.Module, state: TrainingState, data: Dataset,
+            device: torch.device, distilled: bool, seconds: float) -> RunResult:
     """Evaluate the best-by-validation weights once on the test set; write best.pt then metrics.json."""
-    model.load_state_dict(state["best"]["model"])
-    save_torch(run_dir / BEST_FILE, {"model": state["best"]["model"], "objective": state["best"]["objective"],
-                                     "epoch": state["best_epoch"], "config": cfg.to_dict()})
-    test_loss, test_acc = evaluate(model, data.test_x.to(device), data.test_y.to(device), cfg.eval_batch_size, cfg.amp)
-    best = state["history"][state["best_epoch"] - 1]
+    model.load_state_dict(state.best["model"])
+    save_torch(run_dir / BEST_FILE, {"model": state.best["model"], "objective": state.best["objective"],
+                                     "epoch": state.best_epoch, "config": cfg.to_dict()})
+    # fp32, as kdnb.evaluation measures every model: one test accuracy per model (validation may use bf16)
+    test_loss, test_acc = evaluate(model, data.test_x.to(device), data.test_y.to(device), cfg.eval_batch_size, amp=False)
+    best, seconds_per_epoch = state.best_record, sorted(h["seconds"] for h in state.history)
     metrics = {
         "config": cfg.config, "run_name": cfg.run_name, "profile": cfg.profile, "seed": cfg.seed, "finished": True,
-        "best_epoch": state["best_epoch"], "epochs_run": state["epoch"], "stopped_early": state["stopped_early"],
+        "best_epoch": state.best_epoch, "epochs_run": state.epoch, "stopped_early": state.stopped_early,
         "val_loss": best["val_loss"], "val_acc": best["val_acc"], "test_loss": test_loss, "test_acc": test_acc,
-        "params": count_parameters(model), "train_seconds": sum(h["seconds"] for h in state["history"]),
-        "median_epoch_seconds": sorted(h["seconds"] for h in state["history"])[len(state["history"]) // 2],
+        "params": count_parameters(model), "train_seconds": sum(seconds_per_epoch),
+        "median_epoch_seconds": seconds_per_epoch[len(seconds_per_epoch) // 2],
         "teacher_seed": cfg.teacher_seed if distilled else None,
     }
     write_json(run_dir / METRICS_FILE, metrics)
-    return RunResult(run_dir, cfg, state["history"], metrics)
+    return RunResult(run_dir, cfg, state.history, metrics)

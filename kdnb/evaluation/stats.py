@@ -64,6 +64,21 @@ def paired_difference(a, b, confidence: float = 0.95) -> dict:
     return out
 
 
+def interval_text(d: Mapping, digits: int = 2, signed: bool = False) -> str:
+    """``[low, high]`` of the interval of ``d`` (:func:`summarize`, :func:`paired_difference`), "–"
+    without one (one seed); ``signed`` writes the signs of both ends (for prose)."""
+    if math.isnan(d["ci_low"]):
+        return "–"
+    sign = "+" if signed else ""
+    return f"[{d['ci_low']:{sign}.{digits}f}, {d['ci_high']:{sign}.{digits}f}]"
+
+
+def describe_difference(d: Mapping, digits: int = 2, unit: str = "pp") -> str:
+    """A paired difference in prose: ``+1.23 pp, 95% CI [+0.10, +2.36], significant``."""
+    ci = "" if math.isnan(d["ci_low"]) else f", 95% CI {interval_text(d, digits, signed=True)}"
+    return f"{d['mean']:+.{digits}f}{' ' + unit if unit else ''}{ci}, {d['label']}"
+
+
 def _fmt(x: float, digits: int) -> str:
     return "nan" if math.isnan(x) else f"{x:.{digits}f}"
 
@@ -83,7 +98,7 @@ def comparison_table(
     ``df`` is long: one row per (config, seed) with the value in column ``metric``, or fully long
     with columns ``metric``/``value`` (then rows whose ``metric`` equals the argument are used).
     Each Δ column pair holds the seed-paired mean difference (config − ref), its t-interval as
-    text and the significance label; comparisons against a config missing from ``df`` are skipped.
+    text (:func:`interval_text`) and the significance label; comparisons against a config missing from ``df`` are skipped.
     """
     if metric not in df.columns:
         if {"metric", "value"} <= set(df.columns):
@@ -107,7 +122,7 @@ def comparison_table(
                 continue
             d = paired_difference(values, per_config[ref], confidence)
             row[f"Δ vs {ref}"] = d["mean"]
-            row[f"Δ vs {ref} CI"] = f"[{_fmt(d['ci_low'], digits)}, {_fmt(d['ci_high'], digits)}]"
+            row[f"Δ vs {ref} CI"] = interval_text(d, digits)
             row[f"Δ vs {ref} sig"] = d["label"]
         rows.append(row)
     return pd.DataFrame(rows)

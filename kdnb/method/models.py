@@ -11,7 +11,7 @@ stored ``output.detach()`` in hooks, which silently zeroed every auxiliary gradi
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -167,13 +167,17 @@ class ResNet(nn.Module):
         """Global average pool + linear classifier on the layer4 output."""
         return self.fc(torch.flatten(self.avgpool(h), 1))
 
-    def forward(self, x: torch.Tensor, return_features: bool = False):
-        h = self.stem(x)
+    def run_stages(self, h: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
+        """The stages ``names`` (consecutive, in order) applied to ``h``: each stage's output by name.
+        Grad-CAM runs the network in two parts through this (:func:`kdnb.method.masks.teacher_forwards`)."""
         feats: dict[str, torch.Tensor] = {}
-        for name in STAGES:
-            h = getattr(self, name)(h)
-            feats[name] = h
-        logits = self.head(h)
+        for name in names:
+            h = feats[name] = getattr(self, name)(h)
+        return feats
+
+    def forward(self, x: torch.Tensor, return_features: bool = False):
+        feats = self.run_stages(self.stem(x), STAGES)
+        logits = self.head(feats[STAGES[-1]])
         return (logits, feats) if return_features else logits
 
 

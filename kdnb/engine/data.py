@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .runs import atomic_write
+
 CIFAR10_CLASSES: tuple[str, ...] = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 )
@@ -43,7 +45,6 @@ class DataError(RuntimeError):
 @dataclass
 class Dataset:
     """The whole dataset as uint8 image tensors (N,3,32,32) and int64 labels."""
-
     train_x: torch.Tensor
     train_y: torch.Tensor
     test_x: torch.Tensor
@@ -206,7 +207,6 @@ def _load_image_folder(path: Path) -> Dataset:
     train_x, train_y = _decode_files(train_files)
     test_x, test_y = _decode_files(test_files)
     try:
-        from .runs import atomic_write
 
         atomic_write(cache, lambda f: torch.save({"train_x": train_x, "train_y": train_y, "test_x": test_x,
                                                   "test_y": test_y}, f))
@@ -328,7 +328,6 @@ class EpochPlan:
     permutation, then each batch's offsets and flips), so a CPU run is unchanged; on a GPU the
     training step then needs no host-to-device copy and no host read.
     """
-
     index: torch.Tensor  # (steps, B) sample indices
     offsets: torch.Tensor  # (steps, B, 2) crop offsets
     flips: torch.Tensor  # (steps, B) horizontal flips

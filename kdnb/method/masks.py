@@ -61,15 +61,11 @@ def teacher_forwards(
         if k is not None:
             _check_stage(k)
     depth = len(STAGES) if None in keys else 1 + max(STAGES.index(k) for k in keys)
-    prefix: dict[str, torch.Tensor] = {}
     out: dict[str | None, tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None]] = {}
     with torch.no_grad():
-        h = model.stem(x)
-        for name in STAGES[:depth]:
-            h = getattr(model, name)(h)
-            prefix[name] = h
+        prefix = model.run_stages(model.stem(x), STAGES[:depth])
         if None in keys:
-            out[None] = (model.head(h), dict(prefix), None)
+            out[None] = (model.head(prefix[STAGES[-1]]), dict(prefix), None)
     for k in keys:
         if k is not None:
             out[k] = _cam_tail(model, prefix, k, target)
@@ -82,11 +78,9 @@ def _cam_tail(model: nn.Module, prefix: dict[str, torch.Tensor], cam_layer: str,
     feats = {name: prefix[name] for name in STAGES[: STAGES.index(cam_layer) + 1]}
     act = prefix[cam_layer].detach().requires_grad_(True)
     with torch.enable_grad():
-        h = act
-        for name in STAGES[STAGES.index(cam_layer) + 1 :]:
-            h = getattr(model, name)(h)
-            feats[name] = h
-        logits = model.head(h)
+        tail = model.run_stages(act, STAGES[STAGES.index(cam_layer) + 1 :])
+        feats.update(tail)
+        logits = model.head(tail[STAGES[-1]] if tail else act)
         if target is None:
             target = logits.argmax(dim=1)
         if target.device != logits.device:  # (no copy, and no host sync, when already there)

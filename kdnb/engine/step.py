@@ -1,0 +1,298 @@
+"""One training step: a seeded student with its objective, optimiser and generators (:class:`Stepper`),
+and the step a training loop takes for a group of students of one seed (:class:`CohortStep`): one
+augmentation and one teacher pass per batch, each student's update, optionally as a CUDA graph."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..method.masks import HOST_DRAWN_MASKS, cam_short, make_masks, teacher_forward, teacher_forwards
+from ..method.models import build_model
+from ..method.objective import TERMS, Objective
+from .config import RunConfig
+from .data import EpochPlan, apply_augmentation, augment, normalize
+from .errors import TrainingError
+from .speedups import amp_active, autocast, ensure_compiled_bf16_correct, prepare_teacher
+
+TeacherOut = tuple[torch.Tensor, dict[str, torch.Tensor], "torch.Tensor | None"]  # logits, stage features, cam
+
+
+def build_student(cfg: RunConfig, num_classes: int = 10) -> nn.Module:
+    """The network a run trains (student or teacher), from its settings."""
+    return build_model(cfg.arch, num_classes, cbam=cfg.cbam, stem=cfg.stem, width=cfg.width)
+
+
+# ---------------------------------------------------------------- one step
+def _make_scheduler(cfg: RunConfig, opt: torch.optim.Optimizer, steps_per_epoch: int):
+    total = max(1, cfg.epochs * steps_per_epoch)
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=cfg.warmup_frac)
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    return None
+
+
+class Stepper:
+    """One optimisation step: batch augmentation → student (and frozen teacher) forward → masks →
+    objective → backward → SGD. Shared by :func:`train` and the benchmark, so both measure the same code.
+
+    Nothing here synchronises the device; the teacher's Grad-CAM (when masks need it) reuses the
+    teacher forward that KD needs anyway. ``last_cam`` keeps the latest batch's cam for inspection.
+    """
+
+    def __init__(self, cfg: RunConfig, student: nn.Module, objective: Objective, teacher: nn.Module | None,
+                 opt: torch.optim.Optimizer, sched, gen: torch.Generator, mask_gen: torch.Generator,
+                 device: torch.device) -> None:
+        self.cfg, self.student, self.objective, self.teacher = cfg, student, objective, teacher
+        self.opt, self.sched, self.gen, self.mask_gen, self.device = opt, sched, gen, mask_gen, device
+        # Compiled callables share the modules' parameters. The objective is compiled on its own
+        # (eager, the FA connector and the loss maps cost a fifth of a kd_fa_at step: 283 → 229 ms
+        # when compiled, profiled at 1 thread).
+        mode = None if cfg.compile_mode == "default" else cfg.compile_mode
+        self.forward = torch.compile(student, mode=mode) if cfg.compile else student
+        self.loss = torch.compile(objective, mode=mode) if cfg.compile else objective
+        self.sizes: dict[str, tuple[int, int]] | None = None
+        self.last_cam: torch.Tensor | None = None
+        # The epoch's running statistics, device tensors updated in place (never rebound, so a
+        # captured CUDA graph keeps writing where the loop reads): the objective's terms, total and
+        # correct predictions summed over steps; the first step at which each term and the total
+        # were non-finite (-1: none); the masks' kept share and the cams' short share, summed.
+        self.sums = torch.zeros(len(TERMS) + 2, device=device)
+        self.bad = torch.full((len(TERMS) + 1,), -1, device=device, dtype=torch.long)
+        self.mask_share = torch.zeros((), device=device)
+        self.cam_short_share = torch.zeros((), device=device)  # cam-based masks only
+
+    def new_epoch(self) -> None:
+        """Training mode and zeroed epoch statistics (in place)."""
+        self.student.train()
+        self.objective.train()
+        for t in (self.sums, self.mask_share, self.cam_short_share):
+            t.zero_()
+        self.bad.fill_(-1)
+
+    @property
+    def graph_safe(self) -> bool:
+        """Whether this step may be captured as a CUDA graph: not when its masks are drawn on the host."""
+        return not ((self.cfg.w_fa > 0 or self.cfg.w_at > 0) and self.cfg.mask_mode in HOST_DRAWN_MASKS)
+
+    def prepare(self, xb: torch.Tensor, draws: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """uint8 batch → augmented, normalised float batch in the device's preferred layout.
+
+        ``draws``: the batch's crop offsets and flips from an :class:`~kdnb.engine.data.EpochPlan`
+        (already on the device); without them they are drawn from the stepper's generator."""
+        x = augment(xb, self.gen) if draws is None else apply_augmentation(xb, *draws)
+        return normalize(x).contiguous(memory_format=torch.channels_last)
+
+    @property
+    def cam_key(self) -> str | None:
+        """The stage whose Grad-CAM this student's masks need (``None``: no cam)."""
+        return self.cfg.cam_stage if self.cfg.needs_cam else None
+
+    def __call__(self, xb: torch.Tensor, y: torch.Tensor, draws: tuple[torch.Tensor, torch.Tensor] | None = None
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        x = self.prepare(xb, draws)
+        teacher_out = None
+        if self.teacher is not None:
+            with autocast(self.device, self.cfg.amp):
+                teacher_out = teacher_forward(self.teacher, x, self.cam_key, y)
+        return self.update(x, y, teacher_out)
+
+    def update(self, x: torch.Tensor, y: torch.Tensor, teacher_out: TeacherOut | None
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        """Student forward, masks, objective, backward and SGD on a prepared batch ``x``, given the
+        teacher's ``(logits, feats, cam)`` for it (computed once per batch for a whole cohort)."""
+        out = self.forward_backward(x, y, teacher_out)
+        self.apply()
+        return out
+
+    def forward_backward(self, x: torch.Tensor, y: torch.Tensor, teacher_out: TeacherOut | None
+                         ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        """Everything of :meth:`update` but the optimiser's update: the part a CUDA graph captures."""
+        cfg = self.cfg
+        with autocast(self.device, cfg.amp):
+            s_logits, s_feats = self.forward(x, return_features=True)
+            t_logits, t_feats, cam = teacher_out if teacher_out is not None else (None, None, None)
+            self.last_cam = cam
+            masks = None
+            if cfg.w_fa > 0 or cfg.w_at > 0:
+                if self.sizes is None:
+                    self.sizes = {s: tuple(s_feats[s].shape[-2:]) for s in cfg.stages}
+                masks = make_masks(cfg.mask_mode, self.sizes, cam=cam, keep=cfg.keep, cam_type=cfg.cam_type,
+                                   batch=len(y), generator=self.mask_gen, device=self.device)
+                if masks is not None:  # share of positions the masks keep (a device scalar, no sync; None = all)
+                    shares = [torch.ones((), device=self.device) if m is None else m.float().mean() for m in masks.values()]
+                    self.mask_share.add_(torch.stack(shares).mean())
+                if cfg.needs_cam:  # share of images whose cam is too sparse for `keep` (device scalar, no sync)
+                    short = [cam_short(cam, cfg.keep, hw).float().mean() for hw in self.sizes.values()]
+                    self.cam_short_share.add_(torch.stack(short).mean())
+            total, terms = self.loss(s_logits, s_feats, y, t_logits, t_feats, masks)
+        self.opt.zero_grad(set_to_none=True)
+        total.backward()
+        return total, terms, s_logits
+
+    def apply(self) -> None:
+        """The optimiser's update and the LR schedule's step, outside any CUDA graph (so the
+        schedule's learning rate and momentum stay plain numbers)."""
+        self.opt.step()
+        if self.sched is not None:
+            self.sched.step()
+
+    def record(self, total: torch.Tensor, terms: dict[str, torch.Tensor], s_logits: torch.Tensor, y: torch.Tensor,
+               step: torch.Tensor) -> None:
+        """Add one step's terms, total and correct predictions to the epoch's sums, and note ``step``
+        (a device scalar) as the first bad step of any non-finite term: no host read."""
+        with torch.no_grad():
+            vals = torch.stack([terms[t].detach().float() if t in terms else torch.zeros((), device=self.device)
+                                for t in TERMS] + [total.detach().float()])
+            self.bad.copy_(torch.where((~torch.isfinite(vals)) & (self.bad < 0), step, self.bad))
+            self.sums[:-1] += vals
+            self.sums[-1] += (s_logits.argmax(1) == y).sum()
+
+
+# Warm-up steps before a CUDA graph is captured (compilation, cuDNN autotuning, lazy allocations).
+GRAPH_WARMUP = 3
+
+
+class CudaGraphs:
+    """The CUDA calls with which a :class:`CohortStep` warms up, captures and replays its step
+    (in one place, so the step's logic can be tested on a CPU with a stand-in)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.side = torch.cuda.Stream(device)
+
+    def warm_up(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` for real on a side stream, as capture requires of the steps before it."""
+        self.side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self.side):
+            fn()
+        torch.cuda.current_stream(self.device).wait_stream(self.side)
+
+    def capture(self, fn: Callable[[], None]) -> torch.cuda.CUDAGraph:
+        """Record ``fn``'s kernels without running them; the graph's ``replay()`` runs them."""
+        torch.cuda.synchronize(self.device)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        return graph
+
+
+class CohortStep:
+    """One training step of a group of steppers on the same batch, as ``train_cohort`` takes it:
+    the batch gathered and augmented once, one teacher pass (per cam stage needed), then each
+    student's forward, backward and statistics; then each optimiser's update.
+
+    The step takes no arguments: it reads the epoch's plan (:meth:`start_epoch`) from device
+    buffers at a device step counter, so on CUDA with ``graphs`` it is captured once, after
+    :data:`GRAPH_WARMUP` eager steps on a side stream, and then replayed: one launch per step.
+    The optimiser updates run after it, uncaptured. Replays write the same tensors the eager step
+    would (parameters' gradients, the steppers' statistics), so everything outside reads them as
+    usual. ``runtime`` stands in for :class:`CudaGraphs` (tests).
+    """
+
+    def __init__(self, steppers: list[Stepper], teacher: nn.Module | None, train_x: torch.Tensor,
+                 train_y: torch.Tensor, device: torch.device, graphs: bool = False, runtime: Any = None) -> None:
+        self.steppers, self.teacher, self.train_x, self.train_y, self.device = steppers, teacher, train_x, train_y, device
+        self.cam_keys = sorted({s.cam_key for s in steppers if s.teacher is not None}, key=str)
+        self.graphs = graphs and (device.type == "cuda" or runtime is not None) and all(s.graph_safe for s in steppers)
+        self.runtime = (runtime or CudaGraphs(device)) if self.graphs else None
+        self.counter = torch.zeros((), dtype=torch.long, device=device)  # steps taken this epoch
+        self.plan: EpochPlan | None = None  # device buffers, filled in place each epoch
+        self.graph: Any = None
+        self.warm = 0
+
+    def start_epoch(self, plan: EpochPlan) -> None:
+        """Load the epoch's batch order and augmentation draws into the step's buffers (in place)."""
+        plan = plan.to(self.device)
+        if self.plan is None:
+            self.plan = EpochPlan(*(torch.empty_like(t) for t in (plan.index, plan.offsets, plan.flips)))
+        elif self.plan.index.shape != plan.index.shape:
+            raise ValueError(f"epoch plans must keep one shape (got {tuple(plan.index.shape)}, "
+                             f"had {tuple(self.plan.index.shape)})")
+        for buf, t in zip((self.plan.index, self.plan.offsets, self.plan.flips), (plan.index, plan.offsets, plan.flips)):
+            buf.copy_(t)
+        self.counter.zero_()
+        for s in self.steppers:
+            s.new_epoch()
+
+    def _body(self) -> None:
+        row = self.counter.view(1)
+        idx = self.plan.index.index_select(0, row)[0]
+        draws = (self.plan.offsets.index_select(0, row)[0], self.plan.flips.index_select(0, row)[0])
+        self.counter.add_(1)  # now the 1-based number of this step
+        lead = self.steppers[0]
+        y = self.train_y[idx]
+        x = lead.prepare(self.train_x[idx], draws)
+        outs: dict[str | None, TeacherOut] = {}
+        if self.teacher is not None and self.cam_keys:
+            with autocast(self.device, lead.cfg.amp):
+                outs = teacher_forwards(self.teacher, x, self.cam_keys, y)
+        for s in self.steppers:
+            total, terms, s_logits = s.forward_backward(x, y, outs.get(s.cam_key) if s.teacher is not None else None)
+            s.record(total, terms, s_logits, y, self.counter)
+
+    def __call__(self) -> None:
+        if not self.graphs:
+            self._body()
+        elif self.graph is not None:
+            self.graph.replay()
+        elif self.warm < GRAPH_WARMUP:  # warm-up steps are real steps
+            self.runtime.warm_up(self._body)
+            self.warm += 1
+        else:  # capturing records the step without running it: replay it at once
+            self.graph = self.runtime.capture(self._body)
+            self.graph.replay()
+        for s in self.steppers:
+            s.apply()
+
+
+def _check_compiler(cfg: RunConfig, device: torch.device) -> None:
+    """Before compiling under bf16 on a CPU, make sure inductor's bf16 kernels are right here."""
+    if cfg.compile and device.type == "cpu" and amp_active(device, cfg.amp):
+        try:
+            ensure_compiled_bf16_correct()
+        except RuntimeError as exc:
+            raise TrainingError(str(exc)) from None
+
+
+def prepare_teacher_for(cfg: RunConfig, teacher: nn.Module, device: torch.device) -> nn.Module:
+    """The frozen teacher as ``cfg``'s training steps use it (see :func:`kdnb.engine.speedups.prepare_teacher`):
+    stored in bf16 on CUDA under autocast, compiled when ``cfg.compile``."""
+    _check_compiler(cfg, device)
+    return prepare_teacher(teacher, cfg.compile, low_precision=device.type == "cuda" and amp_active(device, cfg.amp))
+
+
+def build_stepper(cfg: RunConfig, teacher: nn.Module | None, device: torch.device, steps_per_epoch: int,
+                  num_classes: int = 10, teacher_prepared: bool = False) -> Stepper:
+    """Seeded student, objective (with connectors), SGD, LR schedule and generators for ``cfg``.
+
+    ``teacher_prepared``: ``teacher`` already went through :func:`kdnb.engine.speedups.prepare_teacher`
+    (so several steppers can share one compiled teacher)."""
+    _check_compiler(cfg, device)
+    torch.manual_seed(cfg.seed)
+    student = build_student(cfg, num_classes).to(device)
+    objective = Objective(
+        {"ce": cfg.w_ce, "kd": cfg.w_kd, "fa": cfg.w_fa, "at": cfg.w_at},
+        temperature=cfg.temperature, stages=cfg.stages, at_p=cfg.at_p,
+        student_channels=student.stage_channels,
+        teacher_channels=teacher.stage_channels if teacher is not None else None,
+    ).to(device)
+    # channels_last is faster on CUDA and on CPU alike (the CPU bench: student step 102 → 74 ms).
+    student = student.to(memory_format=torch.channels_last)
+    objective = objective.to(memory_format=torch.channels_last)
+    if teacher is not None and not teacher_prepared:
+        # A private copy with BN folded into the convolutions (exact up to rounding), so the
+        # caller's teacher is untouched; compiled stage by stage when ``compile`` is on.
+        teacher = prepare_teacher_for(cfg, teacher, device)
+    params = list(student.parameters()) + list(objective.parameters())
+    # One fused kernel for the whole update on CUDA (the foreach path launches several per step).
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                          nesterov=cfg.nesterov, fused=device.type == "cuda" or None)
+    sched = _make_scheduler(cfg, opt, steps_per_epoch)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    mask_gen = torch.Generator().manual_seed(cfg.seed + 1_000_003)
+    return Stepper(cfg, student, objective, teacher, opt, sched, gen, mask_gen, device)

@@ -1,0 +1,268 @@
+"""Analyses that load trained models (07, 08): attention panels and distances, calibration, robustness
+and efficiency, each cached on disk while its runs, settings and code stay the same."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ..engine.config import STUDENT_CONFIGS, TEACHER
+from ..engine.data import normalize
+from ..engine.runs import BEST_FILE, atomic_write, is_finished, run_path
+from ..engine.train import load_trained, resolve_device
+from ..evaluation import metrics
+from ..evaluation.calibration import expected_calibration_error, reliability_table
+from ..evaluation.efficiency import count_parameters, flops_per_image, measure_latency, training_cost_ratio
+from ..evaluation.metrics import accuracy, agreement, predict, robustness, robustness_summary
+from ..method.losses import attention_map
+from ..method.masks import causal_mask, gradcam
+from .lookup import collect_histories, require_run
+from .series import LABELS
+
+
+def _run_fingerprint(runs_dir: str | os.PathLike, profile: str, keys: Iterable[tuple[str, int]]) -> list:
+    """Identity of the checkpoints an evaluation reads (a retrained run changes it)."""
+    out = []
+    for c, s in keys:
+        st = (run_path(runs_dir, profile, c, s) / BEST_FILE).stat()
+        out.append([c, s, st.st_mtime_ns, st.st_size])
+    return out
+
+
+PACKAGE = Path(__file__).resolve().parent.parent  # kdnb/
+
+
+def _code_fingerprint(package: Path = PACKAGE) -> str:
+    """Hash of every source file of ``package``: any code change invalidates a cached analysis (an
+    analysis reaches models, losses, data, metrics and more; naming some of them would miss the rest)."""
+    h = hashlib.sha1()
+    for path in sorted(package.rglob("*.py")):
+        h.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def cached(cache_dir: str | os.PathLike | None, name: str, key: dict[str, Any], compute):
+    """``compute()``, stored in ``cache_dir`` under a hash of ``key`` and reused while the key is
+    the same (no cache when ``cache_dir`` is None). Delete the ``.cache-*`` files to recompute."""
+    if cache_dir is None:
+        return compute()
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    path = Path(cache_dir) / f".cache-{name}-{digest}.pkl"
+    if path.is_file():
+        try:
+            with open(path, "rb") as f:
+                value = pickle.load(f)
+            print(f"{name}: reusing the stored result ({path.name}; delete it to recompute)")
+            return value
+        except Exception:  # a damaged cache is only recomputed
+            pass
+    value = compute()
+    atomic_write(path, lambda f: pickle.dump(value, f))
+    return value
+
+
+def _device(name: str | Any):
+    """``auto`` → CUDA when available, else CPU (as the training engine)."""
+    return resolve_device(name) if isinstance(name, str) else name
+
+
+def _subset(data, n: int | None) -> tuple:
+    """The first ``n`` test images (all when ``None``); a fixed, class-mixed subset."""
+    x, y = data.test_x, data.test_y
+    if n is not None and n < len(y):
+        x, y = x[:n], y[:n]
+    return x, y
+
+
+def load_students(runs_dir: str | os.PathLike, profile: str, seeds: Sequence[int],
+                  configs: Sequence[str] = STUDENT_CONFIGS, device: Any = "cpu") -> dict[tuple[str, int], Any]:
+    """The best-by-validation model of every (config, seed), in eval mode."""
+    return {(c, s): load_trained(require_run(runs_dir, profile, c, s), device) for c in configs for s in seeds}
+
+
+def load_teacher_of(runs_dir: str | os.PathLike, profile: str, seed: int = 0, device: Any = "cpu"):
+    """The frozen teacher (seed ``seed``) of ``profile``, or :class:`MissingInput` naming notebook 01."""
+    return load_trained(require_run(runs_dir, profile, TEACHER, seed), device).requires_grad_(False)
+
+
+def first_per_class(labels, num_classes: int) -> list[int]:
+    """Index of the first image of each class (classes without images are left out)."""
+    out = []
+    for c in range(num_classes):
+        idx = torch.nonzero(labels == c).flatten()
+        if len(idx):
+            out.append(int(idx[0]))
+    return out
+
+
+def attention_panel(runs_dir: str | os.PathLike, profile: str, seed: int, data, *, stage: str = "layer3",
+                    cam_stage: str = "layer3", keeps: Sequence[float] = (0.25, 0.5, 0.75),
+                    configs: Sequence[str] = STUDENT_CONFIGS, teacher_seed: int = 0) -> dict[str, Any]:
+    """For the first test image of each class: the image, the teacher's Grad-CAM for the true class
+    (at ``cam_stage``), binary causal masks at each ``keep`` (at the student's ``stage`` size) and the
+    attention maps (p=2) of the teacher and each student at ``stage``."""
+
+
+    idx = first_per_class(data.test_y, data.num_classes)
+    images, labels = data.test_x[idx], data.test_y[idx]
+    x = normalize(images)
+    teacher = load_teacher_of(runs_dir, profile, teacher_seed)
+    students = load_students(runs_dir, profile, [seed], configs)
+    cam = gradcam(teacher, x, cam_stage, labels)
+    with torch.no_grad():
+        s_feats = {c: students[(c, seed)](x, return_features=True) for c in configs}
+        t_logits, t_feats = teacher(x, return_features=True)
+    size = tuple(next(iter(s_feats.values()))[1][stage].shape[-2:])
+    masks = {float(k): causal_mask(cam, float(k), "binary", size) for k in keeps}
+
+    def amap(feat):
+        return attention_map(feat, 2, size=size).view(-1, *size)
+
+    attention = {"teacher": amap(t_feats[stage])}
+    predictions = {"teacher": t_logits.argmax(1) == labels}
+    for c in configs:
+        logits, feats = s_feats[c]
+        attention[LABELS[c]] = amap(feats[stage])
+        predictions[LABELS[c]] = logits.argmax(1) == labels
+    return {"images": images, "labels": labels, "classes": [data.classes[int(i)] for i in labels], "cam": cam,
+            "masks": masks, "attention": attention, "predictions": predictions, "stage": stage, "size": size}
+
+
+def mask_example(keeps: Sequence[float] = (0.25, 0.5, 0.75), size: int = 4) -> pd.DataFrame:
+    """Binary causal masks of a fixed ``size``×``size`` cam (values 0..1 in raster order): which
+    positions each ``keep`` retains. A deterministic check of the thresholding rule."""
+
+
+    cam = torch.linspace(0, 1, size * size).view(1, size, size).flip(-1)
+    rows = {"cam": [" ".join(f"{v:.2f}" for v in r) for r in cam[0].tolist()]}
+    for k in keeps:
+        m = causal_mask(cam, float(k), "binary")[0]
+        rows[f"keep={k:g} ({int(m.sum())}/{size * size})"] = [" ".join(str(int(v)) for v in r) for r in m.tolist()]
+    return pd.DataFrame(rows).rename_axis("row")
+
+
+def attention_distances(runs_dir: str | os.PathLike, profile: str, seeds: Sequence[int], data, *,
+                        stage: str = "layer3", n_images: int | None = None, configs: Sequence[str] = STUDENT_CONFIGS,
+                        teacher_seed: int = 0, batch_size: int = 250, device: str = "auto",
+                        progress: bool = True, cache_dir: str | os.PathLike | None = None) -> pd.DataFrame:
+    """Per (config, seed): mean over test images of ‖a_s − a_t‖₂, the L2 distance between the
+    normalised attention maps (p=2) of student and teacher at ``stage`` (0 = identical, max 2).
+    With ``cache_dir`` the result is stored and reused while runs, settings and code are unchanged."""
+    keys = [(TEACHER, teacher_seed)] + [(c, s) for c in configs for s in seeds]
+    key = {"runs": _run_fingerprint(runs_dir, profile, keys) if all(
+               is_finished(run_path(runs_dir, profile, c, s)) for c, s in keys) else None,
+           "stage": stage, "n_images": n_images, "data": data.source, "code": _code_fingerprint()}
+    if key["runs"] is None:
+        cache_dir = None  # let the computation raise MissingInput
+    return cached(cache_dir, "attention_distance", key, lambda: _attention_distances(
+        runs_dir, profile, seeds, data, stage=stage, n_images=n_images, configs=configs,
+        teacher_seed=teacher_seed, batch_size=batch_size, device=device, progress=progress))
+
+
+def _attention_distances(runs_dir, profile, seeds, data, *, stage, n_images, configs, teacher_seed, batch_size,
+                         device, progress) -> pd.DataFrame:
+    dev = _device(device)
+    x_all, _ = _subset(data, n_images)
+    teacher = load_teacher_of(runs_dir, profile, teacher_seed, dev)
+    students = load_students(runs_dir, profile, seeds, configs, dev)
+    dist = metrics.attention_distances(students, teacher, x_all, normalize, stage=stage, batch_size=batch_size, device=dev,
+                               progress=progress)
+    rows = [{"config": c, "label": LABELS[c], "seed": s, "attention_distance": dist[(c, s)],
+             "images": len(x_all), "stage": stage} for (c, s) in students]
+    return pd.DataFrame(rows)
+
+
+def evaluate_models(runs_dir: str | os.PathLike, profile: str, seeds: Sequence[int], data, *,
+                    robustness_images: int | None = 1000, corruption_seed: int = 0, cifar10c_dir: str | None = None,
+                    configs: Sequence[str] = STUDENT_CONFIGS, teacher_seed: int = 0, n_bins: int = 15,
+                    device: str = "auto", progress: bool = True,
+                    cache_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Test-set predictions of the teacher and every student run → calibration (ECE, reliability
+    tables pooled over seeds), top-1 agreement with the teacher, and robustness to corruptions on
+    the first ``robustness_images`` test images (``kdnb.evaluation.metrics.robustness``).
+
+    Returns ``{"per_run": DataFrame, "robustness": long DataFrame, "reliability": {label: table}}``;
+    the teacher appears as config ``teacher`` (seed ``teacher_seed``) for reference. With
+    ``cache_dir`` the result is stored and reused while runs, settings and code are unchanged.
+    """
+    keys = [(TEACHER, teacher_seed)] + [(c, s) for c in configs for s in seeds]
+    for c, s in keys:
+        require_run(runs_dir, profile, c, s)
+    key = {"runs": _run_fingerprint(runs_dir, profile, keys), "robustness_images": robustness_images,
+           "corruption_seed": corruption_seed, "cifar10c_dir": cifar10c_dir, "n_bins": n_bins, "data": data.source,
+           "code": _code_fingerprint()}
+    return cached(cache_dir, "evaluation", key, lambda: _evaluate_models(
+        runs_dir, profile, seeds, data, robustness_images=robustness_images, corruption_seed=corruption_seed,
+        cifar10c_dir=cifar10c_dir, configs=configs, teacher_seed=teacher_seed, n_bins=n_bins, device=device,
+        progress=progress))
+
+
+def _evaluate_models(runs_dir, profile, seeds, data, *, robustness_images, corruption_seed, cifar10c_dir, configs,
+                     teacher_seed, n_bins, device, progress) -> dict[str, Any]:
+    dev = _device(device)
+    x, y = data.test_x, data.test_y
+    xr, yr = _subset(data, robustness_images)
+    models = {("teacher", teacher_seed): load_teacher_of(runs_dir, profile, teacher_seed, dev)}
+    models.update(load_students(runs_dir, profile, seeds, configs, dev))
+    logits: dict[tuple[str, int], torch.Tensor] = {}
+    rows, robust = [], []
+    corrupted: dict = {}  # every model sees the same corrupted sets, made once
+    for (c, s), model in tqdm(models.items(), desc="evaluating runs", disable=not progress):
+        lg = logits[(c, s)] = predict(model, x, normalize, device=dev)
+        rb = robustness(model, xr, yr, normalize, seed=corruption_seed, cifar10c_dir=cifar10c_dir, device=dev,
+                        cache=corrupted)
+        summ = robustness_summary(rb)
+        robust.append(rb.assign(config=c, label=LABELS[c], seed=s))
+        rows.append({
+            "config": c, "label": LABELS[c], "seed": s,
+            "test_acc": 100 * accuracy(lg, y),
+            "ece": expected_calibration_error(lg, y, n_bins, from_logits=True),
+            "agreement": 100 * agreement(lg, logits[("teacher", teacher_seed)]),
+            "clean_acc_subset": 100 * summ["clean"],
+            "mean_corruption_acc": 100 * summ["mean_corruption"],
+            "corruption_images": len(yr),
+        })
+    per_run = pd.DataFrame(rows)
+    reliability = {}
+    for c in ["teacher", *configs]:
+        keys = [k for k in logits if k[0] == c]
+        pooled = torch.cat([logits[k] for k in keys])
+        reliability[LABELS[c]] = reliability_table(pooled, y.repeat(len(keys)), n_bins, from_logits=True)
+    robust_df = pd.concat(robust, ignore_index=True)
+    return {"per_run": per_run, "robustness": robust_df, "reliability": reliability}
+
+
+def efficiency_table(runs_dir: str | os.PathLike, profile: str, seeds: Sequence[int], *, repeats: int = 20,
+                     device: str = "auto", configs: Sequence[str] = STUDENT_CONFIGS, teacher_seed: int = 0,
+                     batch_sizes: Sequence[int] = (1, 256)) -> pd.DataFrame:
+    """Per model: deployed parameters (FA connectors excluded: they live in the objective), FLOPs
+    per 32×32 image, median latency per sample at each batch size on ``device`` (after warm-up;
+    the device is named), and training seconds per epoch relative to the baseline (run histories)."""
+    device = _device(device)
+    models = {"teacher": load_teacher_of(runs_dir, profile, teacher_seed, device)}
+    first = min(seeds)
+    models.update({c: m for (c, _), m in load_students(runs_dir, profile, [first], configs, device).items()})
+    hist = collect_histories(runs_dir, profile, seeds, configs)
+    ratio = training_cost_ratio(
+        {c: [g.to_dict("records") for _, g in hist[hist["config"] == c].groupby("seed")] for c in configs})
+    rows = []
+    for c, model in models.items():
+        row = {"configuration": LABELS[c], "parameters": count_parameters(model),
+               "MFLOPs / image": flops_per_image(model) / 1e6}
+        for bs in batch_sizes:
+            lat = measure_latency(model, bs, device, warmup=max(2, repeats // 5), repeats=repeats)
+            row[f"latency bs={bs} (ms/image)"] = lat["median_ms_per_sample"]
+            row["device"] = lat["device"]
+        row["train s/epoch (median)"] = ratio.loc[c, "median_seconds_per_epoch"] if c in ratio.index else float("nan")
+        row["train time vs baseline"] = ratio.loc[c, "ratio"] if c in ratio.index else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("configuration")
