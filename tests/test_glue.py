@@ -90,3 +90,58 @@ def test_a_teacher_trained_on_another_split_is_refused_before_data_loads(tmp_pat
     (d / BEST_FILE).write_bytes(b"")
     with pytest.raises(TrainingError, match=f"{setting}=.*would have trained on this run's validation images"):
         train(student, tmp_path, progress=False)
+
+
+# The tables the notebooks print. Their nbval check cells used to compare each with an old print of
+# itself (a dict against its own earlier rendering); these compare them with independent computations.
+
+@pytest.mark.parametrize("profile", ["smoke", "cpu", "paper"])
+def test_profiles_table_shows_the_split_a_run_gets(profile):
+    """Train and validation counts as the engine's split gives them (synthetic labels for smoke, the
+    50,000 labels of CIFAR-10's training set, 5,000 per class, otherwise)."""
+    import torch
+
+    from kdnb.engine.data import make_synthetic, stratified_split
+    from kdnb.report.notebook import profiles_table
+
+    cfg, teacher = make_config("kd", profile, 0), make_config("teacher", profile, 0)
+    labels = (make_synthetic(cfg.synthetic_train, 10).train_y if cfg.data_dir == "synthetic"
+              else torch.arange(10).repeat_interleave(5000))
+    train_idx, val_idx = stratified_split(labels, cfg.val_size, cfg.train_size, cfg.split_seed)
+    row = profiles_table().loc[profile]
+    assert (int(row["train images"]), int(row["validation images"])) == (len(train_idx), len(val_idx))
+    assert (float(row["student width"]), float(row["teacher width"])) == (cfg.width, teacher.width)
+    assert (int(row["student epochs (max)"]), int(row["teacher epochs"]), int(row["patience"])) == (
+        cfg.epochs, teacher.epochs, cfg.patience)
+
+
+def test_presets_table_gives_each_configuration_the_weights_its_objective_uses():
+    """Rows by label, weights as the training engine's objective applies them."""
+    import torch
+
+    from kdnb.engine.config import CONFIGS
+    from kdnb.engine.step import build_stepper
+    from kdnb.method.models import build_model
+    from kdnb.report.notebook import presets_table
+    from kdnb.report.series import LABELS
+
+    table = presets_table()
+    assert sorted(table.index) == sorted(LABELS[c] for c in CONFIGS)
+    teacher = build_model("resnet50", cbam=True, width=0.125).eval()
+    for c in CONFIGS:
+        cfg = make_config(c, "smoke", 0, {"compile": False})
+        stepper = build_stepper(cfg, teacher if cfg.needs_teacher else None, torch.device("cpu"), steps_per_epoch=1)
+        used = {f"w_{t}": w for t, w in stepper.objective.weights.items()}
+        assert table.loc[LABELS[c]].to_dict() == used, c
+
+
+def test_paper_table_agrees_with_the_gains_the_paper_states():
+    """The paper's text states its gains in points (abstract and section 4: KD +3.08 over the baseline,
+    FA +2.22, FA+AT +3.21, and FA+AT +0.13 over KD): the accuracies kdnb quotes must reproduce them."""
+    from kdnb.report.tables import paper_table
+
+    delta = paper_table()["paper Δ vs baseline (pp)"]
+    assert (delta["KD"], delta["KD+FA"], delta["KD+FA+AT"]) == (3.08, 2.22, 3.21)
+    accuracy = paper_table()["paper test top-1 (%)"]
+    assert round(accuracy["KD+FA+AT"] - accuracy["KD"], 2) == 0.13
+    assert accuracy.idxmax() == "KD+FA+AT"

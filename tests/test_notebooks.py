@@ -207,10 +207,10 @@ def test_nbval(name, smoke_pipeline, tmp_path):
 
 def test_nbval_catches_a_changed_number(smoke_pipeline, tmp_path):
     """A checked output that no longer matches fails: the check cells really are compared."""
-    path = _prepare("00_setup_and_data", smoke_pipeline.runs_dir, tmp_path)
+    path = _prepare("03_kd", smoke_pipeline.runs_dir, tmp_path)
     nb = nbformat.read(path, as_version=4)
     cell = next(c for c in nb.cells if c.cell_type == "code" and c.source.startswith(CHECK)
-                and "0.9" in c.outputs[0].text)  # the loss-weight table: KD weight 0.9
+                and "0.9" in c.outputs[0].text)  # the objective on a fixed input: KD weight 0.9
     cell.outputs[0].text = cell.outputs[0].text.replace("0.9", "0.8")
     nbformat.write(nb, path)
     try:

@@ -6,7 +6,7 @@ percent-format script in ``notebooks/py/`` by jupytext, so diffs stay reviewable
 outputs are committed:
 
 - the cells marked ``# NBVAL_CHECK_OUTPUT``: profile-independent numbers (parameter counts, loss
-  values on fixed inputs, configuration tables) that nbval compares in CI, so a changed number fails;
+  values on fixed inputs, the masks of a fixed cam) that nbval compares in CI, so a changed number fails;
 - a reference run's outputs (figures, tables), readable on GitHub, from a pipeline's executed
   notebooks, with the run's parameters kept in the notebook metadata rather than in a cell.
 

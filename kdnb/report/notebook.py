@@ -216,22 +216,23 @@ def presets_table():
 
 
 def profiles_table():
-    """The profiles side by side: data, sizes, widths and epochs."""
+    """The profiles side by side: data, split sizes, widths and epochs, as :func:`make_config` builds
+    the runs (student: KD; teacher: its own settings)."""
     import pandas as pd
 
     rows = {}
-    for name, p in PROFILES.items():
-        t = p.get("teacher", {})
+    for name in PROFILES:
+        s, t = make_config("kd", name, 0), make_config("teacher", name, 0)
+        pool = (s.synthetic_train if s.data_dir == "synthetic" else CIFAR10_TRAIN) - s.val_size
         rows[name] = {
-            "data": p.get("data_dir", "CIFAR-10"),
-            "train images": p.get("train_size") or (
-                p.get("synthetic_train", 5000) if "data_dir" in p else CIFAR10_TRAIN) - p.get("val_size", 5000),
-            "validation images": p.get("val_size"),
-            "student width": p.get("width"),
-            "teacher width": t.get("width"),
-            "student epochs (max)": p.get("epochs"),
-            "teacher epochs": t.get("epochs"),
-            "patience": p.get("patience"),
+            "data": "synthetic" if s.data_dir == "synthetic" else "CIFAR-10",
+            "train images": s.train_size or pool,
+            "validation images": s.val_size,
+            "student width": s.width,
+            "teacher width": t.width,
+            "student epochs (max)": s.epochs,
+            "teacher epochs": t.epochs,
+            "patience": s.patience,
         }
     return pd.DataFrame(rows).T.rename_axis("profile").astype(str)
 

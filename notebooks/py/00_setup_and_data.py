@@ -53,7 +53,6 @@ print(ctx.describe())
 # `cpu` trains on real CIFAR-10 on a laptop-class CPU, `paper` is the paper's protocol at full width on a GPU.
 
 # %%
-# NBVAL_CHECK_OUTPUT
 print(nb.profiles_table())
 
 # %% [markdown]
@@ -66,7 +65,6 @@ print(nb.profiles_table())
 # Any weight can be changed per run (`overrides` in the notebooks, `--set w_fa=100` on the command line).
 
 # %%
-# NBVAL_CHECK_OUTPUT
 print(nb.presets_table())
 
 # %% [markdown]

@@ -77,7 +77,6 @@ print("seeds:", seeds_used, " teacher seeds:", teacher_seeds_used)
 # trained its baseline on a different architecture from the distilled students (see the README).
 
 # %%
-# NBVAL_CHECK_OUTPUT
 print(tables.paper_table())
 
 # %% [markdown]
