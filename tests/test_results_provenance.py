@@ -9,11 +9,11 @@ from kdnb.report.tables import provenance, public_source
 SOURCE = "image folder /home/someone/data/cifar10-jpeg (50000 train / 10000 test)"
 
 
-def _fake_run(runs_dir, config: str, seed: int, commit: str) -> None:
+def _fake_run(runs_dir, config: str, seed: int, commit: str, **recorded) -> None:
     d = run_path(runs_dir, "smoke", config, seed)
     d.mkdir(parents=True)
     cfg = make_config(config, "smoke", seed).to_dict()
-    write_json(d / CONFIG_FILE, {**cfg, "git_commit": commit, "kdnb_version": "0.1.0", "data_source": SOURCE,
+    write_json(d / CONFIG_FILE, {**cfg, **recorded, "git_commit": commit, "kdnb_version": "0.1.0", "data_source": SOURCE,
                                  "device_name": "cpu-x", "device_type": "cpu", "torch_threads": 2,
                                  "torch_version": "2.14.1", "n_train": 10, "n_val": 2, "n_test": 5})
     write_json(d / METRICS_FILE, {"test_acc": 0.5, "train_seconds": 60.0})
@@ -33,3 +33,17 @@ def test_public_source_keeps_relative_and_non_path_text():
     assert public_source("image folder /a/b/c/ (1 train / 2 test)") == "image folder c (1 train / 2 test)"
     assert public_source("synthetic (5000 train / 1000 test)") == "synthetic (5000 train / 1000 test)"
     assert public_source("torchvision CIFAR-10 at ./data") == "torchvision CIFAR-10 at ./data"
+
+
+def test_provenance_names_the_arithmetic_the_runs_used_not_the_one_asked_for(tmp_path):
+    """`amp` asks for bf16; a CPU without AMX trains in fp32 all the same (``amp_active`` false)."""
+    for name, runs in {"fp32": [False, False], "bf16": [True, True], "mixed": [True, False]}.items():
+        for config, active in zip(["baseline", "kd"], runs):
+            _fake_run(tmp_path / name, config, 0, "a" * 40, amp=True, amp_active=active, compile=True)
+    torch = {name: provenance(tmp_path / name, "smoke", [0], configs=["baseline", "kd"])["torch"]
+             for name in ("fp32", "bf16", "mixed")}
+    assert torch == {"fp32": "2.14.1, fp32, compiled", "bf16": "2.14.1, bf16 autocast, compiled",
+                     "mixed": "2.14.1, bf16 autocast in 1 of 2 runs, fp32 in the others, compiled"}
+    _fake_run(tmp_path / "old", "baseline", 0, "a" * 40, amp=True, compile=False)  # before amp_active was kept
+    assert provenance(tmp_path / "old", "smoke", [0], configs=["baseline"])["torch"] == (
+        "2.14.1, bf16 autocast asked for (whether it ran is not recorded)")

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from kdnb.engine.config import make_config
 from kdnb.engine.runs import LOCK_FILE, RunLock, RunLocked, run_path
@@ -113,3 +114,60 @@ def test_a_killed_writer_leaves_no_temporary_file_behind(tmp_path, cli_env):
     write_json(target, {"a": 1})
     assert json.loads(target.read_text()) == {"a": 1}
     assert not stale.exists() and alive.exists() and other_host.exists()
+
+
+TIMING_KEYS = ("train_seconds", "median_epoch_seconds")
+
+
+def _train_cli(runs_dir: Path, env: dict) -> subprocess.Popen:
+    """``python -m kdnb train`` of a smoke baseline long enough (12 epochs) for a rival to meet it."""
+    return subprocess.Popen([sys.executable, "-m", "kdnb", "train", "--config", "baseline", "--runs-dir", str(runs_dir),
+                             "--set", "epochs=12", "--set", "patience=12", "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _finished(run_dir: Path) -> tuple[dict, dict]:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    weights = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=False)
+    return {k: v for k, v in metrics.items() if k not in TIMING_KEYS}, weights
+
+
+def _same_tensors(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same_tensors(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same_tensors(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+@pytest.mark.slow
+def test_two_real_trainers_one_trains_the_other_refuses_and_the_run_equals_a_lone_one(tmp_path, cli_env):
+    """Two ``kdnb train`` processes on one run: the first trains, the second (started while the first
+    holds the run) refuses with one line naming it; the finished run is the run a lone trainer makes."""
+    env = {**cli_env, "OMP_NUM_THREADS": "1"}
+    shared, lone = tmp_path / "shared", tmp_path / "lone"
+    run_dir = run_path(shared, "smoke", "baseline", 0)
+    first = _train_cli(shared, env)
+    deadline = time.monotonic() + 120
+    while not ((run_dir / LOCK_FILE).is_file() and (run_dir / LOCK_FILE).read_text().strip()):
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+        time.sleep(0.05)
+    second = _train_cli(shared, env)
+    out2, err2 = second.communicate(timeout=300)
+    assert first.poll() is None, "the first trainer finished before the second started: lengthen the run"
+    out1, err1 = first.communicate(timeout=600)
+    assert first.returncode == 0, err1
+    assert second.returncode == 2 and not out2
+    assert err2.count("\n") == 1 and err2.startswith("kdnb: error: ")
+    assert f"being trained by another process (pid {first.pid} on " in err2 and "Traceback" not in err2
+    assert not (run_dir / LOCK_FILE).exists()
+
+    alone = _train_cli(lone, env)
+    _, err = alone.communicate(timeout=600)
+    assert alone.returncode == 0, err
+    metrics, weights = _finished(run_dir)
+    lone_metrics, lone_weights = _finished(run_path(lone, "smoke", "baseline", 0))
+    assert metrics == lone_metrics and metrics["epochs_run"] == 12
+    assert _same_tensors(weights, lone_weights)

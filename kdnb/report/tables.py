@@ -193,11 +193,24 @@ def provenance(runs_dir: str | os.PathLike, profile: str, seeds: Sequence[int],
     out.update({
         "training time (sum over these runs)": f"{seconds / 60:.1f} min",
         "kdnb": f"{uniq('kdnb_version')} (git {', '.join(sorted({str(c.get('git_commit'))[:10] for c in run_cfgs}))})",
-        "torch": uniq("torch_version") + (", bf16 autocast" if uniq("amp") == "True" else "")
-        + (", compiled" if uniq("compile") == "True" else ""),
+        "torch": uniq("torch_version") + f", {_precision(cfgs)}" + (", compiled" if uniq("compile") == "True" else ""),
         "date": _dt.datetime.now().strftime("%Y-%m-%d"),
     })
     return out
+
+
+def _precision(cfgs: Sequence[dict[str, Any]]) -> str:
+    """The arithmetic the runs trained in. ``amp`` only asks for bf16 autocast; the engine uses it
+    where it pays (CUDA, CPUs with AMX) and records what it did as ``amp_active``."""
+    used = {c.get("amp_active", "unknown" if c.get("amp") else False) for c in cfgs}
+    if used == {True}:
+        return "bf16 autocast"
+    if used == {False}:
+        return "fp32"
+    if used == {"unknown"}:
+        return "bf16 autocast asked for (whether it ran is not recorded)"
+    n = sum(u is True for u in (c.get("amp_active") for c in cfgs))
+    return f"bf16 autocast in {n} of {len(cfgs)} runs, fp32 in the others"
 
 
 def public_source(source: str) -> str:
