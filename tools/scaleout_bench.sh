@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Scale-out benchmark (#17): the same series with `--jobs 1` and `--jobs N`, from one finished
-# teacher (runs/<profile>/teacher, all its seeds), each in its own runs directory; prints the wall times, their ratio and whether the two
-# results tables agree. Run it alone on an otherwise idle machine.
+# teacher (runs/<profile>/teacher, all its seeds), each in its own runs directory; prints the wall
+# times, their ratio and the two results tables' accuracies side by side. Run it alone on an otherwise idle machine.
 #   tools/scaleout_bench.sh TEACHER_DIR WORK_DIR [PROFILE] [JOBS] [SEEDS...]
 #   e.g. tools/scaleout_bench.sh runs/cpu/teacher /tmp/scaleout cpu 2 0 1 2
 set -euo pipefail

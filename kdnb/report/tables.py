@@ -202,15 +202,15 @@ def provenance(runs_dir: str | os.PathLike, profile: str, seeds: Sequence[int],
 def _precision(cfgs: Sequence[dict[str, Any]]) -> str:
     """The arithmetic the runs trained in. ``amp`` only asks for bf16 autocast; the engine uses it
     where it pays (CUDA, CPUs with AMX) and records what it did as ``amp_active``."""
-    used = {c.get("amp_active", "unknown" if c.get("amp") else False) for c in cfgs}
-    if used == {True}:
+    used = [c.get("amp_active", "unknown" if c.get("amp") else False) for c in cfgs]
+    kinds = set(used)
+    if kinds == {True}:
         return "bf16 autocast"
-    if used == {False}:
+    if kinds == {False}:
         return "fp32"
-    if used == {"unknown"}:
+    if kinds == {"unknown"}:
         return "bf16 autocast asked for (whether it ran is not recorded)"
-    n = sum(u is True for u in (c.get("amp_active") for c in cfgs))
-    return f"bf16 autocast in {n} of {len(cfgs)} runs, fp32 in the others"
+    return f"bf16 autocast in {used.count(True)} of {len(used)} runs, the others fp32 or not recorded"
 
 
 def public_source(source: str) -> str:
