@@ -41,6 +41,7 @@ KERNEL = "python3"
 # Studies beyond the series (teacher + five configurations + evaluation): run when asked for, with
 # ``--ablation`` or by name in ``--only``, because they multiply the training cost.
 OPTIONAL_NOTEBOOKS = ("09_mask_ablation",)
+RESULTS_NOTEBOOK = "08_results"  # reads every other notebook's outputs, so it runs last
 
 
 class PipelineError(TrainingError):
@@ -69,12 +70,18 @@ class Step:
 
 
 def _select(only: Sequence[str] | None, ablation: bool = False) -> list[str]:
+    """The chosen notebooks in the order they run: the series' order, except that the ablation (09)
+    runs before the results (08), whose RQ2 answer is built from the ablation's runs."""
     if not only:
-        return [nb for nb in NOTEBOOKS if ablation or nb not in OPTIONAL_NOTEBOOKS]
-    chosen = [nb for nb in NOTEBOOKS if any(nb.startswith(str(p)) for p in only)]
-    unknown = [p for p in only if not any(nb.startswith(str(p)) for nb in NOTEBOOKS)]
-    if unknown:
-        raise ConfigError(f"--only {' '.join(map(str, unknown))}: no such notebook; allowed: {', '.join(NOTEBOOKS)}")
+        chosen = [nb for nb in NOTEBOOKS if ablation or nb not in OPTIONAL_NOTEBOOKS]
+    else:
+        chosen = [nb for nb in NOTEBOOKS if any(nb.startswith(str(p)) for p in only)]
+        unknown = [p for p in only if not any(nb.startswith(str(p)) for nb in NOTEBOOKS)]
+        if unknown:
+            raise ConfigError(f"--only {' '.join(map(str, unknown))}: no such notebook; allowed: {', '.join(NOTEBOOKS)}")
+    if {RESULTS_NOTEBOOK, *OPTIONAL_NOTEBOOKS} <= set(chosen):
+        chosen.remove(RESULTS_NOTEBOOK)
+        chosen.insert(chosen.index(OPTIONAL_NOTEBOOKS[0]) + 1, RESULTS_NOTEBOOK)
     return chosen
 
 

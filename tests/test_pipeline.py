@@ -135,7 +135,10 @@ def test_plan_runs_students_once_per_seed(tmp_path):
     steps = plan("smoke", [0, 1], tmp_path, None, tmp_path / "figs", ablation=True, cohort=False)
     names = [(s.notebook, s.parameters.get("seed")) for s in steps]
     assert names[:2] == [("00_setup_and_data", None), ("01_train_teacher", 0)]
-    assert names[-3:] == [("07_masks_and_attention", 0), ("08_results", None), ("09_mask_ablation", None)]
+    # 09 before 08: 08's RQ2 answer is built from the ablation's runs
+    assert names[-3:] == [("07_masks_and_attention", 0), ("09_mask_ablation", None), ("08_results", None)]
+    only = plan("smoke", [0], tmp_path, None, tmp_path, notebooks=["08", "09"])
+    assert [s.notebook for s in only] == ["09_mask_ablation", "08_results"]
     students = names[2:-3]
     assert len(students) == 10 and {s for _, s in students} == {0, 1}
     assert steps[-1].parameters["seeds"] == [0, 1]

@@ -56,8 +56,9 @@ def test_graph_waits_only_for_what_a_job_reads(tmp_path):
     assert deps["cohort (seed 1"] == ["01_train_teacher"]
     assert deps["03_kd (seed 1)"] == ["cohort (seed 1"]  # not seed 0's work
     assert deps["07_masks_and_attention"] == ["cohort (seed 0", "cohort (seed 1"]  # not the display notebooks
-    assert deps["08_results"] == ["cohort (seed 0", "cohort (seed 1", "07_masks_and_attention"]
-    assert deps["09_mask_ablation"] == ["cohort (seed 0", "cohort (seed 1"]  # beside 07/08, not after them
+    assert deps["09_mask_ablation"] == ["cohort (seed 0", "cohort (seed 1"]  # beside 07, not after it
+    # 08 answers RQ2 from 09's runs: it waits for them (and for 07's attention distances)
+    assert deps["08_results"] == ["cohort (seed 0", "cohort (seed 1", "07_masks_and_attention", "09_mask_ablation"]
     assert all(d < j.index for j in jobs for d in j.deps)  # plan order (--jobs 1) is a valid order
     alone = {j.name: [d for d in j.deps] for j in graph(plan("smoke", [0], tmp_path, None, tmp_path, cohort=False))}
     assert alone["03_kd (seed 0)"] == [1]  # trained one at a time: each notebook needs the teacher only
