@@ -93,8 +93,8 @@ def graph(steps: Sequence[Step]) -> list[Job]:
             deps = [j for j in trainers if "kd_fa_at" in (steps[j].configs or (STUDENT_NOTEBOOKS.get(steps[j].notebook),))]
             deps = deps or upstream
         else:  # 07 and 08 read every student run; 08 also 07's attention distances and 09's runs (RQ2)
-            readers = find("07_masks_and_attention") + find("09_mask_ablation")
-            deps = (trainers or upstream) + (readers if s.notebook == "08_results" else [])
+            inputs_of_08 = find("07_masks_and_attention") + find("09_mask_ablation")
+            deps = (trainers or upstream) + (inputs_of_08 if s.notebook == "08_results" else [])
         jobs.append(Job(i, s, tuple(sorted(set(deps))), needs_teacher=bool(teacher) and i > teacher[0]))
     return jobs
 

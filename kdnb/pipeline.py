@@ -70,8 +70,8 @@ class Step:
 
 
 def _select(only: Sequence[str] | None, ablation: bool = False) -> list[str]:
-    """The chosen notebooks in the order they run: the series' order, except that the ablation (09)
-    runs before the results (08), whose RQ2 answer is built from the ablation's runs."""
+    """The chosen notebooks in the order they run: the series' order, except that the results (08)
+    run last, after the ablation (09) whose runs their RQ2 answer is built from."""
     if not only:
         chosen = [nb for nb in NOTEBOOKS if ablation or nb not in OPTIONAL_NOTEBOOKS]
     else:
@@ -79,10 +79,7 @@ def _select(only: Sequence[str] | None, ablation: bool = False) -> list[str]:
         unknown = [p for p in only if not any(nb.startswith(str(p)) for nb in NOTEBOOKS)]
         if unknown:
             raise ConfigError(f"--only {' '.join(map(str, unknown))}: no such notebook; allowed: {', '.join(NOTEBOOKS)}")
-    if {RESULTS_NOTEBOOK, *OPTIONAL_NOTEBOOKS} <= set(chosen):
-        chosen.remove(RESULTS_NOTEBOOK)
-        chosen.insert(chosen.index(OPTIONAL_NOTEBOOKS[0]) + 1, RESULTS_NOTEBOOK)
-    return chosen
+    return sorted(chosen, key=lambda nb: nb == RESULTS_NOTEBOOK)  # stable: only 08 moves, to the end
 
 
 def plan(profile: str, seeds: Sequence[int], runs_dir: Path, data_dir: str | None, figures_dir: Path,
