@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from kdnb.engine.config import STUDENT_CONFIGS, make_config
-from kdnb.engine.runs import BEST_FILE, CONFIG_FILE, load_torch, read_json
+from kdnb.engine.runs import BEST_FILE, CONFIG_FILE, TIMING_FIELDS, load_torch, read_json
 from kdnb.engine.train import TrainingError, train, train_cohort
 
-TIMING = ("seconds", "images_per_s", "train_seconds", "median_epoch_seconds")
+TIMING = TIMING_FIELDS
 
 
 def _same(a, b) -> bool:

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from kdnb.engine.config import make_config
-from kdnb.engine.runs import CHECKPOINT_FILE, METRICS_FILE
+from kdnb.engine.runs import CHECKPOINT_FILE, METRICS_FILE, TIMING_FIELDS
 from kdnb.engine.train import TrainingError, train
 
 REPO = Path(__file__).resolve().parents[1]
-TIMING = ("seconds", "images_per_s")
+TIMING = TIMING_FIELDS
 
 
 def _strip(history):

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from kdnb.engine.config import make_config
-from kdnb.engine.runs import BEST_FILE, CONFIG_FILE, METRICS_FILE, run_path, write_json
+from kdnb.engine.runs import BEST_FILE, CONFIG_FILE, METRICS_FILE, TIMING_FIELDS, run_path, write_json
 from kdnb.engine.train import TrainingError, train
 from kdnb.report import analyses
 
@@ -63,7 +63,7 @@ def test_run_fingerprint_changes_when_a_checkpoint_is_rewritten(tmp_path):
 
 
 def _strip(history):
-    return [{k: v for k, v in h.items() if k not in ("seconds", "images_per_s")} for h in history]
+    return [{k: v for k, v in h.items() if k not in TIMING_FIELDS} for h in history]
 
 
 @pytest.mark.slow

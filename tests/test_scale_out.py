@@ -21,6 +21,7 @@ import pytest
 
 from kdnb.cli import main
 from kdnb.engine.config import ConfigError
+from kdnb.engine.runs import TIMING_FIELDS
 from kdnb.executors import check_executor, local
 from kdnb.jobs import Job, check_visible, graph
 from kdnb.pipeline import PipelineError, Step, plan, run_pipeline
@@ -185,7 +186,7 @@ def test_submitit_local_executor_trains_a_seeds_cohort(one_thread_series, smoke_
     steps = run_pipeline(profile="smoke", runs_dir=runs, notebooks=["00", "03", "05"], parameters=ONE_EPOCH,
                          verbose=False, executor="slurm", scale={"submitit_cluster": "local"})
     assert [s.notebook for s in steps] == ["00_setup_and_data", "cohort", "03_kd", "05_kd_at"]
-    timing = ("train_seconds", "median_epoch_seconds")
+    timing = TIMING_FIELDS
     for config in ("kd", "kd_at"):
         got, want = (json.loads((r / "smoke" / config / "seed0" / "metrics.json").read_text())
                      for r in (runs, one_thread_series))

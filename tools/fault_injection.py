@@ -41,10 +41,12 @@ from pathlib import Path
 import nbformat
 import psutil
 
+from kdnb.engine.runs import TIMING_FIELDS
+
 ROOT = Path(__file__).resolve().parent.parent
 CHECK = "# NBVAL_CHECK_OUTPUT"
 # Wall-clock facts that legitimately differ between two runs of the same work.
-TIMING_KEYS = {"train_seconds", "median_epoch_seconds", "seconds", "images_per_s"}
+TIMING_KEYS = TIMING_FIELDS
 
 
 def pipeline_command(runs: Path) -> list[str]:

@@ -284,6 +284,37 @@ def stratified_split(
     return train.sort().values, val.sort().values
 
 
+def balanced_subset(labels: torch.Tensor, n: int | None, seed: int = 0) -> torch.Tensor:
+    """Indices (ascending) of a seeded sample with ``n / num_classes`` images of every class; all of
+    ``labels`` when ``n`` is None or covers them.
+
+    Every evaluation subset goes through here, so a subset is representative whatever the order of
+    the files on disk (the image-folder loader returns each split sorted by class: "the first n"
+    would be one class) and every model is scored on the same images."""
+    if n is None or n >= len(labels):
+        return torch.arange(len(labels))
+    classes = torch.unique(labels)
+    if n < 1 or n % len(classes):
+        raise DataError(f"a subset of {n} images cannot hold the same number of each of the {len(classes)} "
+                        f"classes: use a multiple of {len(classes)} (e.g. {max(1, n // len(classes)) * len(classes)})")
+    per_class = n // len(classes)
+    g = torch.Generator().manual_seed(seed)
+    picked = []
+    for c in classes:
+        idx = torch.nonzero(labels == c).flatten()
+        if len(idx) < per_class:
+            raise DataError(f"class {int(c)} has {len(idx)} images, fewer than the {per_class} per class a subset of "
+                            f"{n} needs: use at most {len(classes) * min(int((labels == k).sum()) for k in classes)}")
+        picked.append(idx[torch.randperm(len(idx), generator=g)[:per_class]])
+    return torch.cat(picked).sort().values
+
+
+def class_counts(labels: torch.Tensor, classes: tuple[str, ...] | list[str]) -> dict[str, int]:
+    """Images per class name (every class listed, zeros included): a subset's composition, stated."""
+    counts = torch.bincount(labels.long(), minlength=len(classes)).tolist()
+    return {name: int(k) for name, k in zip(classes, counts)}
+
+
 # ---------------------------------------------------------------- batches
 def epoch_batches(n: int, batch_size: int, generator: torch.Generator, drop_last: bool = True) -> list[torch.Tensor]:
     """Shuffled index batches for one epoch (the last short batch dropped: BN needs > 1 sample)."""

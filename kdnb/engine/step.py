@@ -4,6 +4,7 @@ augmentation and one teacher pass per batch, each student's update, optionally a
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -181,6 +182,67 @@ class CudaGraphs:
         return graph
 
 
+
+class StepClock:
+    """Where a cohort's step time goes: the shared part (batch, augmentation, teacher pass and cams)
+    and each member's own forward, backward and update, summed over an epoch.
+
+    A cohort's epoch time is one number for all its members; the cost a configuration adds is in its
+    own share. On a CPU the sections are timed with ``perf_counter`` (CPU kernels run synchronously);
+    on CUDA with events read once per epoch (no synchronisation per step). A step replayed as one
+    CUDA graph cannot be split: :meth:`read` then returns ``None``."""
+
+    SHARED = -1
+
+    def __init__(self, device: torch.device, members: int) -> None:
+        self.cuda = device.type == "cuda"
+        self.members = members
+        self.split = True
+        self.active = True  # off while a CUDA graph is captured (no events may be recorded then)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.shared, self.own = 0.0, [0.0] * self.members
+        self._events: list[tuple[int, Any, Any]] = []
+
+    def mark(self) -> Any:
+        """A point in the step: a time on the CPU, a recorded event on CUDA (None while inactive)."""
+        if not self.active:
+            return None
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def add(self, slot: int, start: Any, end: Any) -> None:
+        """Charge the section ``start``–``end`` to member ``slot`` (:data:`SHARED`: the shared part)."""
+        if start is None or end is None:
+            return
+        if self.cuda:
+            self._events.append((slot, start, end))
+            return
+        self.add_seconds(slot, end - start)
+
+    def read(self) -> tuple[float, list[float]] | None:
+        """``(shared seconds, [own seconds per member])`` since the last read (then zeroed), or
+        ``None`` when some step of it could not be split (a CUDA graph replay)."""
+        if self.cuda and self._events:
+            torch.cuda.synchronize()
+            for slot, start, end in self._events:
+                self.add_seconds(slot, start.elapsed_time(end) / 1000.0)
+        out = (self.shared, list(self.own)) if self.split else None
+        self._reset()
+        self.split = True
+        return out
+
+    def add_seconds(self, slot: int, seconds: float) -> None:
+        if slot == self.SHARED:
+            self.shared += seconds
+        else:
+            self.own[slot] += seconds
+
+
 class CohortStep:
     """One training step of a group of steppers on the same batch, as ``train_cohort`` takes it:
     the batch gathered and augmented once, one teacher pass (per cam stage needed), then each
@@ -204,6 +266,7 @@ class CohortStep:
         self.plan: EpochPlan | None = None  # device buffers, filled in place each epoch
         self.graph: Any = None
         self.warm = 0
+        self.clock = StepClock(device, len(steppers))
 
     def start_epoch(self, plan: EpochPlan) -> None:
         """Load the epoch's batch order and augmentation draws into the step's buffers (in place)."""
@@ -220,6 +283,8 @@ class CohortStep:
             s.new_epoch()
 
     def _body(self) -> None:
+        clock = self.clock
+        t0 = clock.mark()
         row = self.counter.view(1)
         idx = self.plan.index.index_select(0, row)[0]
         draws = (self.plan.offsets.index_select(0, row)[0], self.plan.flips.index_select(0, row)[0])
@@ -231,23 +296,36 @@ class CohortStep:
         if self.teacher is not None and self.cam_keys:
             with autocast(self.device, lead.cfg.amp):
                 outs = teacher_forwards(self.teacher, x, self.cam_keys, y)
-        for s in self.steppers:
+        t = clock.mark()
+        clock.add(clock.SHARED, t0, t)
+        for i, s in enumerate(self.steppers):
             total, terms, s_logits = s.forward_backward(x, y, outs.get(s.cam_key) if s.teacher is not None else None)
             s.record(total, terms, s_logits, y, self.counter)
+            t, t0 = clock.mark(), t
+            clock.add(i, t0, t)
 
     def __call__(self) -> None:
         if not self.graphs:
             self._body()
         elif self.graph is not None:
             self.graph.replay()
+            self.clock.split = False
         elif self.warm < GRAPH_WARMUP:  # warm-up steps are real steps
             self.runtime.warm_up(self._body)
             self.warm += 1
         else:  # capturing records the step without running it: replay it at once
-            self.graph = self.runtime.capture(self._body)
+            self.clock.active = False
+            try:
+                self.graph = self.runtime.capture(self._body)
+            finally:
+                self.clock.active = True
             self.graph.replay()
-        for s in self.steppers:
+            self.clock.split = False
+        clock = self.clock
+        for i, s in enumerate(self.steppers):
+            t0 = clock.mark()
             s.apply()
+            clock.add(i, t0, clock.mark())
 
 
 def _check_compiler(cfg: RunConfig, device: torch.device) -> None:

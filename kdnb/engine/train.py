@@ -406,15 +406,21 @@ def _train_epoch(step: CohortStep, group: list[_Member], n_train: int, val_x: to
             bar.set_postfix(loss=f"{lead.stepper.sums[-2].item() / i:.4f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
     bar.close()
     train_seconds = time.perf_counter() - t0
-    for m in group:
-        _end_epoch(m, epoch, n, n * lead.cfg.batch_size, train_seconds, val_x, val_y, progress)
+    split = step.clock.read()
+    for i, m in enumerate(group):
+        cost = {"own_seconds": split[1][i] if split else None, "shared_seconds": split[0] if split else None,
+                "cohort_size": len(group)}
+        _end_epoch(m, epoch, n, n * lead.cfg.batch_size, train_seconds, cost, val_x, val_y, progress)
 
 
-def _end_epoch(m: _Member, epoch: int, n: int, seen: int, train_seconds: float, val_x: torch.Tensor,
-               val_y: torch.Tensor, progress: bool) -> None:
+def _end_epoch(m: _Member, epoch: int, n: int, seen: int, train_seconds: float, cost: dict[str, Any],
+               val_x: torch.Tensor, val_y: torch.Tensor, progress: bool) -> None:
     """Validate one member, update its early-stopping state, checkpoint it and write its history.
 
-    ``train_seconds`` is the wall time of the (shared) epoch: in a cohort, every member's."""
+    ``train_seconds`` is the wall time of the (shared) epoch: in a cohort, every member's. ``cost``
+    splits it (:class:`~kdnb.engine.step.StepClock`): the member's ``own_seconds`` (its forward,
+    backward and update), the ``shared_seconds`` of the batch and teacher pass the whole cohort of
+    ``cohort_size`` used (None where a CUDA graph step could not be split)."""
     cfg, stepper, state = m.cfg, m.stepper, m.state
     val_loss, val_acc = evaluate(stepper.student, val_x, val_y, cfg.eval_batch_size, cfg.amp)
     avg = (stepper.sums / max(n, 1)).tolist()
@@ -430,7 +436,7 @@ def _end_epoch(m: _Member, epoch: int, n: int, seen: int, train_seconds: float, 
               "train_acc": stepper.sums[-1].item() / max(seen, 1), "val_loss": val_loss, "val_acc": val_acc,
               "mask_share": mask_share, "cam_short_share": cam_short_share,
               "lr": stepper.opt.param_groups[0]["lr"], "seconds": train_seconds,
-              "images_per_s": seen / max(train_seconds, 1e-9)}
+              "images_per_s": seen / max(train_seconds, 1e-9), "steps": n, **cost}
     state.end_epoch(record, cfg.patience,
                     lambda: {"model": _cpu_state(stepper.student), "objective": _cpu_state(stepper.objective)})
     m.log.epoch(record)  # before the commit: a resumed run never logs a committed epoch again
@@ -472,6 +478,13 @@ def _check_finite(bad: torch.Tensor, epoch: int, cfg: RunConfig, amp: bool) -> N
     )
 
 
+def _total(history: list[dict[str, Any]], key: str) -> float | None:
+    """Sum of ``key`` over the epochs, or None when an epoch lacks it (unsplit CUDA graph steps,
+    histories written before kdnb measured it)."""
+    values = [h.get(key) for h in history]
+    return None if not values or any(v is None for v in values) else float(sum(values))
+
+
 def _finish(run_dir: Path, cfg: RunConfig, model: nn.Module, state: TrainingState, data: Dataset,
             device: torch.device, distilled: bool, seconds: float) -> RunResult:
     """Evaluate the best-by-validation weights once on the test set; write best.pt then metrics.json."""
@@ -481,12 +494,15 @@ def _finish(run_dir: Path, cfg: RunConfig, model: nn.Module, state: TrainingStat
     # fp32, as kdnb.evaluation measures every model: one test accuracy per model (validation may use bf16)
     test_loss, test_acc = evaluate(model, data.test_x.to(device), data.test_y.to(device), cfg.eval_batch_size, amp=False)
     best, seconds_per_epoch = state.best_record, sorted(h["seconds"] for h in state.history)
+    own, shared = (_total(state.history, k) for k in ("own_seconds", "shared_seconds"))
     metrics = {
         "config": cfg.config, "run_name": cfg.run_name, "profile": cfg.profile, "seed": cfg.seed, "finished": True,
         "best_epoch": state.best_epoch, "epochs_run": state.epoch, "stopped_early": state.stopped_early,
         "val_loss": best["val_loss"], "val_acc": best["val_acc"], "test_loss": test_loss, "test_acc": test_acc,
         "params": count_parameters(model), "train_seconds": sum(seconds_per_epoch),
         "median_epoch_seconds": seconds_per_epoch[len(seconds_per_epoch) // 2],
+        # the run's own compute and the shared (teacher, batch) time of its cohort; None if not measured
+        "own_train_seconds": own, "shared_train_seconds": shared,
         "teacher_seed": cfg.teacher_seed if distilled else None,
     }
     write_json(run_dir / METRICS_FILE, metrics)

@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..engine.config import STUDENT_CONFIGS, TEACHER
-from ..engine.data import normalize
+from ..engine.data import balanced_subset, class_counts, normalize
 from ..engine.runs import BEST_FILE, atomic_write, is_finished, run_path
 from ..engine.train import load_trained, resolve_device
 from ..evaluation import metrics
@@ -75,12 +75,25 @@ def _device(name: str | Any):
     return resolve_device(name) if isinstance(name, str) else name
 
 
-def _subset(data, n: int | None) -> tuple:
-    """The first ``n`` test images (all when ``None``); a fixed, class-mixed subset."""
-    x, y = data.test_x, data.test_y
-    if n is not None and n < len(y):
-        x, y = x[:n], y[:n]
-    return x, y
+def _subset(data, n: int | None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, dict[str, int]]:
+    """The test images of an evaluation subset of ``n`` (all when ``None``): stratified, seeded, the
+    same number per class (:func:`kdnb.engine.data.balanced_subset`), and its images per class."""
+    idx = balanced_subset(data.test_y, n, seed)
+    x, y = data.test_x[idx], data.test_y[idx]
+    return x, y, class_counts(y, data.classes)
+
+
+def per_class_text(counts: dict[str, int]) -> str:
+    """A subset's composition in a few words: ``200 per class (10 classes)``, or every count if unequal."""
+    values = set(counts.values())
+    if len(values) == 1:
+        return f"{values.pop()} per class ({len(counts)} classes)"
+    return ", ".join(f"{k} {v}" for k, v in counts.items())
+
+
+def subset_table(counts: dict[str, int]) -> pd.DataFrame:
+    """``class``, ``images``: the composition of an evaluation subset, one row per class."""
+    return pd.DataFrame({"class": list(counts), "images": list(counts.values())})
 
 
 def load_students(runs_dir: str | os.PathLike, profile: str, seeds: Sequence[int],
@@ -152,45 +165,52 @@ def mask_example(keeps: Sequence[float] = (0.25, 0.5, 0.75), size: int = 4) -> p
 
 def attention_distances(runs_dir: str | os.PathLike, profile: str, seeds: Sequence[int], data, *,
                         stage: str = "layer3", n_images: int | None = None, configs: Sequence[str] = STUDENT_CONFIGS,
-                        teacher_seed: int = 0, batch_size: int = 250, device: str = "auto",
+                        teacher_seed: int = 0, batch_size: int = 250, device: str = "auto", subset_seed: int = 0,
                         progress: bool = True, cache_dir: str | os.PathLike | None = None) -> pd.DataFrame:
     """Per (config, seed): mean over test images of ‖a_s − a_t‖₂, the L2 distance between the
     normalised attention maps (p=2) of student and teacher at ``stage`` (0 = identical, max 2).
+    ``n_images``: a class-balanced subset of that size (``subset_seed``; None: the whole test set);
+    its images per class are in the ``images_per_class`` column.
     With ``cache_dir`` the result is stored and reused while runs, settings and code are unchanged."""
     keys = [(TEACHER, teacher_seed)] + [(c, s) for c in configs for s in seeds]
     key = {"runs": _run_fingerprint(runs_dir, profile, keys) if all(
                is_finished(run_path(runs_dir, profile, c, s)) for c, s in keys) else None,
-           "stage": stage, "n_images": n_images, "data": data.source, "code": _code_fingerprint()}
+           "stage": stage, "n_images": n_images, "subset_seed": subset_seed, "data": data.source,
+           "code": _code_fingerprint()}
     if key["runs"] is None:
         cache_dir = None  # let the computation raise MissingInput
     return cached(cache_dir, "attention_distance", key, lambda: _attention_distances(
         runs_dir, profile, seeds, data, stage=stage, n_images=n_images, configs=configs,
-        teacher_seed=teacher_seed, batch_size=batch_size, device=device, progress=progress))
+        teacher_seed=teacher_seed, batch_size=batch_size, device=device, subset_seed=subset_seed, progress=progress))
 
 
 def _attention_distances(runs_dir, profile, seeds, data, *, stage, n_images, configs, teacher_seed, batch_size,
-                         device, progress) -> pd.DataFrame:
+                         device, subset_seed, progress) -> pd.DataFrame:
     dev = _device(device)
-    x_all, _ = _subset(data, n_images)
+    x_all, _, counts = _subset(data, n_images, subset_seed)
     teacher = load_teacher_of(runs_dir, profile, teacher_seed, dev)
     students = load_students(runs_dir, profile, seeds, configs, dev)
     dist = metrics.attention_distances(students, teacher, x_all, normalize, stage=stage, batch_size=batch_size, device=dev,
                                progress=progress)
     rows = [{"config": c, "label": LABELS[c], "seed": s, "attention_distance": dist[(c, s)],
-             "images": len(x_all), "stage": stage} for (c, s) in students]
+             "images": len(x_all), "images_per_class": per_class_text(counts), "stage": stage}
+            for (c, s) in students]
     return pd.DataFrame(rows)
 
 
 def evaluate_models(runs_dir: str | os.PathLike, profile: str, seeds: Sequence[int], data, *,
-                    robustness_images: int | None = 1000, corruption_seed: int = 0, cifar10c_dir: str | None = None,
+                    robustness_images: int | None = 2000, corruption_seed: int = 0, cifar10c_dir: str | None = None,
+                    subset_seed: int = 0,
                     configs: Sequence[str] = STUDENT_CONFIGS, teacher_seed: int = 0, n_bins: int = 15,
                     device: str = "auto", progress: bool = True,
                     cache_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Test-set predictions of the teacher and every student run → calibration (ECE, reliability
     tables pooled over seeds), top-1 agreement with the teacher, and robustness to corruptions on
-    the first ``robustness_images`` test images (``kdnb.evaluation.metrics.robustness``).
+    a class-balanced, seeded subset of ``robustness_images`` test images (the same for every model;
+    ``kdnb.engine.data.balanced_subset``; None: all of them; ``kdnb.evaluation.metrics.robustness``).
 
-    Returns ``{"per_run": DataFrame, "robustness": long DataFrame, "reliability": {label: table}}``;
+    Returns ``{"per_run": DataFrame, "robustness": long DataFrame, "reliability": {label: table},
+    "subset": DataFrame (class, images)}``;
     the teacher appears as config ``teacher`` (seed ``teacher_seed``) for reference. With
     ``cache_dir`` the result is stored and reused while runs, settings and code are unchanged.
     """
@@ -198,19 +218,19 @@ def evaluate_models(runs_dir: str | os.PathLike, profile: str, seeds: Sequence[i
     for c, s in keys:
         require_run(runs_dir, profile, c, s)
     key = {"runs": _run_fingerprint(runs_dir, profile, keys), "robustness_images": robustness_images,
-           "corruption_seed": corruption_seed, "cifar10c_dir": cifar10c_dir, "n_bins": n_bins, "data": data.source,
-           "code": _code_fingerprint()}
+           "subset_seed": subset_seed, "corruption_seed": corruption_seed, "cifar10c_dir": cifar10c_dir,
+           "n_bins": n_bins, "data": data.source, "code": _code_fingerprint()}
     return cached(cache_dir, "evaluation", key, lambda: _evaluate_models(
         runs_dir, profile, seeds, data, robustness_images=robustness_images, corruption_seed=corruption_seed,
-        cifar10c_dir=cifar10c_dir, configs=configs, teacher_seed=teacher_seed, n_bins=n_bins, device=device,
-        progress=progress))
+        cifar10c_dir=cifar10c_dir, subset_seed=subset_seed, configs=configs, teacher_seed=teacher_seed,
+        n_bins=n_bins, device=device, progress=progress))
 
 
-def _evaluate_models(runs_dir, profile, seeds, data, *, robustness_images, corruption_seed, cifar10c_dir, configs,
-                     teacher_seed, n_bins, device, progress) -> dict[str, Any]:
+def _evaluate_models(runs_dir, profile, seeds, data, *, robustness_images, corruption_seed, cifar10c_dir, subset_seed,
+                     configs, teacher_seed, n_bins, device, progress) -> dict[str, Any]:
     dev = _device(device)
     x, y = data.test_x, data.test_y
-    xr, yr = _subset(data, robustness_images)
+    xr, yr, counts = _subset(data, robustness_images, subset_seed)
     models = {("teacher", teacher_seed): load_teacher_of(runs_dir, profile, teacher_seed, dev)}
     models.update(load_students(runs_dir, profile, seeds, configs, dev))
     logits: dict[tuple[str, int], torch.Tensor] = {}
@@ -230,6 +250,7 @@ def _evaluate_models(runs_dir, profile, seeds, data, *, robustness_images, corru
             "clean_acc_subset": 100 * summ["clean"],
             "mean_corruption_acc": 100 * summ["mean_corruption"],
             "corruption_images": len(yr),
+            "corruption_images_per_class": per_class_text(counts),
         })
     per_run = pd.DataFrame(rows)
     reliability = {}
@@ -238,7 +259,7 @@ def _evaluate_models(runs_dir, profile, seeds, data, *, robustness_images, corru
         pooled = torch.cat([logits[k] for k in keys])
         reliability[LABELS[c]] = reliability_table(pooled, y.repeat(len(keys)), n_bins, from_logits=True)
     robust_df = pd.concat(robust, ignore_index=True)
-    return {"per_run": per_run, "robustness": robust_df, "reliability": reliability}
+    return {"per_run": per_run, "robustness": robust_df, "reliability": reliability, "subset": subset_table(counts)}
 
 
 def efficiency_table(runs_dir: str | os.PathLike, profile: str, seeds: Sequence[int], *, repeats: int = 20,

@@ -43,7 +43,7 @@ CIFAR10_TRAIN = 50000
 # seconds in CI, cpu minutes on 2 cores, paper the whole test set on a GPU.
 EVAL_DEFAULTS: dict[str, dict[str, Any]] = {
     "smoke": {"eval_images": None, "robustness_images": 50, "latency_repeats": 5},
-    "cpu": {"eval_images": None, "robustness_images": 1000, "latency_repeats": 20},
+    "cpu": {"eval_images": None, "robustness_images": 2000, "latency_repeats": 20},
     "paper": {"eval_images": None, "robustness_images": None, "latency_repeats": 50},
 }
 
