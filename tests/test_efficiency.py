@@ -1,11 +1,22 @@
 """Parameter/FLOP counts, latency measurement and training-cost ratios."""
 
+import numpy as np
 import pytest
 import torch
 import torchvision
 from torch import nn
 
-from kdnb.evaluation.efficiency import count_parameters, flops_per_image, macs_per_image, measure_latency, training_cost_ratio
+from kdnb.evaluation.efficiency import (
+    NO_MEASURABLE_DIFFERENCE,
+    count_parameters,
+    flops_per_image,
+    latency_difference,
+    macs_per_image,
+    measure_latencies,
+    measure_latency,
+    training_cost,
+    training_cost_ratio,
+)
 
 
 def cifar_resnet18() -> nn.Module:
@@ -42,15 +53,64 @@ def test_count_parameters_trainable_only():
 def test_measure_latency_fields_and_restored_mode():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten())
     model.train()
-    out = measure_latency(model, batch_size=4, device="cpu", warmup=1, repeats=3)
-    assert set(out) == {"median_ms_per_batch", "median_ms_per_sample", "device", "batch_size", "threads"}
+    out = measure_latency(model, batch_size=4, device="cpu", warmup=1, repeats=3, rounds=5)
     assert out["median_ms_per_batch"] > 0
     assert out["median_ms_per_sample"] == pytest.approx(out["median_ms_per_batch"] / 4)
     assert out["batch_size"] == 4 and out["threads"] == torch.get_num_threads()
+    assert out["rounds"] == 5 and len(out["rounds_ms_per_batch"]) == 5
+    # the median and quartiles are those of the rounds (numpy's default method, independently)
+    q1, med, q3 = np.quantile(np.asarray(out["rounds_ms_per_batch"]) / 4, [0.25, 0.5, 0.75])
+    assert (out["q1_ms_per_sample"], out["median_ms_per_sample"], out["q3_ms_per_sample"]) == pytest.approx((q1, med, q3))
+    assert out["iqr_ms_per_sample"] == pytest.approx(q3 - q1)
     assert isinstance(out["device"], str) and out["device"]
     assert model.training
     with pytest.raises(ValueError):
         measure_latency(model, batch_size=0)
+    with pytest.raises(ValueError):
+        measure_latency(model, batch_size=1, rounds=0)
+
+
+def test_latencies_alternate_between_models_round_by_round():
+    calls = []
+
+    class Tagged(nn.Module):
+        def __init__(self, tag):
+            super().__init__()
+            self.tag, self.lin = tag, nn.Linear(1, 1)
+
+        def forward(self, x):
+            calls.append(self.tag)
+            return x
+
+    measure_latencies({"a": Tagged("a"), "b": Tagged("b")}, 1, warmup=0, repeats=2, rounds=3)
+    assert "".join(calls) == "aabb" * 3
+
+
+def test_a_latency_difference_inside_the_spread_is_not_measurable():
+    def lat(q1, med, q3):
+        return {"q1_ms_per_sample": q1, "median_ms_per_sample": med, "q3_ms_per_sample": q3}
+
+    assert latency_difference(lat(1.0, 1.1, 1.3), lat(1.2, 1.25, 1.4)) == NO_MEASURABLE_DIFFERENCE
+    assert latency_difference(lat(2.0, 2.2, 2.4), lat(1.0, 1.1, 1.2)) == "2.00× slower"
+    assert latency_difference(lat(1.0, 1.1, 1.2), lat(2.0, 2.2, 2.4)) == "2.00× faster"
+
+
+def test_training_cost_is_each_configs_own_work_per_step():
+    def epoch(own, shared, steps=10):
+        return {"own_seconds": own, "shared_seconds": shared, "steps": steps, "seconds": 99.0}
+
+    histories = {
+        "baseline": [epoch(1.0, 0.5), epoch(1.2, 0.5), epoch(1.1, 0.5)],  # 100, 120, 110 ms/step
+        "kd_fa_at": [epoch(3.0, 2.0), epoch(3.4, 2.0), epoch(float("nan"), float("nan"))],  # NaN: not recorded
+    }
+    table = training_cost(histories)
+    assert table.loc["baseline", "own_ms_per_step"] == pytest.approx(110.0)
+    assert table.loc["baseline", "own_ms_per_step_iqr"] == pytest.approx(10.0)  # Q3 115 − Q1 105
+    assert table.loc["kd_fa_at", "epochs"] == 2
+    assert table.loc["kd_fa_at", "own_ms_per_step"] == pytest.approx(320.0)
+    assert table.loc["kd_fa_at", "own_vs_reference"] == pytest.approx(320.0 / 110.0)
+    assert table.loc["kd_fa_at", "shared_ms_per_step"] == pytest.approx(200.0)
+    assert np.isnan(training_cost({"baseline": [{"seconds": 1.0}]}).loc["baseline", "own_ms_per_step"])
 
 
 def test_training_cost_ratio_uses_median():

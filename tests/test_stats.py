@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from scipy import stats as st
 
-from kdnb.evaluation.stats import comparison_table, paired_difference, summarize
+from kdnb.evaluation.stats import comparison_table, describe_difference, minimum_detectable_effect, paired_difference, summarize
 
 
 def test_summarize_matches_scipy_and_hand_computation():
@@ -81,3 +81,41 @@ def test_comparison_table():
     pd.testing.assert_frame_equal(comparison_table(long, "accuracy").set_index("config"), t)
     with pytest.raises(KeyError):
         comparison_table(df, "missing")
+
+
+@pytest.mark.parametrize("n", [3, 5, 10])
+def test_minimum_detectable_effect_has_80_percent_power_by_simulation(n):
+    """Independently of the noncentral-t formula: simulate paired experiments whose true mean
+    difference is the MDE and count how often the t-test rejects (should be 80 %), and half the MDE
+    (far less often)."""
+    import numpy as np
+
+    sd = 1.3
+    mde = minimum_detectable_effect(sd, n)
+    rng = np.random.default_rng(0)
+    reps = 40_000
+
+    def power(delta: float) -> float:
+        d = rng.normal(delta, sd, size=(reps, n))
+        t = d.mean(1) / (d.std(1, ddof=1) / math.sqrt(n))
+        return float((np.abs(t) > st.t.ppf(0.975, n - 1)).mean())
+
+    assert power(mde) == pytest.approx(0.80, abs=0.01)
+    assert power(mde / 2) < 0.5
+    # the normal approximation (z_0.975 + z_0.8)·sd/√n is a lower bound that the exact value approaches
+    approx = (st.norm.ppf(0.975) + st.norm.ppf(0.8)) * sd / math.sqrt(n)
+    assert mde > approx and (n < 10 or mde < 1.15 * approx)
+
+
+def test_minimum_detectable_effect_edge_cases_and_tables_carry_it():
+    assert math.isnan(minimum_detectable_effect(1.0, 1))
+    assert minimum_detectable_effect(0.0, 5) == 0.0
+    d = paired_difference([1.0, 2.0, 3.0], [0.5, 2.0, 2.0])
+    assert d["mde"] == pytest.approx(minimum_detectable_effect(d["std"], 3))
+    assert "detectable: ≥" in describe_difference(d) and d["label"] == "not significant"
+    sig = paired_difference([5.0, 6.0, 7.0, 8.0], [1.0, 2.1, 2.9, 4.0])
+    assert "detectable" not in describe_difference(sig)
+    df = pd.DataFrame({"config": ["baseline"] * 3 + ["kd"] * 3, "seed": [0, 1, 2] * 2,
+                       "acc": [1.0, 2.0, 3.0, 1.5, 2.0, 4.0]})
+    table = comparison_table(df, "acc", reference="baseline", other=None)
+    assert table.loc[1, "Δ vs baseline MDE"] == pytest.approx(paired_difference([1.5, 2.0, 4.0], [1.0, 2.0, 3.0])["mde"])

@@ -6,9 +6,10 @@ student's inference cost stays that of its architecture; these helpers measure b
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import pandas as pd
 import torch
@@ -52,47 +53,99 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def quartiles(values: Sequence[float]) -> tuple[float, float, float]:
+    """(Q1, median, Q3) of ``values`` (inclusive method, as numpy's default; one value: itself thrice)."""
+    q1, med, q3 = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else (values[0],) * 3
+    return q1, med, q3
+
+
+def measure_latencies(
+    models: Mapping[str, nn.Module],
+    batch_size: int,
+    device: torch.device | str = "cpu",
+    warmup: int = 10,
+    repeats: int = 50,
+    rounds: int = 5,
+    input_size: Sequence[int] = (3, 32, 32),
+) -> dict[str, dict]:
+    """Latency of a forward pass of each model, with its spread: ``rounds`` rounds, in each of which
+    every model in turn takes ``repeats`` timed passes (after ``warmup`` untimed ones); a round's
+    value is the median of its passes.
+
+    The rounds alternate between the models, so a slow spell of a shared machine hits all of them
+    alike; the result per model is the median over rounds and the interquartile range (IQR) of the
+    rounds, the run-to-run spread a difference between two models must exceed to be measurable
+    (:func:`latency_difference`). Eval mode and ``torch.inference_mode``; CUDA is synchronised around
+    each timed pass; each model goes back to its device and train/eval mode afterwards.
+    """
+    if batch_size < 1 or repeats < 1 or warmup < 0 or rounds < 1:
+        raise ValueError("need batch_size >= 1, repeats >= 1, rounds >= 1 and warmup >= 0")
+    device = torch.device(device)
+    x = torch.randn(batch_size, *input_size, generator=torch.Generator().manual_seed(0)).to(device)
+    homes = {k: (_device_of(m), m.training) for k, m in models.items()}
+    per_round: dict[str, list[float]] = {k: [] for k in models}
+    try:
+        for m in models.values():
+            m.to(device).eval()
+        with torch.inference_mode():
+            for _ in range(rounds):
+                for key, model in models.items():
+                    for _ in range(warmup):
+                        model(x)
+                    _sync(device)
+                    times = []
+                    for _ in range(repeats):
+                        start = time.perf_counter()
+                        model(x)
+                        _sync(device)
+                        times.append(time.perf_counter() - start)
+                    per_round[key].append(1000.0 * statistics.median(times))
+    finally:
+        for key, model in models.items():
+            model.to(homes[key][0]).train(homes[key][1])
+    out = {}
+    for key, values in per_round.items():
+        q1, med, q3 = quartiles(values)
+        out[key] = {
+            "median_ms_per_batch": med,
+            "median_ms_per_sample": med / batch_size,
+            "q1_ms_per_sample": q1 / batch_size,
+            "q3_ms_per_sample": q3 / batch_size,
+            "iqr_ms_per_sample": (q3 - q1) / batch_size,
+            "rounds_ms_per_batch": values,
+            "rounds": rounds,
+            "repeats": repeats,
+            "device": device_name(device),
+            "batch_size": batch_size,
+            "threads": torch.get_num_threads(),
+        }
+    return out
+
+
 def measure_latency(
     model: nn.Module,
     batch_size: int,
     device: torch.device | str = "cpu",
     warmup: int = 10,
     repeats: int = 50,
+    rounds: int = 5,
     input_size: Sequence[int] = (3, 32, 32),
 ) -> dict:
-    """Median wall time of a forward pass on a random batch, after ``warmup`` untimed passes.
+    """:func:`measure_latencies` of one model: median over ``rounds`` and the IQR of the rounds."""
+    return measure_latencies({"model": model}, batch_size, device, warmup, repeats, rounds, input_size)["model"]
 
-    Eval mode and ``torch.inference_mode``; CUDA is synchronised around each timed pass so the
-    time covers the kernels, not just their launch. The model is moved to ``device`` for the
-    measurement and back afterwards, with its train/eval mode restored.
-    """
-    if batch_size < 1 or repeats < 1 or warmup < 0:
-        raise ValueError("need batch_size >= 1, repeats >= 1 and warmup >= 0")
-    device = torch.device(device)
-    home, was_training = _device_of(model), model.training
-    model.to(device).eval()
-    try:
-        x = torch.randn(batch_size, *input_size, generator=torch.Generator().manual_seed(0)).to(device)
-        times = []
-        with torch.inference_mode():
-            for _ in range(warmup):
-                model(x)
-            _sync(device)
-            for _ in range(repeats):
-                start = time.perf_counter()
-                model(x)
-                _sync(device)
-                times.append(time.perf_counter() - start)
-    finally:
-        model.to(home).train(was_training)
-    median_ms = 1000.0 * statistics.median(times)
-    return {
-        "median_ms_per_batch": median_ms,
-        "median_ms_per_sample": median_ms / batch_size,
-        "device": device_name(device),
-        "batch_size": batch_size,
-        "threads": torch.get_num_threads(),
-    }
+
+NO_MEASURABLE_DIFFERENCE = "no measurable difference"
+
+
+def latency_difference(a: Mapping[str, float], b: Mapping[str, float]) -> str:
+    """``a`` against ``b`` (two :func:`measure_latencies` results): "no measurable difference" when
+    their interquartile ranges overlap (the difference is inside the run-to-run spread), else how
+    many times slower or faster ``a`` is."""
+    if a["q1_ms_per_sample"] <= b["q3_ms_per_sample"] and b["q1_ms_per_sample"] <= a["q3_ms_per_sample"]:
+        return NO_MEASURABLE_DIFFERENCE
+    ratio = a["median_ms_per_sample"] / b["median_ms_per_sample"]
+    return f"{ratio:.2f}× slower" if ratio > 1 else f"{1 / ratio:.2f}× faster"
 
 
 def training_cost_ratio(histories: dict[str, list], reference: str = "baseline") -> pd.DataFrame:
@@ -117,4 +170,38 @@ def training_cost_ratio(histories: dict[str, list], reference: str = "baseline")
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "config"
     table["ratio"] = table["median_seconds_per_epoch"] / table.loc[reference, "median_seconds_per_epoch"]
+    return table
+
+
+def _per_step(history: Sequence[Mapping], key: str) -> list[float]:
+    """Milliseconds per step of ``key`` in each epoch that recorded it (None/NaN: not recorded)."""
+    out = []
+    for h in history:
+        value, steps = h.get(key), h.get("steps")
+        if value is not None and steps and math.isfinite(float(value)) and math.isfinite(float(steps)):
+            out.append(1000.0 * float(value) / float(steps))
+    return out
+
+
+def training_cost(histories: Mapping[str, Sequence[Mapping]], reference: str = "baseline") -> pd.DataFrame:
+    """Per config, from its runs' per-epoch histories (pooled over seeds): the milliseconds per
+    training step the config spent on its own work (its forward, backward and update:
+    ``own_seconds / steps``) as median and IQR over epochs, the ratio of that median to
+    ``reference``'s, and the milliseconds per step of the shared part (batch and teacher pass with
+    its Grad-CAM) the config's cohort paid once for all its members.
+
+    A cohort's wall time per epoch is the same for every member, so it cannot tell what a
+    configuration costs; its own share can. Epochs without the split (histories written before
+    kdnb measured it, steps replayed as one CUDA graph) are left out; a config with none has NaN.
+    """
+    rows = {}
+    for cfg, hist in histories.items():
+        own, shared = _per_step(hist, "own_seconds"), _per_step(hist, "shared_seconds")
+        q1, med, q3 = quartiles(own) if own else (float("nan"),) * 3
+        rows[cfg] = {"epochs": len(own), "own_ms_per_step": med, "own_ms_per_step_iqr": q3 - q1,
+                     "shared_ms_per_step": statistics.median(shared) if shared else float("nan")}
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = "config"
+    ref = table.loc[reference, "own_ms_per_step"] if reference in table.index else float("nan")
+    table["own_vs_reference"] = table["own_ms_per_step"] / ref
     return table

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 from scipy import stats as _st
+from scipy.optimize import brentq as _brentq
 
 NOT_SIGNIFICANT = "not significant"
 SIGNIFICANT = "significant"
@@ -48,14 +49,41 @@ def _paired(a, b) -> np.ndarray:
     return a - b
 
 
+def minimum_detectable_effect(sd: float, n: int, alpha: float = 0.05, power: float = 0.80) -> float:
+    """The smallest true mean difference a two-sided paired t-test over ``n`` pairs with
+    difference SD ``sd`` detects with probability ``power`` at level ``alpha`` (NaN for n < 2).
+
+    Exact, from the noncentral t distribution: the test statistic of n differences with mean δ has
+    noncentrality δ√n/sd, and the MDE is the δ at which P(|T| > t_crit) equals ``power``. A
+    comparison that finds nothing can only rule out effects at least this large."""
+    if n < 2 or not math.isfinite(sd):
+        return math.nan
+    if sd == 0:
+        return 0.0
+    df = n - 1
+    crit = float(_st.t.ppf(1 - alpha / 2, df))
+
+    def shortfall(nc: float) -> float:
+        lower = float(_st.nct.cdf(-crit, df, nc))  # the far tail: negligible, and NaN in scipy for large nc
+        return float(_st.nct.sf(crit, df, nc)) + (0.0 if math.isnan(lower) else lower) - power
+
+    hi = crit + float(_st.norm.ppf(power)) + 1.0
+    while shortfall(hi) < 0:
+        hi *= 2
+    return float(_brentq(shortfall, 0.0, hi, xtol=1e-10)) * sd / math.sqrt(n)
+
+
 def paired_difference(a, b, confidence: float = 0.95) -> dict:
-    """Mean of a_i − b_i over seeds with its t-interval, ``significant`` flag and a label.
+    """Mean of a_i − b_i over seeds with its t-interval, ``significant`` flag, a label and the
+    minimum detectable effect ``mde`` (:func:`minimum_detectable_effect`, 80 % power, from the
+    observed SD of the differences).
 
     ``a``/``b``: {seed: value} mappings or Series (matched by seed) or equal-length sequences
     (matched by position). The label is "significant" when the interval excludes zero,
     "not significant" when it covers zero and "n=1: no interval" with a single seed.
     """
     out = summarize(_paired(a, b), confidence)
+    out["mde"] = minimum_detectable_effect(out["std"], out["n"], alpha=1 - confidence)
     if out["n"] == 1:
         out.update(significant=False, label=NO_INTERVAL)
     else:
@@ -74,9 +102,13 @@ def interval_text(d: Mapping, digits: int = 2, signed: bool = False) -> str:
 
 
 def describe_difference(d: Mapping, digits: int = 2, unit: str = "pp") -> str:
-    """A paired difference in prose: ``+1.23 pp, 95% CI [+0.10, +2.36], significant``."""
+    """A paired difference in prose: ``+1.23 pp, 95% CI [+0.10, +2.36], significant``; a
+    non-significant one says what it could have detected (``…, not significant (detectable: ≥ 2.10 pp)``)."""
+    u = " " + unit if unit else ""
     ci = "" if math.isnan(d["ci_low"]) else f", 95% CI {interval_text(d, digits, signed=True)}"
-    return f"{d['mean']:+.{digits}f}{' ' + unit if unit else ''}{ci}, {d['label']}"
+    mde = d.get("mde", math.nan)
+    power = f" (detectable: ≥ {mde:.{digits}f}{u})" if not d.get("significant") and math.isfinite(mde) else ""
+    return f"{d['mean']:+.{digits}f}{u}{ci}, {d['label']}{power}"
 
 
 def _fmt(x: float, digits: int) -> str:
@@ -98,7 +130,8 @@ def comparison_table(
     ``df`` is long: one row per (config, seed) with the value in column ``metric``, or fully long
     with columns ``metric``/``value`` (then rows whose ``metric`` equals the argument are used).
     Each Δ column pair holds the seed-paired mean difference (config − ref), its t-interval as
-    text (:func:`interval_text`) and the significance label; comparisons against a config missing from ``df`` are skipped.
+    text (:func:`interval_text`), the significance label and the minimum detectable effect (``MDE``);
+    comparisons against a config missing from ``df`` are skipped.
     """
     if metric not in df.columns:
         if {"metric", "value"} <= set(df.columns):
@@ -118,11 +151,13 @@ def comparison_table(
         }
         for ref in refs:
             if cfg == ref:
-                row.update({f"Δ vs {ref}": 0.0, f"Δ vs {ref} CI": "", f"Δ vs {ref} sig": "reference"})
+                row.update({f"Δ vs {ref}": 0.0, f"Δ vs {ref} CI": "", f"Δ vs {ref} sig": "reference",
+                            f"Δ vs {ref} MDE": math.nan})
                 continue
             d = paired_difference(values, per_config[ref], confidence)
             row[f"Δ vs {ref}"] = d["mean"]
             row[f"Δ vs {ref} CI"] = interval_text(d, digits)
             row[f"Δ vs {ref} sig"] = d["label"]
+            row[f"Δ vs {ref} MDE"] = d["mde"]
         rows.append(row)
     return pd.DataFrame(rows)

@@ -168,15 +168,16 @@ def _matched_label(runs: pd.DataFrame, mask_mode: str, keep: float) -> str | Non
     return None if hit.empty else str(hit.iloc[0])
 
 
-def _versus(runs: pd.DataFrame, label: str, ref: str | None, digits: int) -> tuple[str, str, str]:
-    """(Δ, 95% CI, verdict) texts of ``label`` − ``ref``, paired by seed; the reference itself reads
-    "0 (reference)", a missing reference "–"."""
+def _versus(runs: pd.DataFrame, label: str, ref: str | None, digits: int) -> tuple[str, str, str, str]:
+    """(Δ, 95% CI, minimum detectable effect, verdict) texts of ``label`` − ``ref``, paired by seed;
+    the reference itself reads "0 (reference)", a missing reference "–"."""
     if ref is None:
-        return "–", "–", ""
+        return "–", "–", "–", ""
     if ref == label:
-        return "0 (reference)", "", ""
+        return "0 (reference)", "", "", ""
     d = paired_difference(_by_seed(runs, label), _by_seed(runs, ref))
-    return f"{d['mean']:+.{digits}f}", interval_text(d, digits), d["label"]
+    mde = "–" if math.isnan(d["mde"]) else f"{d['mde']:.{digits}f}"
+    return f"{d['mean']:+.{digits}f}", interval_text(d, digits), mde, d["label"]
 
 
 def _percent(x: float) -> str:
@@ -202,9 +203,10 @@ def table(runs: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
         vs_matched = _versus(runs, label, _matched_label(runs, first["mask_mode"], first["keep"]), digits)
         rows.append({
             "mask": label, "seeds": s["n"], "test top-1 (%)": f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}",
-            "Δ vs none (pp)": vs_none[0], "95% CI vs none": vs_none[1], "vs none": vs_none[2],
+            "Δ vs none (pp)": vs_none[0], "95% CI vs none": vs_none[1], "MDE vs none (pp)": vs_none[2],
+            "vs none": vs_none[3],
             "Δ vs matched random (pp)": vs_matched[0], "95% CI vs matched random": vs_matched[1],
-            "vs matched random": vs_matched[2],
+            "MDE vs matched random (pp)": vs_matched[2], "vs matched random": vs_matched[3],
             "kept (%)": _percent(grp["mask_share"].mean() if "mask_share" in grp else math.nan),
             "cam short (%)": _percent(grp["cam_short_share"].mean()) if "cam_short_share" in grp
             and _shows_cam_short(first["mask_mode"], cam_type) else "–",
@@ -228,7 +230,8 @@ def versus_matched(runs: pd.DataFrame) -> pd.DataFrame:
                 continue
             d = paired_difference(_by_seed(runs, hit["variant"].iloc[0]), _by_seed(runs, ref))
             rows.append({"keep": keep, "mask": hit["variant"].iloc[0], "Δ vs matched random (pp)": d["mean"],
-                         "ci_low": d["ci_low"], "ci_high": d["ci_high"], "verdict": d["label"], "seeds": d["n"]})
+                         "ci_low": d["ci_low"], "ci_high": d["ci_high"], "MDE (pp)": d["mde"], "verdict": d["label"],
+                         "seeds": d["n"]})
     return pd.DataFrame(rows)
 
 
@@ -297,6 +300,7 @@ def write_table(tab: pd.DataFrame, versus: pd.DataFrame, sentence: str, prov: di
     if not vr.empty:
         vr["95% CI"] = [interval_text({"ci_low": lo, "ci_high": hi}, signed=True) for lo, hi in zip(vr["ci_low"], vr["ci_high"])]
         vr["Δ vs matched random (pp)"] = vr["Δ vs matched random (pp)"].map(lambda d: f"{d:+.2f}")
+        vr["MDE (pp)"] = vr["MDE (pp)"].map(lambda d: "–" if pd.isna(d) else f"{d:.2f}")
         vr = vr.drop(columns=["ci_low", "ci_high"])
     prov_lines = "\n".join(f"- {k}: {v}" for k, v in prov.items())
     write_text(path,
@@ -304,7 +308,9 @@ def write_table(tab: pd.DataFrame, versus: pd.DataFrame, sentence: str, prov: di
         "Written by `notebooks/09_mask_ablation.ipynb`. One configuration trained with no mask, Grad-CAM masks "
         "(binary at each keep, and soft) and random masks matched per image to the size of the binary Grad-CAM "
         "mask; mean ± std over seeds and the seed-paired Δ vs no mask and vs the size-matched random control "
-        "with their 95% Student-t intervals. *kept*: the masks' mean share of positions over epochs and seeds "
+        "with their 95% Student-t intervals and minimum detectable effects (MDE: the smallest true difference "
+        "these seeds detect with 80 % power at α = 0.05, from the observed SD of the differences). *kept*: the "
+        "masks' mean share of positions over epochs and seeds "
         "(soft: the mean weight); *cam short*: the share of images whose cam is positive on fewer positions "
         "than keep asks for, so that their binary mask keeps less.\n\n"
         + markdown_table(tab) + "\n\n## Against random masks of the same size\n\n"

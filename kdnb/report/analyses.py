@@ -21,7 +21,7 @@ from ..engine.runs import BEST_FILE, atomic_write, is_finished, run_path
 from ..engine.train import load_trained, resolve_device
 from ..evaluation import metrics
 from ..evaluation.calibration import expected_calibration_error, reliability_table
-from ..evaluation.efficiency import count_parameters, flops_per_image, measure_latency, training_cost_ratio
+from ..evaluation.efficiency import count_parameters, flops_per_image, measure_latencies, quartiles, training_cost
 from ..evaluation.metrics import accuracy, agreement, predict, robustness, robustness_summary
 from ..method.losses import attention_map
 from ..method.masks import causal_mask, gradcam
@@ -89,6 +89,15 @@ def per_class_text(counts: dict[str, int]) -> str:
     if len(values) == 1:
         return f"{values.pop()} per class ({len(counts)} classes)"
     return ", ".join(f"{k} {v}" for k, v in counts.items())
+
+
+def subset_summary(data, n: int | None, seed: int = 0) -> str:
+    """How an evaluation subset of ``n`` test images is drawn, in words, for the provenance."""
+    _, y, counts = _subset(data, n, seed)
+    if len(y) == len(data.test_y):
+        return f"all {len(y):,} test images ({per_class_text(counts)})"
+    return (f"{len(y):,} of {len(data.test_y):,} test images, {per_class_text(counts)}, stratified and seeded "
+            f"(seed {seed}; the same images for every model)")
 
 
 def subset_table(counts: dict[str, int]) -> pd.DataFrame:
@@ -263,27 +272,43 @@ def _evaluate_models(runs_dir, profile, seeds, data, *, robustness_images, corru
 
 
 def efficiency_table(runs_dir: str | os.PathLike, profile: str, seeds: Sequence[int], *, repeats: int = 20,
-                     device: str = "auto", configs: Sequence[str] = STUDENT_CONFIGS, teacher_seed: int = 0,
-                     batch_sizes: Sequence[int] = (1, 256)) -> pd.DataFrame:
-    """Per model: deployed parameters (FA connectors excluded: they live in the objective), FLOPs
-    per 32×32 image, median latency per sample at each batch size on ``device`` (after warm-up;
-    the device is named), and training seconds per epoch relative to the baseline (run histories)."""
+                     rounds: int = 5, device: str = "auto", configs: Sequence[str] = STUDENT_CONFIGS,
+                     teacher_seed: int = 0, batch_sizes: Sequence[int] = (1, 256),
+                     bench: dict[str, Any] | None = None) -> pd.DataFrame:
+    """Per model (index: config, the teacher first), what it costs to deploy and to train.
+
+    Deploying: parameters (FA connectors excluded: they live in the objective), FLOPs per 32×32
+    image, and latency per image at each batch size as the median of ``rounds`` rounds of
+    ``repeats`` passes with the rounds' quartiles (models alternate round by round; see
+    :func:`kdnb.evaluation.efficiency.measure_latencies`), on ``device`` with the threads stated.
+    Training (from the runs' histories, all ``seeds``): each configuration's own milliseconds per
+    step (median and IQR over epochs) and its ratio to the baseline's, and the shared teacher/batch
+    milliseconds per step of its cohort (:func:`kdnb.evaluation.efficiency.training_cost`). With
+    ``bench`` (a ``python -m kdnb bench --json`` report) also the benchmark's ms per step of each
+    configuration trained alone (median and IQR of its rounds)."""
     device = _device(device)
-    models = {"teacher": load_teacher_of(runs_dir, profile, teacher_seed, device)}
+    models = {TEACHER: load_teacher_of(runs_dir, profile, teacher_seed, device)}
     first = min(seeds)
     models.update({c: m for (c, _), m in load_students(runs_dir, profile, [first], configs, device).items()})
     hist = collect_histories(runs_dir, profile, seeds, configs)
-    ratio = training_cost_ratio(
-        {c: [g.to_dict("records") for _, g in hist[hist["config"] == c].groupby("seed")] for c in configs})
-    rows = []
-    for c, model in models.items():
-        row = {"configuration": LABELS[c], "parameters": count_parameters(model),
-               "MFLOPs / image": flops_per_image(model) / 1e6}
-        for bs in batch_sizes:
-            lat = measure_latency(model, bs, device, warmup=max(2, repeats // 5), repeats=repeats)
-            row[f"latency bs={bs} (ms/image)"] = lat["median_ms_per_sample"]
-            row["device"] = lat["device"]
-        row["train s/epoch (median)"] = ratio.loc[c, "median_seconds_per_epoch"] if c in ratio.index else float("nan")
-        row["train time vs baseline"] = ratio.loc[c, "ratio"] if c in ratio.index else float("nan")
-        rows.append(row)
-    return pd.DataFrame(rows).set_index("configuration")
+    cost = training_cost({c: hist[hist["config"] == c].to_dict("records") for c in configs})
+    rows = {c: {"label": LABELS[c], "parameters": count_parameters(m), "flops": flops_per_image(m)}
+            for c, m in models.items()}
+    for bs in batch_sizes:
+        lat = measure_latencies(models, bs, device, warmup=max(2, repeats // 5), repeats=repeats, rounds=rounds)
+        for c, r in lat.items():
+            rows[c].update({f"latency_bs{bs}_median_ms": r["median_ms_per_sample"],
+                            f"latency_bs{bs}_q1_ms": r["q1_ms_per_sample"], f"latency_bs{bs}_q3_ms": r["q3_ms_per_sample"],
+                            f"latency_bs{bs}_iqr_ms": r["iqr_ms_per_sample"], "device": r["device"],
+                            "threads": r["threads"], "latency_rounds": rounds, "latency_repeats": repeats})
+    for c in configs:
+        rows[c].update({"own_train_ms_per_step": cost.loc[c, "own_ms_per_step"],
+                        "own_train_ms_per_step_iqr": cost.loc[c, "own_ms_per_step_iqr"],
+                        "own_train_vs_baseline": cost.loc[c, "own_vs_reference"],
+                        "shared_train_ms_per_step": cost.loc[c, "shared_ms_per_step"]})
+        variant = (bench or {}).get("variants", {}).get(c)
+        if variant and variant.get("rounds_ms_per_step"):
+            q1, med, q3 = quartiles(variant["rounds_ms_per_step"])
+            rows[c].update({"bench_solo_ms_per_step": med, "bench_solo_ms_per_step_iqr": q3 - q1,
+                            "bench_device": bench.get("meta", {}).get("device_name")})
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("config")

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from ..evaluation.efficiency import latency_difference
 from ..evaluation.stats import describe_difference, paired_difference, summarize
 from .ablation import conclusion
 from .series import LABELS, PAPER_ACCURACY, SINGLE_TECHNIQUES
@@ -90,15 +91,44 @@ def research_answers(runs: pd.DataFrame, per_run: pd.DataFrame, efficiency: pd.D
                 "their size; this answer is then built from its runs.")
     else:
         rq2 += "From the mask ablation (09): " + conclusion(ablation_runs)
-    stud = efficiency.drop(index="teacher", errors="ignore")
-    lat_col = next(c for c in efficiency.columns if c.startswith("latency bs=1"))
-    rq3 = (f"**RQ3 — accuracy against inference efficiency.** Every student deploys the same network: "
-           f"{int(stud['parameters'].iloc[0]):,} parameters and {stud['MFLOPs / image'].iloc[0]:.1f} MFLOPs per image "
-           f"(teacher: {int(efficiency.loc['teacher', 'parameters']):,} and "
-           f"{efficiency.loc['teacher', 'MFLOPs / image']:.1f}); batch-1 latency "
-           f"{stud[lat_col].min():.2f}–{stud[lat_col].max():.2f} ms/image on {efficiency['device'].iloc[0]}. So "
-           f"whatever accuracy distillation adds (KD+FA+AT − baseline {diff(main, 'kd_fa_at', 'baseline', 'test_acc')[0]}) "
-           f"costs nothing at inference; it is paid in training: KD+FA+AT takes "
-           f"{efficiency.loc['KD+FA+AT', 'train time vs baseline']:.2f}× the baseline's time per epoch "
-           f"(KD {efficiency.loc['KD', 'train time vs baseline']:.2f}×).")
+    rq3 = _efficiency_answer(efficiency, diff(main, "kd_fa_at", "baseline", "test_acc")[0])
     return "\n\n".join([rq1, rq2, rq3])
+
+
+def _latency(row: pd.Series, bs: int) -> dict[str, float]:
+    return {"median_ms_per_sample": row[f"latency_bs{bs}_median_ms"], "q1_ms_per_sample": row[f"latency_bs{bs}_q1_ms"],
+            "q3_ms_per_sample": row[f"latency_bs{bs}_q3_ms"]}
+
+
+def _efficiency_answer(efficiency: pd.DataFrame, accuracy_gain: str) -> str:
+    """RQ3 from :func:`kdnb.report.analyses.efficiency_table`: what the students cost to deploy (one
+    network; latency differences only where they exceed the rounds' spread) and to train (each
+    configuration's own work per step, and the shared teacher pass)."""
+    stud = efficiency.drop(index="teacher", errors="ignore")
+    teacher = efficiency.loc["teacher"]
+    first = stud.iloc[0]
+    lat = [_latency(r, 1) for _, r in stud.iterrows()]
+    overlap = max(x["q1_ms_per_sample"] for x in lat) <= min(x["q3_ms_per_sample"] for x in lat)
+    if overlap:
+        latency = "no measurable difference between the students (their interquartile ranges overlap)"
+    else:
+        latency = ("KD+FA+AT against the baseline: " + latency_difference(_latency(stud.loc["kd_fa_at"], 1),
+                                                                          _latency(stud.loc["baseline"], 1)))
+    text = (f"**RQ3 — accuracy against inference efficiency.** Every student deploys the same network: "
+            f"{int(first['parameters']):,} parameters and {first['flops'] / 1e6:.1f} MFLOPs per image (teacher: "
+            f"{int(teacher['parameters']):,} and {teacher['flops'] / 1e6:.1f}). Batch-1 latency, median of "
+            f"{int(first['latency_rounds'])} rounds: {stud['latency_bs1_median_ms'].min():.2f}–"
+            f"{stud['latency_bs1_median_ms'].max():.2f} ms/image on {first['device']} ({int(first['threads'])} "
+            f"threads), {latency}. So whatever accuracy distillation adds (KD+FA+AT − baseline {accuracy_gain}) "
+            f"costs nothing at inference; it is paid in training.")
+    if math.isfinite(float(stud.loc["kd_fa_at", "own_train_ms_per_step"])):
+        own = stud["own_train_ms_per_step"]
+        text += (f" Per training step, a configuration's own work (forward, backward, update) takes "
+                 f"{own['baseline']:.1f} ms for the baseline, {own['kd']:.1f} ms for KD "
+                 f"({stud.loc['kd', 'own_train_vs_baseline']:.2f}×) and {own['kd_fa_at']:.1f} ms for KD+FA+AT "
+                 f"({stud.loc['kd_fa_at', 'own_train_vs_baseline']:.2f}×); the teacher pass with its Grad-CAM adds "
+                 f"{stud.loc['kd_fa_at', 'shared_train_ms_per_step']:.1f} ms per step, paid once by all the students "
+                 f"trained together.")
+    else:
+        text += " The runs did not record their own training cost (trained before kdnb measured it)."
+    return text

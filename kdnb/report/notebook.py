@@ -17,6 +17,7 @@ after it, so anything computed there would go stale). :func:`context` derives ev
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,6 +110,16 @@ class Context:
     def eval_default(self, name: str, value: Any) -> Any:
         """``value`` if given, else this profile's default for evaluation setting ``name``."""
         return value if value is not None else EVAL_DEFAULTS.get(self.profile, EVAL_DEFAULTS["cpu"])[name]
+
+    def read_bench(self, path: str | os.PathLike | None) -> dict[str, Any] | None:
+        """A ``python -m kdnb bench --json`` report (relative to the notebook), or None without one."""
+        if path is None:
+            return None
+        full = (Path.cwd() / Path(path).expanduser()).resolve()
+        if not full.is_file():
+            raise MissingInput(f"bench_json={str(path)!r}: no such file ({full}); write one with "
+                               f"`python -m kdnb bench --profile {self.profile} --json {path}`, or pass None")
+        return json.loads(full.read_text())
 
     @property
     def results_dir(self) -> Path:

@@ -13,17 +13,17 @@ import pandas as pd
 import torch
 
 from ..evaluation.calibration import ece_from_table
-from .series import LABELS, PAPER_ACCURACY
+from .series import COLOURS, LABELS, MASK_COLOURS, PAPER_ACCURACY
 
 ORDER = [LABELS[c] for c in ("baseline", "kd", "kd_fa", "kd_at", "kd_fa_at")]
 
 
-def _palette(labels: Sequence[str]) -> dict[str, tuple]:
-    import seaborn as sns
-
-    colours = sns.color_palette("tab10", n_colors=10)
-    fixed = {lab: colours[i] for i, lab in enumerate(["teacher", *ORDER])}
-    return {lab: fixed.get(lab, colours[i % 10]) for i, lab in enumerate(labels)}
+def _palette(labels: Sequence[str]) -> dict[str, str]:
+    """Each label's colour from :data:`kdnb.report.series.COLOURS` (the same in every figure); labels
+    outside it get greys of their own."""
+    greys = ["#333333", "#666666", "#999999", "#BBBBBB"]
+    extra = [lab for lab in labels if lab not in COLOURS]
+    return {lab: COLOURS[lab] if lab in COLOURS else greys[extra.index(lab) % len(greys)] for lab in labels}
 
 
 def _log_y(ax) -> None:
@@ -202,16 +202,27 @@ def robustness_by_severity(robust: pd.DataFrame):
     return fig
 
 
-def reliability_diagrams(tables: Mapping[str, pd.DataFrame]):
-    """One reliability diagram per configuration (:func:`plot_reliability`)."""
+def reliability_diagrams(tables: Mapping[str, pd.DataFrame], columns: int = 3):
+    """One reliability diagram per configuration (:func:`plot_reliability`) in its colour, on a grid of
+    ``columns`` panels a row, large enough to read the bins."""
     n = len(tables)
-    fig, axes = plt.subplots(1, n, figsize=(3.3 * n, 3.4), squeeze=False)
-    for ax, (label, table) in zip(axes[0], tables.items()):
-        plot_reliability(ax, table, title=label)
-        if ax is not axes[0, 0]:
-            ax.set_ylabel("")
-            ax.get_legend().remove()
-    fig.tight_layout()
+    rows = -(-n // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.5 * rows), squeeze=False,
+                             sharex=True, sharey=True)
+    pal = _palette(list(tables))
+    for ax, (label, table) in zip(axes.flat, tables.items()):
+        plot_reliability(ax, table, title=label, colour=pal[label])
+        ax.get_legend().remove()
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    for ax in axes[:, 1:].flat:
+        ax.set_ylabel("")
+    for ax in axes[:-1, :].flat:
+        ax.set_xlabel("")
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncols=len(names), fontsize="small", frameon=False)
+    fig.suptitle("reliability per configuration (test set, seeds pooled; 15 bins)")
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     return fig
 
 
@@ -259,22 +270,36 @@ def attention_grid(panel: Mapping[str, object]):
 
 
 def ablation_points(runs: pd.DataFrame, title: str = "KD+FA+AT: which mask?"):
-    """Test top-1 per mask variant of the ablation (09): lines join each seed's runs, so the
-    seed-paired comparison the table makes is visible; black bars = mean ± 1 std."""
-    import seaborn as sns
+    """Test top-1 per mask variant of the ablation (09), one category each (nothing joins them):
+    the seeds' runs as small markers (one shape per seed), the mean with its 95 % Student-t interval
+    in the mask family's colour, and the no-mask mean as a dashed reference line."""
+    from scipy import stats as st
 
     order = list(dict.fromkeys(runs["variant"]))
-    fig, ax = plt.subplots(figsize=(7.5, 4))
-    x = {v: i for i, v in enumerate(order)}
-    for seed, grp in runs.groupby("seed"):
-        g = grp.set_index("variant").reindex(order)
-        ax.plot([x[v] for v in order], g["test_acc"], marker="o", alpha=0.6, label=f"seed {seed}")
-    sns.pointplot(data=runs, x="variant", y="test_acc", order=order, errorbar="sd", color="black",
-                  linestyles="none", markers="_", capsize=0.2, ax=ax)
+    fig, ax = plt.subplots(figsize=(max(6.5, 1.05 * len(order) + 1.5), 4.4))
+    shapes = ["o", "s", "^", "D", "v", "P", "X"]
+    seeds = sorted(runs["seed"].unique())
+    for i, variant in enumerate(order):
+        grp = runs[runs["variant"] == variant]
+        colour = MASK_COLOURS.get(str(grp["mask_mode"].iloc[0]), "#333333") if "mask_mode" in grp else "#333333"
+        for j, seed in enumerate(seeds):
+            vals = grp.loc[grp["seed"] == seed, "test_acc"]
+            offset = (j - (len(seeds) - 1) / 2) * 0.08
+            ax.scatter([i - 0.22 + offset] * len(vals), vals, marker=shapes[j % len(shapes)], s=18, color="#999999",
+                       label=f"seed {seed}" if i == 0 else None, zorder=2)
+        vals = grp["test_acc"].to_numpy(dtype=float)
+        half = (st.t.ppf(0.975, len(vals) - 1) * vals.std(ddof=1) / np.sqrt(len(vals))) if len(vals) > 1 else 0.0
+        ax.errorbar([i + 0.08], [vals.mean()], yerr=[[half], [half]], fmt="o", color=colour, capsize=5, ms=7, lw=2,
+                    label="mean, 95 % CI" if i == 0 else None, zorder=3)
+    if "none" in order:
+        ax.axhline(runs.loc[runs["variant"] == "none", "test_acc"].mean(), color="black", ls="--", lw=0.8,
+                   label="no mask (mean)", zorder=1)
+    ax.set_xticks(range(len(order)), [v.replace(" ", "\n", 1) for v in order], fontsize=8)
+    ax.set_xlim(-0.6, len(order) - 0.4)
     ax.set_xlabel("mask (mode, keep fraction)")
     ax.set_ylabel("test top-1 accuracy (%)")
     ax.set_title(title)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="best")
     fig.tight_layout()
     return fig
 
@@ -333,19 +358,19 @@ def plot_robustness_heatmap(ax, df: pd.DataFrame, config_col: str = "config", fm
     return ax
 
 
-def plot_reliability(ax, table: pd.DataFrame, title: str | None = None):
+def plot_reliability(ax, table: pd.DataFrame, title: str | None = None, colour: str = "tab:blue"):
     """Reliability diagram on a matplotlib ``ax``: accuracy per bin against the diagonal.
 
-    Bars show accuracy, red hatched boxes the gap to mean confidence; ECE goes in the legend.
+    Bars (in ``colour``) show accuracy, grey hatched boxes the gap to mean confidence; ECE in the title.
     """
     filled = table[table["count"] > 0]
     width = table["upper"] - table["lower"]
     centers = (table["lower"] + table["upper"]) / 2
     fw, fc = width[filled.index], centers[filled.index]
-    ax.bar(fc, filled["accuracy"], width=fw, edgecolor="black", color="tab:blue", label="accuracy")
+    ax.bar(fc, filled["accuracy"], width=fw, edgecolor="black", lw=0.5, color=colour, label="accuracy")
     ax.bar(
         fc, filled["confidence"] - filled["accuracy"], bottom=filled["accuracy"], width=fw,
-        color="tab:red", alpha=0.3, hatch="//", edgecolor="tab:red", label="gap to confidence",
+        color="none", hatch="///", edgecolor="#555555", lw=0.5, label="gap to mean confidence",
     )
     ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
     ax.set_xlim(0, 1)

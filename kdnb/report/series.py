@@ -21,6 +21,14 @@ LABELS: dict[str, str] = {
     TEACHER: "teacher", "baseline": "baseline", "kd": "KD", "kd_fa": "KD+FA", "kd_at": "KD+AT",
     "kd_fa_at": "KD+FA+AT",
 }
+# One colour per configuration in every figure (Okabe-Ito, readable by colour-blind readers), keyed by label.
+COLOURS: dict[str, str] = {
+    "teacher": "#555555", "baseline": "#E69F00", "KD": "#56B4E9", "KD+FA": "#009E73", "KD+AT": "#CC79A7",
+    "KD+FA+AT": "#D55E00",
+}
+# The ablation's mask families (09): Grad-CAM in KD+FA+AT's colour, the controls in greys and blue.
+MASK_COLOURS: dict[str, str] = {"none": "#000000", "random_matched": "#0072B2", "random": "#7F7F7F",
+                                "gradcam": COLOURS["KD+FA+AT"]}
 # The paper's Table (best test accuracy over epochs, one run, %). Reported numbers, not ours.
 PAPER_ACCURACY: dict[str, float] = {
     "baseline": 80.56, "kd": 83.64, "kd_fa": 82.78, "kd_at": 83.53, "kd_fa_at": 83.77,

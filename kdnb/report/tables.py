@@ -91,7 +91,8 @@ def _accuracy_numbers(runs: pd.DataFrame) -> pd.DataFrame:
             if len(ref) and c != ref_name:
                 d = paired_difference(values, ref)
                 row.update({f"delta_vs_{ref_name}": d["mean"], f"delta_vs_{ref_name}_ci_low": d["ci_low"],
-                            f"delta_vs_{ref_name}_ci_high": d["ci_high"], f"delta_vs_{ref_name}_label": d["label"]})
+                            f"delta_vs_{ref_name}_ci_high": d["ci_high"], f"delta_vs_{ref_name}_label": d["label"],
+                            f"delta_vs_{ref_name}_mde": d["mde"]})
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -120,6 +121,7 @@ def _delta_columns(comp: pd.DataFrame, digits: int, unit: str = "") -> pd.DataFr
         out[f"Δ vs {name}{unit}"] = ["0 (reference)" if o else _fmt(d, digits, signed=True)
                                      for d, o in zip(comp[f"Δ vs {ref}"], own)]
         out[f"95% CI vs {name}"] = list(comp[f"Δ vs {ref} CI"])
+        out[f"MDE vs {name}{unit}"] = ["" if o else _fmt(m, digits) for m, o in zip(comp[f"Δ vs {ref} MDE"], own)]
         out[f"vs {name}"] = ["" if o else sig for sig, o in zip(comp[f"Δ vs {ref} sig"], own)]
     return pd.DataFrame(out, index=comp.index)
 
@@ -154,11 +156,13 @@ def robustness_by_severity_table(robust: pd.DataFrame) -> pd.DataFrame:
 
 
 def provenance(runs_dir: str | os.PathLike, profile: str, seeds: Sequence[int],
-               configs: Sequence[str] = STUDENT_CONFIGS, teacher_seeds: Sequence[int] = (0,)) -> dict[str, Any]:
+               configs: Sequence[str] = STUDENT_CONFIGS, teacher_seeds: Sequence[int] = (0,),
+               subsets: dict[str, str] | None = None) -> dict[str, Any]:
     """Where the numbers come from: profile, seeds, hardware, data, sizes, the teacher(s), code
     version, training time and date. ``configs``: run folders of teacher seed 0 (configurations or
     the ablation's variant folders); another teacher seed's are those of its block
-    (:func:`kdnb.report.lookup.teacher_block`), each run counted once."""
+    (:func:`kdnb.report.lookup.teacher_block`), each run counted once. ``subsets``: each evaluation
+    subset's composition, by name."""
     folders = [(c, 0) for c in configs] + [
         (teacher_run_config(c, profile, 0, t).run_name, t) for t in teacher_seeds if t != 0
         for c in teacher_block(runs_dir, profile, seeds, t, configs)]
@@ -176,6 +180,7 @@ def provenance(runs_dir: str | os.PathLike, profile: str, seeds: Sequence[int],
         "train/val/test images": f"{first.get('n_train')} / {first.get('n_val')} / {first.get('n_test')}",
         "student": f"ResNet-18 width {uniq('width')}, batch {uniq('batch_size')}, lr {uniq('lr')}",
         "epochs (max)": f"{uniq('epochs')} (early stopping patience {uniq('patience')})",
+        **{f"evaluation subset: {name}": text for name, text in (subsets or {}).items()},
     }
     teachers = []
     for t_seed in sorted({int(c.get("teacher_seed", 0)) for c in cfgs}):
@@ -244,9 +249,57 @@ def write_results(table: pd.DataFrame, numbers: pd.DataFrame, prov: dict[str, An
         "# kdnb results: test top-1 accuracy on CIFAR-10\n\n"
         "Written by `notebooks/08_results.ipynb`. Test accuracy of the best-by-validation-loss "
         "checkpoint, mean ± std over seeds; Δ is the seed-paired difference in percentage points with "
-        "its 95% Student-t interval (\"not significant\" when the interval covers 0). The paper's "
+        "its 95% Student-t interval (\"not significant\" when the interval covers 0) and the minimum detectable "
+        "effect (MDE: the smallest true difference this many seeds detect with 80 % power at α = 0.05, from the "
+        "observed SD of the differences; a smaller effect may exist unseen). The paper's "
         "column is its reported best-test-accuracy-over-epochs from one run.\n\n"
         f"{markdown_table(table)}\n\n## Provenance\n\n{prov_lines}\n"
     )
     write_text(csv, numbers.assign(**{f"prov_{k}": v for k, v in prov.items()}).to_csv(index=False))
     return md, csv
+
+
+def efficiency_view(efficiency: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
+    """:func:`kdnb.report.analyses.efficiency_table` for reading: labels, units, median [IQR]."""
+    def spread(med: float, iqr: float, d: int = digits) -> str:
+        return "–" if pd.isna(med) else f"{med:.{d}f} (IQR {iqr:.{d}f})"
+
+    out = pd.DataFrame(index=pd.Index(efficiency["label"], name="configuration"))
+    out["parameters"] = [f"{int(v):,}" for v in efficiency["parameters"]]
+    out["MFLOPs / image"] = [f"{v / 1e6:.1f}" for v in efficiency["flops"]]
+    for col in efficiency.columns:
+        if col.startswith("latency_bs") and col.endswith("_median_ms"):
+            bs = col.removeprefix("latency_bs").removesuffix("_median_ms")
+            out[f"latency bs={bs} (ms/image)"] = [spread(m, i, 3) for m, i in
+                                                 zip(efficiency[col], efficiency[f"latency_bs{bs}_iqr_ms"])]
+    out["own training (ms/step)"] = [spread(m, i, 1) for m, i in
+                                     zip(efficiency["own_train_ms_per_step"], efficiency["own_train_ms_per_step_iqr"])]
+    out["own vs baseline"] = [_fmt(v) + ("×" if not pd.isna(v) else "") for v in efficiency["own_train_vs_baseline"]]
+    out["shared teacher pass (ms/step)"] = [_fmt(v, 1) for v in efficiency["shared_train_ms_per_step"]]
+    if "bench_solo_ms_per_step" in efficiency:
+        out["bench, alone (ms/step)"] = [spread(m, i, 1) for m, i in
+                                         zip(efficiency["bench_solo_ms_per_step"], efficiency["bench_solo_ms_per_step_iqr"])]
+    out["device (threads)"] = [f"{d} ({t})" for d, t in zip(efficiency["device"], efficiency["threads"])]
+    return out
+
+
+def robustness_numbers(per_run: pd.DataFrame) -> pd.DataFrame:
+    """Per configuration and seed: accuracy (%) on the clean robustness subset, on the whole test set,
+    and mean over the corruptions of the subset (``robustness.csv``)."""
+    return pd.DataFrame({"config": per_run["config"], "seed": per_run["seed"],
+                         "clean_acc_subset": per_run["clean_acc_subset"], "test_acc": per_run["test_acc"],
+                         "mean_corrupted_acc": per_run["mean_corruption_acc"]})
+
+
+def write_evidence(figures_dir: str | os.PathLike, per_run: pd.DataFrame, subset: pd.DataFrame,
+                   efficiency: pd.DataFrame) -> list[Path]:
+    """Write ``robustness.csv`` (:func:`robustness_numbers`), ``robustness_subset.csv`` (``class``,
+    ``images``) and ``efficiency.csv`` (per configuration: parameters, FLOPs, own and shared training
+    ms/step, latency median and IQR) into ``figures_dir``, beside ``results.csv``."""
+    figures_dir = Path(figures_dir)
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    out = {"robustness.csv": robustness_numbers(per_run), "robustness_subset.csv": subset,
+           "efficiency.csv": efficiency.reset_index()}
+    for name, df in out.items():
+        write_text(figures_dir / name, df.to_csv(index=False))
+    return [figures_dir / n for n in out]

@@ -40,7 +40,8 @@ overrides: dict = {}                 # any other run setting, e.g. {"keep": 0.3,
 
 # %%
 import kdnb.report.notebook as nb
-from kdnb.report import lookup, plots
+from IPython.display import Markdown
+from kdnb.report import findings, lookup, plots
 from kdnb.engine.train import train
 
 CONFIG = "baseline"
@@ -95,6 +96,14 @@ lookup.history_frame(result.history).round(4)
 # %%
 fig = plots.learning_curves(result.history, title=f"{CONFIG}, seed {seed}", best_epoch=result.metrics["best_epoch"])
 ctx.save(fig, f"02_baseline_seed{seed}_curves")
+
+# %% [markdown]
+# ## What this shows
+#
+# Built from this run's own folder (and, when they are finished, the baseline and KD runs of the same seed).
+
+# %%
+Markdown(findings.student_findings(result, ctx.runs_dir))
 
 # %% [markdown]
 # Next: `03_kd.ipynb`.

@@ -30,8 +30,10 @@
 # The **causal mask** $M$ comes from the frozen teacher's Grad-CAM for the true class $y$ at stage
 # `layer3`: $\alpha_k = \frac{1}{HW}\sum_{ij} \partial z_{t,y} / \partial A^k_{ij}$,
 # $\mathrm{cam} = \mathrm{ReLU}\big(\sum_k \alpha_k A^k\big)$, scaled to $[0,1]$ per image and resized to the
-# student's feature size; the binary mask keeps the `keep` = 50 % highest positions:
-# $M_{ij} = \mathbb{1}[\mathrm{cam}_{ij} \text{ is in the top } \texttt{keep}]$.
+# student's feature size; the binary mask keeps the `keep` = 50 % highest *positive* positions (where the
+# cam is zero on more than half of them, fewer: the share each epoch really kept is recorded in the history
+# as `mask_share`, and quoted at the end):
+# $M_{ij} = \mathbb{1}[\mathrm{cam}_{ij} > 0 \text{ and } \mathrm{cam}_{ij} \text{ is in the top } \texttt{keep}]$.
 #
 #
 # **Why.** Adds feature alignment inside the teacher's causal mask: the student's `layer3` features are pulled towards the teacher's only where the teacher's Grad-CAM says the evidence for the true class lies.
@@ -55,7 +57,8 @@ overrides: dict = {}                 # any other run setting, e.g. {"keep": 0.3,
 
 # %%
 import kdnb.report.notebook as nb
-from kdnb.report import lookup, plots
+from IPython.display import Markdown
+from kdnb.report import findings, lookup, plots
 from kdnb.engine.train import train
 
 CONFIG = "kd_fa"
@@ -110,6 +113,14 @@ lookup.history_frame(result.history).round(4)
 # %%
 fig = plots.learning_curves(result.history, title=f"{CONFIG}, seed {seed}", best_epoch=result.metrics["best_epoch"])
 ctx.save(fig, f"04_kd_fa_seed{seed}_curves")
+
+# %% [markdown]
+# ## What this shows
+#
+# Built from this run's own folder (and, when they are finished, the baseline and KD runs of the same seed).
+
+# %%
+Markdown(findings.student_findings(result, ctx.runs_dir))
 
 # %% [markdown]
 # Next: `05_kd_at.ipynb`.

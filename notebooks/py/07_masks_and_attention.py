@@ -47,7 +47,8 @@ device: str = "auto"                 # auto (CUDA if available), cpu, cuda or mp
 
 # %%
 import kdnb.report.notebook as nb
-from kdnb.report import analyses, lookup, plots, tables
+from IPython.display import Markdown
+from kdnb.report import analyses, findings, lookup, plots, tables
 
 ctx = nb.context(profile, seed=seed, data_dir=data_dir, runs_dir=runs_dir, figures_dir=figures_dir)
 ctx.require("teacher", 0)
@@ -107,6 +108,12 @@ tables.summarize_metric(distances, "attention_distance")
 fig = plots.metric_bars(distances, "attention_distance", "‖a_s − a_t‖₂ (mean over test images)",
                         title=f"attention distance to the teacher at {stage}")
 ctx.save(fig, "07_attention_distance")
+
+# %% [markdown]
+# ## What this shows
+
+# %%
+Markdown(findings.attention_findings(distances))
 
 # %% [markdown]
 # Next: `08_results.ipynb` collects every run into the results table.

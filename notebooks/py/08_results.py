@@ -21,14 +21,16 @@
 # - **RQ1**, does the combination (KD+FA+AT) improve accuracy, generalisation and robustness over each technique
 #   alone: test top-1 per configuration, mean ± std over seeds, the seed-paired difference
 #   $\Delta = \frac{1}{n}\sum_s (a_s - b_s)$ with its 95% Student-t interval
-#   $\Delta \pm t_{0.975,\,n-1}\, s_\Delta/\sqrt{n}$ (an interval covering 0 is labelled *not significant*), next to
-#   the paper's table; test cross-entropy; accuracy under CIFAR-10-C-style corruptions at 5 severities,
+#   $\Delta \pm t_{0.975,\,n-1}\, s_\Delta/\sqrt{n}$ (an interval covering 0 is labelled *not significant*) and the
+#   minimum detectable effect (MDE: the true $\Delta$ a paired t-test over these seeds detects with 80 % power at
+#   $\alpha = 0.05$, from the noncentral t with noncentrality $\Delta\sqrt{n}/s_\Delta$; "not significant" rules out
+#   only effects of about that size or more), next to the paper's table; test cross-entropy; accuracy under CIFAR-10-C-style corruptions at 5 severities,
 #   calibration (ECE $=\sum_b \frac{|B_b|}{N}\,|\mathrm{acc}(B_b) - \mathrm{conf}(B_b)|$, 15 bins), agreement with
 #   the teacher and the attention distance from `07`;
 # - **RQ2**, does transferring only the causally relevant regions help: answered from the mask ablation's runs
 #   (`09`: Grad-CAM masks against no mask and size-matched random masks) when they exist, else it says to run `09`;
 # - **RQ3**, accuracy against inference efficiency: deployed parameters, FLOPs per image, latency at batch 1 and
-#   256, training time per epoch.
+#   256 (median and IQR of 5 rounds), each configuration's own training cost per step and the shared teacher pass.
 #
 # With students of more than one teacher seed (a second teacher's runs live in `<config>-t<k>/`), the accuracy
 # table is given per teacher seed; everything else uses teacher seed 0, the main series. A second teacher may
@@ -50,10 +52,11 @@ teacher_seeds: "Optional[list]" = None     # None: 0 and every other teacher see
 data_dir: "Optional[str]" = None           # None: the profile's own source (smoke: synthetic), else $KDNB_DATA_DIR, else ../data
 runs_dir: str = "../runs"                  # runs are written to <runs_dir>/<profile>/<config>/seed<k>/
 figures_dir: "Optional[str]" = None        # None: <runs_dir>/<profile>/figures; "../figures" refreshes the committed reference
-robustness_images: "Optional[int]" = None  # test images for the corruption study; None: the profile's default (smoke 100, cpu 1000, paper all)
+robustness_images: "Optional[int]" = None  # test images for the corruption study, the same number per class; None: the profile's default (smoke 50, cpu 2000, paper all)
 corruption_seed: int = 0                   # seed of the random corruptions (noise, occlusion)
 cifar10c_dir: "Optional[str]" = None       # a local CIFAR-10-C folder (.npy files): use its corruptions instead
-latency_repeats: "Optional[int]" = None    # timed passes per latency; None: the profile's default
+latency_repeats: "Optional[int]" = None    # timed passes per latency round (5 rounds); None: the profile's default
+bench_json: "Optional[str]" = None         # a `python -m kdnb bench --json` report to quote beside the runs' own costs; None: none
 device: str = "auto"                       # evaluation and latency device: auto (CUDA if available), cpu, cuda or mps
 
 # %%
@@ -89,7 +92,10 @@ table = tables.accuracy_table(runs_by_teacher)
 table
 
 # %%
-provenance = tables.provenance(ctx.runs_dir, profile, seeds_used, teacher_seeds=teacher_seeds_used)
+data = ctx.load_data()
+n_robust = ctx.eval_default("robustness_images", robustness_images)
+provenance = tables.provenance(ctx.runs_dir, profile, seeds_used, teacher_seeds=teacher_seeds_used,
+                               subsets={"robustness (08)": analyses.subset_summary(data, n_robust)})
 paths = tables.write_results(table, tables.accuracy_numbers(runs_by_teacher), provenance, ctx.figures_dir)
 print("\n".join(map(str, paths)))
 provenance
@@ -110,31 +116,38 @@ ctx.save(fig, "08_learning_curves")
 # ## Efficiency
 #
 # The students share one architecture, so their deployed cost is the same; distillation is paid for at
-# training time (a teacher forward per step, plus Grad-CAM's partial backward for FA/AT).
+# training time. Latency is the median of 5 rounds (the models take turns round by round) with the rounds'
+# interquartile range: a difference inside it is no measurable difference. Training cost is each configuration's
+# *own* work per step (its forward, backward and update: FA, AT and the masks are in here), measured inside the
+# cohort, and the *shared* pass (batch and teacher forward with its Grad-CAM) the cohort pays once per step for
+# all its members; the epoch's wall time is the cohort's, the same for every member, and says nothing per
+# configuration. With `bench_json`, the benchmark's ms/step of each configuration trained alone sits beside it.
 
 # %%
-efficiency = analyses.efficiency_table(ctx.runs_dir, profile, seeds_used, device=device,
+efficiency = analyses.efficiency_table(ctx.runs_dir, profile, seeds_used, device=device, bench=ctx.read_bench(bench_json),
                                       repeats=ctx.eval_default("latency_repeats", latency_repeats))
 ctx.save_csv(efficiency, "efficiency")
-efficiency
+tables.efficiency_view(efficiency)
 
 # %% [markdown]
 # ## Robustness, calibration and agreement
 #
-# Corruptions follow CIFAR-10-C (Hendrycks & Dietterich) with its own severity constants, generated on the
-# first `robustness_images` test images (or read from `cifar10c_dir`). The evaluation is stored in the
-# evaluation folder and reused while the runs, these settings and the code stay the same.
+# Corruptions follow CIFAR-10-C (Hendrycks & Dietterich) with its own severity constants, generated on a
+# class-balanced, seeded subset of `robustness_images` test images, the same images for every model (or read from
+# `cifar10c_dir`). The evaluation is stored in the evaluation folder and reused while the runs, these settings and
+# the code stay the same. `robustness.csv`, `robustness_subset.csv` (images per class) and `efficiency.csv` go to
+# the figures folder beside `results.csv`.
 
 # %%
-data = ctx.load_data()
 evaluation = analyses.evaluate_models(
     ctx.runs_dir, profile, seeds_used, data, corruption_seed=corruption_seed, cifar10c_dir=cifar10c_dir,
-    robustness_images=ctx.eval_default("robustness_images", robustness_images), device=device,
-    cache_dir=ctx.results_dir)
+    robustness_images=n_robust, device=device, cache_dir=ctx.results_dir)
 per_run = evaluation["per_run"]
 students = per_run.query("config != 'teacher'")
 ctx.save_csv(per_run, "per_run", index=False)
 ctx.save_csv(evaluation["robustness"], "robustness", index=False)
+print("\n".join(map(str, tables.write_evidence(ctx.figures_dir, per_run, evaluation["subset"], efficiency))))
+print("robustness subset:", provenance["evaluation subset: robustness (08)"])
 tables.robustness_table(evaluation["robustness"])
 
 # %%
