@@ -27,7 +27,7 @@ BEST_FILE = "best.pt"
 # Fields of history.json and metrics.json that come from the clock or the schedule (how many runs
 # shared an epoch), not from the computation: two runs of the same work may differ in these only.
 TIMING_FIELDS: frozenset[str] = frozenset({
-    "seconds", "images_per_s", "own_seconds", "shared_seconds", "cohort_size",
+    "seconds", "images_per_s", "own_seconds", "shared_seconds", "timed_steps", "cohort_size",
     "train_seconds", "median_epoch_seconds", "own_train_seconds", "shared_train_seconds"})
 
 

@@ -190,7 +190,9 @@ class StepClock:
     A cohort's epoch time is one number for all its members; the cost a configuration adds is in its
     own share. On a CPU the sections are timed with ``perf_counter`` (CPU kernels run synchronously);
     on CUDA with events read once per epoch (no synchronisation per step). A step replayed as one
-    CUDA graph cannot be split: :meth:`read` then returns ``None``."""
+    CUDA graph cannot be split: :meth:`read` then returns ``None``. The first step of a cohort is not
+    timed: it pays one-off costs (kernel selection, allocations, compilation) for every member, and
+    they would be charged to whichever member runs first."""
 
     SHARED = -1
 
@@ -199,15 +201,22 @@ class StepClock:
         self.members = members
         self.split = True
         self.active = True  # off while a CUDA graph is captured (no events may be recorded then)
+        self.warmed = False  # the first step (one-off costs) is not timed
         self._reset()
 
     def _reset(self) -> None:
-        self.shared, self.own = 0.0, [0.0] * self.members
+        self.shared, self.own, self.steps = 0.0, [0.0] * self.members, 0
         self._events: list[tuple[int, Any, Any]] = []
+
+    def step_done(self) -> None:
+        """Count a timed step; the very first one is only a warm-up."""
+        if self.warmed and self.active:
+            self.steps += 1
+        self.warmed = True
 
     def mark(self) -> Any:
         """A point in the step: a time on the CPU, a recorded event on CUDA (None while inactive)."""
-        if not self.active:
+        if not self.active or not self.warmed:
             return None
         if not self.cuda:
             return time.perf_counter()
@@ -224,14 +233,14 @@ class StepClock:
             return
         self.add_seconds(slot, end - start)
 
-    def read(self) -> tuple[float, list[float]] | None:
-        """``(shared seconds, [own seconds per member])`` since the last read (then zeroed), or
-        ``None`` when some step of it could not be split (a CUDA graph replay)."""
+    def read(self) -> tuple[float, list[float], int] | None:
+        """``(shared seconds, [own seconds per member], timed steps)`` since the last read (then
+        zeroed), or ``None`` when some step of it could not be split (a CUDA graph replay)."""
         if self.cuda and self._events:
             torch.cuda.synchronize()
             for slot, start, end in self._events:
                 self.add_seconds(slot, start.elapsed_time(end) / 1000.0)
-        out = (self.shared, list(self.own)) if self.split else None
+        out = (self.shared, list(self.own), self.steps) if self.split else None
         self._reset()
         self.split = True
         return out
@@ -326,6 +335,7 @@ class CohortStep:
             t0 = clock.mark()
             s.apply()
             clock.add(i, t0, clock.mark())
+        clock.step_done()
 
 
 def _check_compiler(cfg: RunConfig, device: torch.device) -> None:

@@ -409,7 +409,7 @@ def _train_epoch(step: CohortStep, group: list[_Member], n_train: int, val_x: to
     split = step.clock.read()
     for i, m in enumerate(group):
         cost = {"own_seconds": split[1][i] if split else None, "shared_seconds": split[0] if split else None,
-                "cohort_size": len(group)}
+                "timed_steps": split[2] if split else None, "cohort_size": len(group)}
         _end_epoch(m, epoch, n, n * lead.cfg.batch_size, train_seconds, cost, val_x, val_y, progress)
 
 
@@ -420,7 +420,7 @@ def _end_epoch(m: _Member, epoch: int, n: int, seen: int, train_seconds: float, 
     ``train_seconds`` is the wall time of the (shared) epoch: in a cohort, every member's. ``cost``
     splits it (:class:`~kdnb.engine.step.StepClock`): the member's ``own_seconds`` (its forward,
     backward and update), the ``shared_seconds`` of the batch and teacher pass the whole cohort of
-    ``cohort_size`` used (None where a CUDA graph step could not be split)."""
+    ``cohort_size`` used, over ``timed_steps`` steps (None where a CUDA graph step could not be split)."""
     cfg, stepper, state = m.cfg, m.stepper, m.state
     val_loss, val_acc = evaluate(stepper.student, val_x, val_y, cfg.eval_batch_size, cfg.amp)
     avg = (stepper.sums / max(n, 1)).tolist()

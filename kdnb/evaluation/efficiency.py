@@ -174,10 +174,11 @@ def training_cost_ratio(histories: dict[str, list], reference: str = "baseline")
 
 
 def _per_step(history: Sequence[Mapping], key: str) -> list[float]:
-    """Milliseconds per step of ``key`` in each epoch that recorded it (None/NaN: not recorded)."""
+    """Milliseconds per step of ``key`` in each epoch that recorded it (None/NaN: not recorded), over
+    the epoch's ``timed_steps`` (the cohort's first step is a warm-up, not timed), else its ``steps``."""
     out = []
     for h in history:
-        value, steps = h.get(key), h.get("steps")
+        value, steps = h.get(key), h.get("timed_steps", h.get("steps"))
         if value is not None and steps and math.isfinite(float(value)) and math.isfinite(float(steps)):
             out.append(1000.0 * float(value) / float(steps))
     return out
@@ -186,7 +187,7 @@ def _per_step(history: Sequence[Mapping], key: str) -> list[float]:
 def training_cost(histories: Mapping[str, Sequence[Mapping]], reference: str = "baseline") -> pd.DataFrame:
     """Per config, from its runs' per-epoch histories (pooled over seeds): the milliseconds per
     training step the config spent on its own work (its forward, backward and update:
-    ``own_seconds / steps``) as median and IQR over epochs, the ratio of that median to
+    ``own_seconds / timed_steps``) as median and IQR over epochs, the ratio of that median to
     ``reference``'s, and the milliseconds per step of the shared part (batch and teacher pass with
     its Grad-CAM) the config's cohort paid once for all its members.
 
