@@ -159,21 +159,23 @@ def load_checkpoint(path: str | os.PathLike, fix: str, required: Iterable[str] =
     if side is not None and not intact:
         raise DamagedFile(f"{path} is damaged: its bytes ({len(data)}) do not match the SHA-256 kdnb recorded when it "
                           f"wrote it (truncated or changed since): {fix}")
+    fmt = side.get("format", CHECKPOINT_FORMAT) if side is not None else CHECKPOINT_FORMAT
+    if not isinstance(fmt, int) or fmt > CHECKPOINT_FORMAT:
+        raise DamagedFile(f"{path} has checkpoint format {fmt}, newer than this kdnb {__version__} reads "
+                          f"({CHECKPOINT_FORMAT}): upgrade kdnb, or {fix}")
     try:
         ck = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:  # weights_only refused a global: the file wants code run to load
-        raise DamagedFile(f"{path} holds more than tensors and plain values (loading it would run code), so it "
-                          f"was refused and nothing in it ran: {fix}") from None
-    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, KeyError, IndexError) as exc:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile, KeyError,
+            IndexError) as exc:
+        if isinstance(exc, pickle.UnpicklingError) and "GLOBAL" in str(exc):
+            # weights_only refused a global: the file wants code run to load
+            raise DamagedFile(f"{path} holds more than tensors and plain values (loading it would run code), so "
+                              f"it was refused and nothing in it ran: {fix}") from None
         if intact:
             raise DamagedFile(f"{path} is intact but this torch {torch.__version__} cannot read it (written by kdnb "
                               f"{side.get('kdnb_version')}, torch {side.get('torch_version')}): use that version, "
                               f"or {fix}") from None
         raise DamagedFile(f"{path} is damaged or not a PyTorch checkpoint ({_first_line(exc)}): {fix}") from None
-    fmt = side.get("format", CHECKPOINT_FORMAT) if side is not None else CHECKPOINT_FORMAT
-    if not isinstance(fmt, int) or fmt > CHECKPOINT_FORMAT:
-        raise DamagedFile(f"{path} has checkpoint format {fmt}, newer than this kdnb {__version__} reads "
-                          f"({CHECKPOINT_FORMAT}): upgrade kdnb, or {fix}")
     missing = [k for k in required if not isinstance(ck, dict) or k not in ck]
     if missing:
         raise DamagedFile(f"{path} is not a kdnb checkpoint of this kind (no {', '.join(missing)}): {fix}")
@@ -181,7 +183,8 @@ def load_checkpoint(path: str | os.PathLike, fix: str, required: Iterable[str] =
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
+    """The error's kind and first line (torch's own unpickling errors are pages of advice: the kind)."""
+    text = [] if isinstance(exc, pickle.UnpicklingError) else str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:80]}" if text else type(exc).__name__
 
 
