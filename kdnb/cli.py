@@ -1,7 +1,8 @@
 """Command line: ``python -m kdnb {train,pipeline,bench} ...``.
 
 Every user error (bad setting, missing data, missing teacher) ends as one line on stderr and a
-non-zero exit, before any long work starts.
+non-zero exit, before any long work starts; so does every storage fault (a full or read-only disk,
+a damaged or untrusted checkpoint), naming the file, the cause and the fix.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .engine.train import check_cohort, train_cohort
 
     check_cohort(cfgs)  # before any work: members must share seed, data and teacher
-    for result in train_cohort(cfgs, args.runs_dir, force=args.force, progress=not args.quiet, wait=args.wait):
+    for result in train_cohort(cfgs, args.runs_dir, force=args.force, progress=not args.quiet, wait=args.wait,
+                               restart=args.restart):
         m, cfg = result.metrics, result.config
         print(f"{cfg.run_name} seed{cfg.seed}: best epoch {m['best_epoch']}, val acc {m['val_acc']:.4f}, "
               f"test acc {m['test_acc']:.4f}")
@@ -113,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data-dir", default=None, help="data source (default: $KDNB_DATA_DIR, else ./data)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one setting")
     t.add_argument("--force", action="store_true", help="retrain a finished run (the old one is kept aside)")
+    t.add_argument("--restart", action="store_true",
+                   help="start an unfinished run again from epoch 1 (its checkpoint, e.g. a damaged one, is moved "
+                        "aside, never deleted)")
     t.add_argument("--quiet", action="store_true", help="no progress output")
     t.add_argument("--wait", action="store_true",
                    help="when another process is training one of these runs, wait for it instead of refusing")
@@ -152,11 +157,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .engine.errors import is_storage_fault, storage_error
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except _user_errors() as exc:
         print(f"kdnb: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full or read-only disk met outside kdnb's writers (a folder, a move)
+        if not is_storage_fault(exc):
+            raise
+        print(f"kdnb: error: {storage_error(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("kdnb: interrupted (completed epochs are checkpointed; rerun to resume)", file=sys.stderr)

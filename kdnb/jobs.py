@@ -6,7 +6,8 @@ waits only for the steps whose output it reads: the teacher (01) needs the data 
 seed's cohort needs the teacher; a seed's student notebooks need that cohort (or, trained one at a
 time, the teacher); 07 needs every student run, 08 those and 07's distances, 09 the KD+FA+AT runs.
 A step whose producer is not in the plan (``--only 03``) depends on nothing and finds its inputs
-on disk, as before. A failed job is reported and only the jobs below it are skipped.
+on disk, as before. A failed job is reported and only the jobs below it are skipped, except after a
+storage fault (a full or read-only disk), which every job would meet: then no other job starts.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class JobResult:
     device: str = ""
     error: str = ""  # one line: notebook, cell and error (or what it waited for, when skipped)
     lines: list[str] = field(default_factory=list)  # what a cohort trained
+    stop: bool = False  # a storage fault: the pipeline starts no other job
 
     @property
     def ok(self) -> bool:
@@ -160,7 +162,7 @@ def run_job(job: Job, env: dict[str, str] | None = None, log: str | None = None,
                 check_visible(job)
             result.lines = execute_step(job.step, verbose)
         except PipelineError as exc:
-            result.status, result.error = FAILED, str(exc)
+            result.status, result.error, result.stop = FAILED, str(exc), exc.stop
         except Exception as exc:  # a bad setting found late, say: still this job's failure only
             result.status, result.error = FAILED, f"{job.name} failed: {type(exc).__name__}: {exc}"
     result.seconds = time.perf_counter() - t0
@@ -183,6 +185,11 @@ def _skip(job: Job, upstream: Sequence[JobResult], executor: str) -> JobResult:
 
 
 def blocked(job: Job, results: dict[int, JobResult], executor: str) -> JobResult | None:
-    """The skipped result of ``job`` when a job it waits for did not finish, else None."""
+    """The skipped result of ``job`` when a job it waits for did not finish, or any job met a
+    storage fault (the pipeline stops there), else None."""
+    stopped = [r.name for r in results.values() if r.stop]
+    if stopped:
+        return JobResult(job.name, SKIPPED, executor=executor,
+                         error=f"not started: the pipeline stopped at the storage fault of {stopped[0]}")
     upstream = [results[d] for d in job.deps if d in results]
     return _skip(job, upstream, executor) if any(not r.ok for r in upstream) else None

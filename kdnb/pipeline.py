@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from .engine.config import PROFILES, ConfigError
-from .engine.errors import TrainingError
+from .engine.errors import StorageError, TrainingError, is_storage_fault, storage_error
 from .report.notebook import context, figures_dir_for, share_compile_cache
 from .report.series import NOTEBOOKS, STUDENT_NOTEBOOKS
 
@@ -45,7 +45,16 @@ RESULTS_NOTEBOOK = "08_results"  # reads every other notebook's outputs, so it r
 
 
 class PipelineError(TrainingError):
-    """A notebook of the pipeline failed; the message names it, the cell and the error."""
+    """A notebook of the pipeline failed; the message names it, the cell and the error. ``stop``: a
+    storage fault (a full or read-only disk), which every later job would meet too, so the pipeline
+    starts no other job."""
+
+    def __init__(self, message: str, stop: bool = False):
+        super().__init__(message)
+        self.stop = stop
+
+    def __reduce__(self):  # crosses process boundaries (the local pool, Ray) with its flag
+        return type(self), (str(self), self.stop)
 
 
 def notebooks_dir() -> Path:
@@ -153,7 +162,11 @@ def run_cohort(step: Step, verbose: bool = True) -> list[str]:
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
             return pool.submit(_train_cohort_job, cfgs, step.parameters["runs_dir"], verbose).result()
     except (ConfigError, DataError, TrainingError) as exc:
-        raise PipelineError(f"cohort training ({step.label}) failed: {exc}") from None
+        raise PipelineError(f"cohort training ({step.label}) failed: {exc}", stop=isinstance(exc, StorageError)) from None
+    except OSError as exc:
+        if not is_storage_fault(exc):
+            raise
+        raise PipelineError(f"cohort training ({step.label}) failed: {storage_error(exc)}", stop=True) from None
     except BrokenProcessPool:
         raise PipelineError(f"cohort training ({step.label}): its process died (killed, or out of memory); "
                             "rerun the pipeline to resume from the last completed epochs") from None
@@ -190,7 +203,11 @@ def failing_line(source: str, traceback: Sequence[str], exec_count: int | None =
 
 def _failure(step: Step, exc: Exception) -> PipelineError:
     """One line: notebook, cell, the cell's failing line and the error (papermill's execution
-    error carries them), so the user sees which statement to look at without opening the copy."""
+    error carries them), so the user sees which statement to look at without opening the copy.
+    A storage fault (in a cell, or papermill writing the executed copy) stops the pipeline."""
+    seed = f" ({step.label})" if step.label else ""
+    if is_storage_fault(exc):  # papermill could not write the executed copy
+        return PipelineError(f"notebook {step.notebook}{seed} failed: {storage_error(exc)}", stop=True)
     cell = getattr(exc, "exec_count", None)
     index = getattr(exc, "cell_index", None)
     ename, evalue = getattr(exc, "ename", type(exc).__name__), getattr(exc, "evalue", str(exc))
@@ -205,9 +222,8 @@ def _failure(step: Step, exc: Exception) -> PipelineError:
         where += f" [{cell}]"
     if n is not None:
         where += f" line {n}"
-    seed = f" ({step.label})" if step.label else ""
     return PipelineError(f"notebook {step.notebook}{seed} failed in {where}{quote}: {ename}: {evalue.strip()} "
-                         f"(executed copy: {step.output})")
+                         f"(executed copy: {step.output})", stop=ename == StorageError.__name__)
 
 
 def execute_step(step: Step, verbose: bool = True) -> list[str]:
@@ -276,7 +292,13 @@ def run_pipeline(
     figs = figures_dir_for(profile, runs_path, figures_dir)
     steps = plan(profile, seeds, runs_path, data, figs, notebooks, parameters, ablation, cohort)
     share_compile_cache(runs_path)  # the kernels inherit it: one compile cache for the series
-    (runs_path / profile / "notebooks").mkdir(parents=True, exist_ok=True)  # first step may be a cohort
+    try:
+        (runs_path / profile / "notebooks").mkdir(parents=True, exist_ok=True)  # first step may be a cohort
+    except OSError as exc:  # before any job: a read-only or full runs folder is one line
+        if not is_storage_fault(exc):
+            raise
+        raise PipelineError(f"the pipeline cannot start: {storage_error(exc, runs_path / profile / 'notebooks')}",
+                            stop=True) from None
 
     print(f"kdnb pipeline: profile {profile}, seeds {' '.join(map(str, seeds))}, {len(steps)} notebook runs\n"
           f"  runs    {runs_path / profile}\n  figures {figs}\n  data    {data or 'profile default'}", flush=True)
@@ -300,8 +322,9 @@ def run_pipeline(
     if figs != nb_dir.parent / "figures":
         print("the committed reference in figures/ is unchanged (--figures-dir figures refreshes it)")
     if any(r.status != DONE for r in results):
-        raise PipelineError("; ".join(errors) + (f" ({len(skips)} job(s) that need it skipped: {', '.join(skips)})"
-                                                 if skips else ""))
+        stopped = any(r.stop for r in results)
+        raise PipelineError("; ".join(errors) + (f" ({len(skips)} job(s) {'not started' if stopped else 'that need it skipped'}: "
+                                                 f"{', '.join(skips)})" if skips else ""), stop=stopped)
     return steps
 
 

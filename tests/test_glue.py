@@ -32,7 +32,7 @@ def test_cached_result_is_reused_until_its_key_changes(tmp_path, capsys):
 def test_a_damaged_cache_file_is_recomputed_not_trusted(tmp_path):
     key = {"k": 1}
     analyses.cached(tmp_path, "t", key, lambda: "first")
-    (stored,) = tmp_path.glob(".cache-t-*.pkl")
+    (stored,) = tmp_path.glob(".cache-t-*.json")
     stored.write_bytes(b"not a pickle")
     assert analyses.cached(tmp_path, "t", key, lambda: "again") == "again"
 

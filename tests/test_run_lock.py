@@ -128,7 +128,7 @@ def _train_cli(runs_dir: Path, env: dict) -> subprocess.Popen:
 
 def _finished(run_dir: Path) -> tuple[dict, dict]:
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    weights = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=False)
+    weights = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
     return {k: v for k, v in metrics.items() if k not in TIMING_KEYS}, weights
 
 

@@ -1,7 +1,19 @@
 #!/usr/bin/env python
-"""Kill the ``smoke`` pipeline at random moments and check that rerunning it loses nothing.
+"""Kill the ``smoke`` pipeline at random moments and check that rerunning it loses nothing; or
+(``--storage``) meet each storage and trust fault and check its one line.
 
     python tools/fault_injection.py [--kills 20] [--seed 0] [--workdir DIR] [--keep]
+    python tools/fault_injection.py --storage [--only disk-full read-only ...]
+
+``--storage`` runs every fault of :data:`STORAGE_FAULTS` on the ``smoke`` profile (seconds each),
+each in a fresh copy of a runs folder holding a finished teacher: a full disk while a second run
+writes, a read-only runs folder (training and the pipeline), a truncated teacher ``best.pt``, a
+truncated resume ``checkpoint.pt`` (then ``--restart``), a pickle payload planted in a teacher
+checkpoint and in an analysis cache file, and a width too small for a layer. Each must end in one
+line naming the file, the cause and the fix, with exit code 2, nothing already written changed
+(byte-compared) and no planted code run. The tests (``tests/test_faults_storage.py``) run the same
+faults. A full disk is simulated (``fsync`` fails with ENOSPC for one folder) and so is a read-only
+folder when running as root (``chmod`` does not stop root): both raise what the kernel raises.
 
 1. Runs ``python -m kdnb pipeline --profile smoke --ablation`` once without interruption (the
    reference) and records how long each of its steps (notebooks, the cohort) took.
@@ -25,6 +37,10 @@ Slow (about 20 pipeline starts); not part of the test suite. Use ``--kills 3`` f
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
+import hashlib
+import io
 import json
 import os
 import random
@@ -36,6 +52,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
@@ -44,6 +62,7 @@ import psutil
 from kdnb.engine.runs import TIMING_FIELDS
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the storage faults import this checkout's kdnb (the kills run it as `-m kdnb` here)
 CHECK = "# NBVAL_CHECK_OUTPUT"
 # Wall-clock facts that legitimately differ between two runs of the same work.
 TIMING_KEYS = TIMING_FIELDS
@@ -154,13 +173,13 @@ def compare(reference: Path, interrupted: Path) -> list[str]:
                 right = {k: v for k, v in right.items() if k in left}
             if without_timings(left) != without_timings(right):
                 problems.append(f"differs: {rel}")
-    import torch
+    from kdnb.engine.runs import load_checkpoint
 
     for ckpt in sorted(got.rglob("*.pt")):
         try:
-            torch.load(ckpt, map_location="cpu", weights_only=False)
+            load_checkpoint(ckpt, "-")  # without running code, and checked against its SHA-256
         except Exception as exc:  # any failure to load is the finding
-            problems.append(f"damaged checkpoint: {ckpt} ({type(exc).__name__})")
+            problems.append(f"damaged checkpoint: {ckpt} ({exc})")
     for table in ("results.csv", "ablation_table.md", "results_table.md"):
         a, b = ref / "figures" / table, got / "figures" / table
         if not b.is_file():
@@ -184,15 +203,318 @@ def compare(reference: Path, interrupted: Path) -> list[str]:
     return problems
 
 
+# ---------------------------------------------------------------- storage and trust faults
+def snapshot(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``folder`` by relative path: what "nothing changed" compares."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _under(path, folder: Path) -> bool:
+    try:
+        return Path(os.path.abspath(os.fspath(path))).is_relative_to(folder.resolve())
+    except TypeError:  # an fd, or bytes
+        return False
+
+
+@contextlib.contextmanager
+def _patched(module, name: str, fake) -> Iterator[None]:
+    real = getattr(module, name)
+    setattr(module, name, fake(real))
+    try:
+        yield
+    finally:
+        setattr(module, name, real)
+
+
+@contextlib.contextmanager
+def disk_full(folder: Path, after: int = 0) -> Iterator[None]:
+    """The disk under ``folder`` fills up: after ``after`` completed writes there, flushing a file to
+    it fails with ENOSPC, as the kernel reports a full disk at the latest on fsync."""
+    left = [after]
+
+    def fake(real):
+        def fsync(fd):
+            try:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                target = ""
+            if _under(target, folder):
+                if left[0] <= 0:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                left[0] -= 1
+            return real(fd)
+        return fsync
+
+    with _patched(os, "fsync", fake):
+        yield
+
+
+@contextlib.contextmanager
+def read_only(folder: Path) -> Iterator[None]:
+    """``folder`` cannot be written: ``chmod a-w`` on it and below, or, for root (whom modes do not
+    stop), every call that creates, changes or removes something under it fails with EROFS."""
+    folder = folder.resolve()
+    if os.geteuid() != 0:
+        dirs = [folder, *(p for p in folder.rglob("*") if p.is_dir())]
+        modes = {d: d.stat().st_mode for d in dirs}
+        for d in dirs:
+            d.chmod(modes[d] & ~0o222)
+        try:
+            yield
+        finally:
+            for d in reversed(dirs):
+                d.chmod(modes[d])
+        return
+    write = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+    def refuse(path):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fspath(path))
+
+    def opener(real):
+        def fake(path, flags, *args, **kwargs):
+            if flags & write and _under(path, folder):
+                refuse(path)
+            return real(path, flags, *args, **kwargs)
+        return fake
+
+    def changer(real):
+        def fake(path, *args, **kwargs):
+            if _under(path, folder) or any(_under(a, folder) for a in args if isinstance(a, (str, os.PathLike))):
+                refuse(path)
+            return real(path, *args, **kwargs)
+        return fake
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_patched(os, "open", opener))
+        for name in ("mkdir", "replace", "rename", "unlink", "rmdir"):
+            stack.enter_context(_patched(os, name, changer))
+        yield
+
+
+def truncate(path: Path, keep: float = 0.5) -> None:
+    """Cut ``path`` to ``keep`` of its bytes, as a power loss or a full disk leaves a file that was not
+    written through kdnb's atomic writer."""
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+class Payload:
+    """A pickle that, when loaded, creates ``marker``: the code a foreign file could run."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def plant_pickle(path: Path, marker: Path, as_checkpoint: bool = True, sidecar: bool = True) -> None:
+    """Replace ``path`` by a file that runs code when unpickled: a ``torch.save``d checkpoint (with a
+    SHA-256 sidecar that matches, as a file from elsewhere might bring) or a bare pickle."""
+    import pickle
+
+    import torch
+
+    if as_checkpoint:
+        buf = io.BytesIO()
+        torch.save({"model": Payload(marker), "epoch": 1}, buf)
+        path.write_bytes(buf.getvalue())
+        if sidecar:
+            from kdnb.engine.runs import checksum_path
+
+            digest = hashlib.sha256(buf.getvalue()).hexdigest()
+            checksum_path(path).write_text(json.dumps({"sha256": [digest], "format": 1}))
+    else:
+        path.write_bytes(pickle.dumps(Payload(marker)))
+
+
+def run_cli(argv: list[str]) -> tuple[int, str]:
+    """``python -m kdnb ARGV`` in this process: its exit code and what it wrote to stderr (the
+    process environment is restored: the pipeline sets the compile cache's)."""
+    from kdnb.cli import main
+
+    err, env = io.StringIO(), dict(os.environ)
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            rc = main(argv)
+    finally:
+        os.environ.clear()
+        os.environ.update(env)
+    return rc, err.getvalue().strip()
+
+
+@dataclass
+class FaultResult:
+    """How a fault ended: the exit code, the user's one line, whether everything already written is
+    byte-identical and whether planted code ran."""
+
+    fault: str
+    rc: int
+    message: str
+    unchanged: bool = True
+    code_ran: bool = False
+    expect: str = ""  # a phrase the message must hold
+    expect_rc: int = 2  # a user error; 0 where the fault is met by recomputing (a cache)
+
+    @property
+    def ok(self) -> bool:
+        one_line = self.message.count("\n") == 0 and (self.expect_rc == 0 or self.message.startswith("kdnb: error: "))
+        return (self.rc == self.expect_rc and one_line and self.expect in self.message and self.unchanged
+                and not self.code_ran)
+
+
+def _train(runs: Path, *args: str) -> tuple[int, str]:
+    return run_cli(["train", "--profile", "smoke", "--runs-dir", str(runs), "--quiet", *args])
+
+
+def fault_disk_full(runs: Path) -> FaultResult:
+    """A second run (KD) fills the disk at its first checkpoint; the finished teacher stays as it was."""
+    before = snapshot(runs)
+    with disk_full(runs / "smoke" / "kd", after=2):
+        rc, msg = _train(runs, "--config", "kd")
+    after = snapshot(runs)
+    return FaultResult("disk-full", rc, msg, all(after.get(k) == v for k, v in before.items()),
+                       expect="checkpoint.pt: no space left on the device")
+
+
+def fault_read_only(runs: Path) -> FaultResult:
+    """The runs folder is read-only when a run starts."""
+    before = snapshot(runs)
+    with read_only(runs):
+        rc, msg = _train(runs, "--config", "kd")
+    ok = "read-only" if os.geteuid() == 0 else "permission denied"
+    return FaultResult("read-only", rc, msg, snapshot(runs) == before, expect=ok)
+
+
+def fault_read_only_pipeline(runs: Path) -> FaultResult:
+    """The pipeline on a read-only runs folder: one line before any notebook starts."""
+    before = snapshot(runs)
+    with read_only(runs):
+        rc, msg = run_cli(["pipeline", "--profile", "smoke", "--only", "00", "--runs-dir", str(runs)])
+    return FaultResult("read-only-pipeline", rc, msg, snapshot(runs) == before, expect="the pipeline cannot start")
+
+
+def fault_truncated_teacher(runs: Path) -> FaultResult:
+    """A truncated teacher best.pt when a student starts."""
+    truncate(runs / "smoke" / "teacher" / "seed0" / "best.pt")
+    before = snapshot(runs)
+    rc, msg = _train(runs, "--config", "kd")
+    return FaultResult("truncated-teacher", rc, msg, snapshot(runs) == before,
+                       expect="python -m kdnb train --config teacher --profile smoke --seed 0")
+
+
+def interrupted_run(runs: Path, config: str = "baseline") -> Path:
+    """A run stopped after its first epoch (its checkpoint.pt written, not finished)."""
+    from kdnb.engine.config import make_config
+    from kdnb.engine.train import train
+
+    return train(make_config(config, "smoke", 0), runs, progress=False, max_epochs=1).run_dir
+
+
+def fault_truncated_checkpoint(runs: Path) -> FaultResult:
+    """A truncated checkpoint.pt of an interrupted run, on resume."""
+    run_dir = interrupted_run(runs)
+    truncate(run_dir / "checkpoint.pt")
+    before = snapshot(runs)
+    rc, msg = _train(runs, "--config", "baseline")
+    return FaultResult("truncated-checkpoint", rc, msg, snapshot(runs) == before, expect="--restart")
+
+
+def fault_pickle_teacher(runs: Path) -> FaultResult:
+    """A teacher checkpoint from elsewhere that runs code when unpickled (its checksum matching)."""
+    marker = runs.parent / f"{runs.name}-code-ran"
+    plant_pickle(runs / "smoke" / "teacher" / "seed0" / "best.pt", marker)
+    before = snapshot(runs)
+    rc, msg = _train(runs, "--config", "kd")
+    return FaultResult("pickle-teacher", rc, msg, snapshot(runs) == before, marker.exists(),
+                       expect="nothing in it ran")
+
+
+def fault_pickle_cache(runs: Path) -> FaultResult:
+    """An analysis cache file replaced by a pickle payload (at the cache's name and at the old .pkl name)."""
+
+    from kdnb.report import analyses
+
+    marker, cache = runs.parent / f"{runs.name}-cache-code-ran", runs / "cache"
+    cache.mkdir()
+    key = {"k": 1}
+    analyses.cached(cache, "t", key, lambda: {"value": 1})
+    (stored,) = cache.glob(".cache-t-*.json")
+    plant_pickle(stored, marker, as_checkpoint=False)
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    plant_pickle(cache / f".cache-t-{digest}.pkl", marker, as_checkpoint=False)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        value = analyses.cached(cache, "t", key, lambda: {"value": 2})
+    rc = 0 if value == {"value": 2} else 1  # recomputed, not read
+    return FaultResult("pickle-cache", rc, out.getvalue().strip(), True, marker.exists(),
+                       expect="is damaged or not kdnb's", expect_rc=0)
+
+
+def fault_tiny_width(runs: Path) -> FaultResult:
+    """A width that makes a layer narrower than the minimum: refused before anything is written."""
+    before = snapshot(runs)
+    rc, msg = _train(runs, "--config", "kd", "--set", "width=0.001")
+    return FaultResult("tiny-width", rc, msg, snapshot(runs) == before, expect="use width >= 0.0625")
+
+
+STORAGE_FAULTS: dict[str, Callable[[Path], FaultResult]] = {
+    "disk-full": fault_disk_full,
+    "read-only": fault_read_only,
+    "read-only-pipeline": fault_read_only_pipeline,
+    "truncated-teacher": fault_truncated_teacher,
+    "truncated-checkpoint": fault_truncated_checkpoint,
+    "pickle-teacher": fault_pickle_teacher,
+    "pickle-cache": fault_pickle_cache,
+    "tiny-width": fault_tiny_width,
+}
+
+
+def teacher_runs(folder: Path) -> Path:
+    """A runs folder with a finished smoke teacher (seed 0), trained once."""
+    from kdnb.engine.config import make_config
+    from kdnb.engine.train import train
+
+    runs = folder / "teacher-runs"
+    if not (runs / "smoke" / "teacher" / "seed0" / "metrics.json").is_file():
+        train(make_config("teacher", "smoke", 0), runs, progress=False)
+    return runs
+
+
+def storage_faults(work: Path, only: list[str] | None = None) -> list[FaultResult]:
+    """Every storage fault (or those in ``only``), each in a fresh copy of a teacher's runs folder."""
+    base = teacher_runs(work)
+    results = []
+    for name, fault in STORAGE_FAULTS.items():
+        if only and name not in only:
+            continue
+        runs = work / name / "runs"
+        shutil.rmtree(runs.parent, ignore_errors=True)
+        shutil.copytree(base, runs)
+        results.append(fault(runs))
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kills", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0, help="seed of the kill schedule")
     ap.add_argument("--workdir", default=None, help="where the two runs folders go (default: a temporary folder)")
     ap.add_argument("--keep", action="store_true", help="keep the runs folders")
+    ap.add_argument("--storage", action="store_true", help="the storage and trust faults instead of the kills")
+    ap.add_argument("--only", nargs="*", default=None, help=f"with --storage: these faults ({', '.join(STORAGE_FAULTS)})")
     args = ap.parse_args(argv)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="kdnb-faults-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
+    if args.storage:
+        results = storage_faults(work, args.only)
+        for r in results:
+            print(f"{'ok  ' if r.ok else 'FAIL'} {r.fault:21} exit {r.rc}  unchanged {r.unchanged}  code ran "
+                  f"{r.code_ran}\n     {r.message}", flush=True)
+        if not args.keep and args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+        return 0 if all(r.ok for r in results) else 1
     reference, interrupted = work / "reference", work / "interrupted"
     log = work / "pipeline.log"
     env_note = f"KDNB_CACHE_DIR={os.environ.get('KDNB_CACHE_DIR', '~/.cache/kdnb')}"

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ..method.masks import CAM_MODES, CAM_TYPES, MASK_MODES
-from ..method.models import ARCHS, STAGES, STEMS
+from ..method.models import ARCHS, STAGES, STEMS, width_problem
 
 TEACHER = "teacher"
 
@@ -336,6 +336,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         value = getattr(cfg, name)
         if value is not None and not _in_range(name, value):
             raise _range_error(name, value)
+    if width_problem(cfg.width):  # a layer narrower than the stated minimum: refused before any work
+        raise ConfigError(f"setting width={_show(cfg.width)} {width_problem(cfg.width)}")
     if cfg.data_dir == "synthetic":  # the synthetic set's size is known here (10 balanced classes)
         if cfg.val_size > cfg.synthetic_train - 10:
             raise ConfigError(f"setting val_size={cfg.val_size!r} must be in [0, {cfg.synthetic_train - 10}] "

@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .runs import atomic_write
+from .errors import StorageError
+from .runs import atomic_write, torch_bytes
 
 CIFAR10_CLASSES: tuple[str, ...] = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
@@ -208,9 +209,9 @@ def _load_image_folder(path: Path) -> Dataset:
     test_x, test_y = _decode_files(test_files)
     try:
 
-        atomic_write(cache, lambda f: torch.save({"train_x": train_x, "train_y": train_y, "test_x": test_x,
-                                                  "test_y": test_y}, f))
-    except OSError:
+        blob = torch_bytes({"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y})
+        atomic_write(cache, lambda f: f.write(blob))
+    except (OSError, StorageError):
         pass  # a read-only cache only costs a re-decode next time
     return Dataset(train_x, train_y, test_x, test_y, tuple(train_classes), source)
 

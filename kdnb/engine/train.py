@@ -26,9 +26,9 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..method.models import count_parameters
 from ..method.objective import TERMS
-from .config import ENGINE_FIELDS, RunConfig, config_from_dict
+from .config import ENGINE_FIELDS, RunConfig, config_from_dict, make_config
 from .data import Dataset, load_dataset, normalize, plan_epoch, stratified_split
-from .errors import TrainingError
+from .errors import DamagedFile, TrainingError
 from .inference import batched_logits
 from .runs import (
     BEST_FILE,
@@ -39,8 +39,9 @@ from .runs import (
     METRICS_FILE,
     RunLock,
     RunLocked,
+    checksum_path,
     is_finished,
-    load_torch,
+    load_checkpoint,
     read_json,
     run_path,
     save_torch,
@@ -88,6 +89,29 @@ def teacher_dir(runs_dir: str | os.PathLike, cfg: RunConfig) -> Path:
     return run_path(runs_dir, cfg.profile, "teacher", cfg.teacher_seed)
 
 
+def train_command(cfg: RunConfig, runs_dir: str | os.PathLike, flag: str = "") -> str:
+    """The ``python -m kdnb train`` command that trains the run of ``cfg`` in ``runs_dir`` (its
+    settings beyond the profile's as ``--set``), with ``flag`` (``--force``, ``--restart``) added:
+    the exact command an error message tells the user to run."""
+    default = make_config(cfg.config, cfg.profile, cfg.seed).to_dict()
+    sets = [f"--set {k}={_set_text(v)}" for k, v in cfg.to_dict().items()
+            if k not in (*ENGINE_FIELDS, "config", "profile", "seed") and v != default[k]]
+    parts = ["python -m kdnb train", f"--config {cfg.config}", f"--profile {cfg.profile}", f"--seed {cfg.seed}",
+             *([] if str(runs_dir) == "runs" else [f"--runs-dir {runs_dir}"]),
+             *([] if cfg.data_dir == default["data_dir"] or cfg.data_dir is None else [f"--data-dir {cfg.data_dir}"]),
+             *sets, *([flag] if flag else [])]
+    return " ".join(parts)
+
+
+def _set_text(value: Any) -> str:
+    """A setting as ``--set`` reads it back."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return "none" if value is None else str(value)
+
+
 def load_teacher(runs_dir: str | os.PathLike, cfg: RunConfig, device: torch.device | str = "cpu") -> nn.Module:
     """The frozen teacher of ``cfg`` (eval mode, no parameter gradients), or a clear error."""
     tdir = teacher_dir(runs_dir, cfg)
@@ -104,18 +128,28 @@ def load_teacher(runs_dir: str | os.PathLike, cfg: RunConfig, device: torch.devi
             f"val_size={cfg.val_size}, split_seed={cfg.split_seed}: the teacher would have trained on this run's "
             "validation images. Use the same split or retrain the teacher."
         )
-    return load_trained(tdir, device).requires_grad_(False)
+    return load_trained(tdir, device, runs_dir).requires_grad_(False)
 
 
-def load_trained(run_dir: str | os.PathLike, device: torch.device | str = "cpu") -> nn.Module:
+def load_trained(run_dir: str | os.PathLike, device: torch.device | str = "cpu",
+                 runs_dir: str | os.PathLike | None = None) -> nn.Module:
     """The best-by-validation model of a finished run (student or teacher), in eval mode: the one loader
-    of trained models."""
+    of trained models. A damaged or untrusted ``best.pt`` is :class:`DamagedFile` naming the command
+    that retrains the run (``runs_dir``: the runs folder it names; default the one above the run)."""
     run_dir = Path(run_dir)
     if not (run_dir / BEST_FILE).is_file():
         raise TrainingError(f"{run_dir / BEST_FILE} not found: the run has not finished")
     cfg = config_from_dict(read_json(run_dir / CONFIG_FILE))
+    runs_dir = run_dir.parents[2] if runs_dir is None else runs_dir
+    who = "the teacher" if cfg.is_teacher else "this run"
+    fix = f"retrain {who} with `{train_command(cfg, runs_dir, '--force')}` (the damaged run is kept aside)"
     model = build_student(cfg)
-    model.load_state_dict(load_torch(run_dir / BEST_FILE)["model"])
+    weights = load_checkpoint(run_dir / BEST_FILE, fix, required=("model",))["model"]
+    try:
+        model.load_state_dict(weights)
+    except (RuntimeError, TypeError, AttributeError) as exc:  # tensors of other shapes or names: not this run's
+        raise DamagedFile(f"{run_dir / BEST_FILE} does not hold the weights of the network its config.json "
+                          f"describes ({str(exc).splitlines()[0][:80]}): {fix}") from None
     return model.to(device).eval()
 
 
@@ -157,6 +191,18 @@ def _prepare_run_dir(run_dir: Path, cfg: RunConfig, force: bool) -> None:
         print(f"kdnb: kept the previous run as {backup}")
 
 
+def _set_checkpoint_aside(run_dir: Path) -> None:
+    """Move an unfinished run's checkpoint (and its checksum) aside, so the run starts from epoch 1."""
+    ckpt = run_dir / CHECKPOINT_FILE
+    if not ckpt.exists():
+        return
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for f in (ckpt, checksum_path(ckpt)):
+        if f.exists():
+            os.replace(f, f.with_name(f"{f.name}.set-aside-{stamp}"))
+    print(f"kdnb: moved {ckpt} aside to {ckpt.name}.set-aside-{stamp}; {run_dir.name} starts again from epoch 1")
+
+
 def _provenance(cfg: RunConfig, device: torch.device, data: Dataset, n_train: int, n_val: int) -> dict[str, Any]:
     return {
         **cfg.to_dict(),
@@ -194,13 +240,16 @@ def train(
     progress: bool = True,
     data: Dataset | None = None,
     max_epochs: int | None = None,
+    restart: bool = False,
 ) -> RunResult:
     """Train (or resume, or return the stored result of) the run that ``cfg`` describes.
 
     ``max_epochs`` stops after that many completed epochs *of this call* without finishing the
-    run (for tests and benchmarks); a later call resumes where it stopped.
+    run (for tests and benchmarks); a later call resumes where it stopped. ``restart``: an
+    unfinished run starts again from epoch 1, its checkpoint moved aside (a damaged one, say).
     """
-    return train_cohort([cfg], runs_dir, force=force, progress=progress, data=data, max_epochs=max_epochs)[0]
+    return train_cohort([cfg], runs_dir, force=force, progress=progress, data=data, max_epochs=max_epochs,
+                        restart=restart)[0]
 
 
 @dataclass
@@ -246,6 +295,7 @@ def train_cohort(
     data: Dataset | None = None,
     max_epochs: int | None = None,
     wait: bool = False,
+    restart: bool = False,
 ) -> list[RunResult]:
     """Train several runs of one seed in lockstep: the same batches, one teacher pass per batch.
 
@@ -258,6 +308,7 @@ def train_cohort(
 
     Each member's folder is locked while it trains (:class:`kdnb.engine.runs.RunLock`): a run another
     process is training is refused with one line naming that process, or waited for with ``wait``.
+    ``restart``: unfinished members start from epoch 1, their checkpoints moved aside (never deleted).
     """
     check_cohort(cfgs)
     results: dict[int, RunResult] = {}
@@ -293,6 +344,8 @@ def train_cohort(
                                        read_json(dirs[i] / METRICS_FILE))
         for i in todo:
             _prepare_run_dir(dirs[i], cfgs[i], force)
+            if restart:
+                _set_checkpoint_aside(dirs[i])
         if todo:
             _train_locked(cfgs, todo, results, runs_dir, device, teacher, distilling, progress, data, max_epochs)
     return [results[i] for i in range(len(cfgs))]
@@ -324,7 +377,7 @@ def _train_locked(cfgs: list[RunConfig], todo: list[int], results: dict[int, Run
         run_dir = run_path(runs_dir, cfg.profile, cfg.run_name, cfg.seed)
         stepper = build_stepper(cfg, prepared if cfg.needs_teacher else None, device, steps_per_epoch,
                                 data.num_classes, teacher_prepared=True)
-        state = _resume(stepper, run_dir, progress)
+        state = _resume(stepper, run_dir, progress, train_command(cfg, runs_dir, "--restart"))
         if state is None:
             state = TrainingState()
             write_json(run_dir / CONFIG_FILE, {**_provenance(cfg, device, data, len(train_y), len(val_y)),
@@ -360,23 +413,35 @@ def _train_locked(cfgs: list[RunConfig], todo: list[int], results: dict[int, Run
             m.log.finish(m.cfg.to_dict(), results[i].metrics)
 
 
-def _resume(stepper: Stepper, run_dir: Path, progress: bool) -> TrainingState | None:
-    """Load ``run_dir``'s checkpoint into ``stepper``; its training state, or None when there is none."""
+CHECKPOINT_KEYS = ("model", "objective", "optimizer", "scheduler", "gen", "mask_gen", "torch_rng", "state")
+
+
+def _resume(stepper: Stepper, run_dir: Path, progress: bool, restart: str) -> TrainingState | None:
+    """Load ``run_dir``'s checkpoint into ``stepper``; its training state, or None when there is none.
+    A damaged, untrusted or foreign checkpoint is :class:`DamagedFile` naming ``restart``, the command
+    that starts the run again."""
     ckpt_path = run_dir / CHECKPOINT_FILE
     if not ckpt_path.is_file():
         return None
-    ck = load_torch(ckpt_path)  # on the CPU: generator states must stay there; modules copy to their device
-    stepper.student.load_state_dict(ck["model"])
-    stepper.objective.load_state_dict(ck["objective"])
-    stepper.opt.load_state_dict(ck["optimizer"])
-    if stepper.sched is not None:
-        stepper.sched.load_state_dict(ck["scheduler"])
-    stepper.gen.set_state(ck["gen"])
-    stepper.mask_gen.set_state(ck["mask_gen"])
-    torch.set_rng_state(ck["torch_rng"])
+    fix = f"start the run again with `{restart}` (moves it aside, never deletes it)"
+    # on the CPU: generator states must stay there; modules copy to their device
+    ck = load_checkpoint(ckpt_path, fix, required=CHECKPOINT_KEYS)
+    try:
+        stepper.student.load_state_dict(ck["model"])
+        stepper.objective.load_state_dict(ck["objective"])
+        stepper.opt.load_state_dict(ck["optimizer"])
+        if stepper.sched is not None:
+            stepper.sched.load_state_dict(ck["scheduler"])
+        stepper.gen.set_state(ck["gen"])
+        stepper.mask_gen.set_state(ck["mask_gen"])
+        torch.set_rng_state(ck["torch_rng"])
+        state = TrainingState.from_dict(ck["state"])
+    except (RuntimeError, TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise DamagedFile(f"{ckpt_path} does not fit this run's network, optimiser or state "
+                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:80] if str(exc) else ''}): {fix}") from None
     if progress:
-        print(f"kdnb: resuming {run_dir} after epoch {ck['state']['epoch']}")
-    return TrainingState.from_dict(ck["state"])
+        print(f"kdnb: resuming {run_dir} after epoch {state.epoch}")
+    return state
 
 
 def _train_epoch(step: CohortStep, group: list[_Member], n_train: int, val_x: torch.Tensor, val_y: torch.Tensor,

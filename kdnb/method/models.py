@@ -24,6 +24,27 @@ ARCHS: dict[str, tuple[type[nn.Module], tuple[int, int, int, int]]] = {
     "resnet50": (Bottleneck, (3, 4, 6, 3)),
 }
 STEMS: tuple[str, ...] = ("cifar", "torchvision")
+BASE_CHANNELS: tuple[int, int, int, int] = (64, 128, 256, 512)  # the stages' planes at width 1
+# The narrowest layer (the stem and layer1: 64 x width) must keep this many channels: below it the
+# network is not a ResNet worth distilling into (a 1-channel layer trains without a word and learns
+# nothing), and attention maps and Grad-CAM over so few channels mean nothing.
+MIN_CHANNELS = 4
+MIN_WIDTH = MIN_CHANNELS / BASE_CHANNELS[0]  # 0.0625
+
+
+def stage_planes(width: float) -> list[int]:
+    """The planes of the four stages at ``width`` (at least 1 each)."""
+    return [max(1, int(round(c * width))) for c in BASE_CHANNELS]
+
+
+def width_problem(width: float) -> str | None:
+    """Why ``width`` makes a layer narrower than :data:`MIN_CHANNELS`, with the smallest allowed
+    width; None when it does not."""
+    if width >= MIN_WIDTH:
+        return None
+    return (f"makes the narrowest layers (the stem and layer1) {BASE_CHANNELS[0]} x {width:g} = "
+            f"{BASE_CHANNELS[0] * width:.3g} channels wide, below the minimum of {MIN_CHANNELS} channels: "
+            f"use width >= {MIN_WIDTH:g}")
 
 
 class ChannelGate(nn.Module):
@@ -102,7 +123,7 @@ class ResNet(nn.Module):
         width: float = 1.0,
     ) -> None:
         super().__init__()
-        planes = [max(1, int(round(c * width))) for c in (64, 128, 256, 512)]
+        planes = stage_planes(width)
         self.inplanes = planes[0]
         if stem == "cifar":
             conv = nn.Conv2d(3, planes[0], 3, stride=1, padding=1, bias=False)
@@ -194,6 +215,8 @@ def build_model(
         raise ValueError(f"unknown arch {arch!r}; allowed: {', '.join(ARCHS)}")
     if not width > 0:
         raise ValueError(f"width must be > 0, got {width}")
+    if width_problem(width):
+        raise ValueError(f"width={width:g} {width_problem(width)}")
     block, layers = ARCHS[arch]
     return ResNet(block, layers, num_classes, cbam=cbam, stem=stem, width=width)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
-import pickle
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from ..engine.config import STUDENT_CONFIGS, TEACHER
 from ..engine.data import balanced_subset, class_counts, normalize
+from ..engine.errors import StorageError
 from ..engine.runs import BEST_FILE, atomic_write, is_finished, run_path
 from ..engine.train import load_trained, resolve_device
 from ..evaluation import metrics
@@ -52,22 +53,87 @@ def _code_fingerprint(package: Path = PACKAGE) -> str:
 
 def cached(cache_dir: str | os.PathLike | None, name: str, key: dict[str, Any], compute):
     """``compute()``, stored in ``cache_dir`` under a hash of ``key`` and reused while the key is
-    the same (no cache when ``cache_dir`` is None). Delete the ``.cache-*`` files to recompute."""
+    the same (no cache when ``cache_dir`` is None). Delete the ``.cache-*`` files to recompute.
+
+    The store is JSON (:func:`encode`: numbers, text, lists, dicts and DataFrames, floats exact), so
+    reading it can never run code, and it holds its key: a file that is damaged, foreign or of
+    another key is recomputed, and that is said in one line. A cache that cannot be written (a full
+    or read-only disk) only costs a recomputation next time, and that is said too."""
     if cache_dir is None:
         return compute()
     digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    path = Path(cache_dir) / f".cache-{name}-{digest}.pkl"
+    path = Path(cache_dir) / f".cache-{name}-{digest}.json"
+    stamp = json.loads(json.dumps(key, sort_keys=True, default=str))
     if path.is_file():
         try:
-            with open(path, "rb") as f:
-                value = pickle.load(f)
+            stored = json.loads(path.read_bytes())
+            if not isinstance(stored, dict) or stored.get("key") != stamp:
+                raise ValueError("it is not the result of this analysis' key")
+            value = decode(stored["value"])
             print(f"{name}: reusing the stored result ({path.name}; delete it to recompute)")
             return value
-        except Exception:  # a damaged cache is only recomputed
-            pass
+        except Exception as exc:  # damaged, foreign, of an older kdnb: never trusted, recomputed
+            print(f"{name}: the stored result {path} is damaged or not kdnb's ({type(exc).__name__}); recomputing")
     value = compute()
-    atomic_write(path, lambda f: pickle.dump(value, f))
+    try:
+        text = json.dumps({"key": stamp, "value": encode(value)})
+    except TypeError as exc:  # a value the store cannot hold exactly: computed every time
+        print(f"{name}: not stored ({exc})")
+        return value
+    try:
+        atomic_write(path, lambda f: f.write(text.encode()))
+    except StorageError as exc:
+        print(f"{name}: result not stored, it is recomputed next time: {exc}")
     return value
+
+
+FRAME = "__frame__"
+
+
+def encode(value: Any) -> Any:
+    """``value`` as JSON data that :func:`decode` turns back into an equal value: None, bools,
+    numbers (floats exactly, NaN and inf included), text, lists, dicts with text keys and pandas
+    DataFrames (columns with their dtypes, the index); TypeError for anything else."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else {"__float__": repr(value)}
+    if isinstance(value, (list, tuple)):
+        return [encode(v) for v in value]
+    if isinstance(value, dict):
+        if not all(isinstance(k, str) for k in value) or FRAME in value or "__float__" in value:
+            raise TypeError("dict keys must be text")
+        return {k: encode(v) for k, v in value.items()}
+    if isinstance(value, pd.DataFrame):
+        index = value.index
+        plain = isinstance(index, pd.RangeIndex)
+        return {FRAME: {
+            "columns": [encode(c) for c in value.columns], "dtypes": [str(t) for t in value.dtypes],
+            "data": [encode(value[c].tolist()) for c in value.columns],
+            "index": [index.start, index.stop, index.step] if plain else encode(index.tolist()),
+            "index_range": plain, "index_dtype": str(index.dtype), "index_name": encode(index.name)}}
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # a numpy scalar
+        return encode(value.item())
+    raise TypeError(f"cannot store a {type(value).__name__}")
+
+
+def decode(data: Any) -> Any:
+    """The value :func:`encode` stored."""
+    if isinstance(data, list):
+        return [decode(v) for v in data]
+    if not isinstance(data, dict):
+        return data
+    if "__float__" in data:
+        return float(data["__float__"])
+    if FRAME not in data:
+        return {k: decode(v) for k, v in data.items()}
+    f = data[FRAME]
+    index = (pd.RangeIndex(*f["index"]) if f["index_range"]
+             else pd.Index(decode(f["index"]), dtype=f["index_dtype"]))
+    index.name = decode(f["index_name"])
+    columns = [decode(c) for c in f["columns"]]
+    cols = {c: pd.Series(decode(v), dtype=t, index=index) for c, v, t in zip(columns, f["data"], f["dtypes"])}
+    return pd.DataFrame(cols, index=index, columns=columns)
 
 
 def _device(name: str | Any):
