@@ -145,6 +145,14 @@ def test_other_errors_pass_through_and_leave_the_cache(cache):
     assert cache.is_dir() and not list(cache.parent.glob("*.damaged-*"))
 
 
+def test_a_probe_is_retried_once_on_a_damaged_cache(cache, capsys):
+    calls = _Calls(fails=1)
+    assert compile_cache.retry_on_damage(calls) == "compiled" and calls.n == 2
+    with pytest.raises(BackendCompilerFailed):
+        compile_cache.retry_on_damage(_Calls(fails=2))
+    assert len(capsys.readouterr().err.splitlines()) == 2  # one line per damaged cache
+
+
 # ---------------------------------------------------------------- the training step
 class _Flaky(torch.nn.Module):
     """A stand-in for a compiled module whose compile fails ``fails`` times: each failure runs the

@@ -39,7 +39,7 @@ def cache_for_runs(runs_dir: str | os.PathLike) -> Path:
 
 def use_compile_cache(path: str | os.PathLike) -> Path:
     """Point inductor's cache at ``path`` unless the user chose one (``TORCHINDUCTOR_CACHE_DIR``);
-    returns the cache in use. Must run before the process's first compilation to count for it.
+    returns the cache in use. Every compile after it uses it (inductor reads the variable each time).
 
     Inductor writes its default (a folder in the system temp dir) into the environment at its first
     compile, so that value, like one kdnb set itself, counts as not chosen."""
@@ -50,11 +50,11 @@ def use_compile_cache(path: str | os.PathLike) -> Path:
     return Path(os.environ[CACHE_ENV])
 
 
-def _inductor_default() -> str:
-    """Inductor's own default cache folder (importing inductor takes a second: only when needed)."""
-    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-
-    return os.path.abspath(default_cache_dir())
+def _inductor_default() -> str | None:
+    """Inductor's own default cache folder, when inductor is loaded: only then can it have written
+    it into this process's environment (and importing inductor takes a second)."""
+    utils = sys.modules.get("torch._inductor.runtime.cache_dir_utils")
+    return os.path.abspath(utils.default_cache_dir()) if utils is not None else None
 
 
 def active_cache() -> Path:
@@ -126,6 +126,32 @@ def reset_compiler() -> None:
     clear_caches()
 
 
+def set_aside(cause: str) -> None:
+    """Move the active cache aside, say so in one line (with ``cause``), and make the next call compile."""
+    cache = active_cache()
+    try:
+        aside = move_aside(cache)
+        moved = f"moved it to {aside}" if aside is not None else "it is gone"
+    except OSError as exc:
+        moved = f"could not move it aside ({one_line(exc)})"
+    print(f"kdnb: the compile cache {cache} is damaged ({cause}); {moved}, compiling afresh", file=sys.stderr,
+          flush=True)
+    reset_compiler()
+
+
+def retry_on_damage(call: Callable[[], T]) -> T:
+    """``call()``, once more after :func:`set_aside` when it failed on a damaged cache (for a call
+    that changes nothing, such as a compiler probe; a second failure passes through)."""
+    try:
+        return call()
+    except Exception as exc:
+        cause = cache_damage(exc)
+        if cause is None:
+            raise
+    set_aside(cause)
+    return call()
+
+
 def first_compiled_call(call: Callable[[], T], restore: Callable[[], None], go_eager: Callable[[], None],
                         forced: bool) -> T:
     """``call()``, the first call of compiled code, recovering when the compile cache is damaged.
@@ -142,15 +168,7 @@ def first_compiled_call(call: Callable[[], T], restore: Callable[[], None], go_e
         if cause is None:
             raise
     restore()
-    cache = active_cache()
-    try:
-        aside = move_aside(cache)
-        moved = f"moved it to {aside}" if aside is not None else "it is gone"
-    except OSError as exc:
-        moved = f"could not move it aside ({one_line(exc)})"
-    print(f"kdnb: the compile cache {cache} is damaged ({cause}); {moved}, compiling afresh", file=sys.stderr,
-          flush=True)
-    reset_compiler()
+    set_aside(cause)
     try:
         return call()
     except Exception as exc:
