@@ -38,8 +38,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .engine.compile_cache import CACHE_NAME, use_compile_cache
 from .engine.config import STUDENT_CONFIGS, TEACHER, RunConfig, make_config
-from .engine.data import MEAN, STD, augment, epoch_batches, load_dataset, make_synthetic, normalize, plan_epoch
+from .engine.data import MEAN, STD, augment, cache_dir, epoch_batches, load_dataset, make_synthetic, normalize, plan_epoch
 from .engine.speedups import amp_active, autocast, cpu_bf16_pays, device_name
 from .engine.step import CohortStep, build_stepper, build_student, prepare_teacher_for
 from .engine.train import resolve_device
@@ -178,6 +179,8 @@ def run_bench(profile: str = "cpu", steps: int = 20, device: str = "auto", json_
     base = cfgs["baseline"]
     if base.threads:  # as train() does
         torch.set_num_threads(base.threads)
+    if base.compile:  # no runs folder here: kdnb's cache folder (KDNB_CACHE_DIR) holds the compile cache
+        use_compile_cache(cache_dir() / CACHE_NAME)
     x_cpu, y_cpu, source = _images(data_dir, n_images)
     if len(y_cpu) < base.batch_size:
         raise ValueError(f"{len(y_cpu)} images are fewer than one batch of {base.batch_size}")

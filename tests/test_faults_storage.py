@@ -18,7 +18,7 @@ import torch
 
 from kdnb.engine.config import ConfigError, make_config
 from kdnb.engine.errors import DamagedFile, StorageError
-from kdnb.engine.runs import checksum_path, load_checkpoint, save_torch, write_json
+from kdnb.engine.runs import TIMING_FIELDS, checksum_path, load_checkpoint, save_torch, write_json
 from kdnb.engine.train import train
 from kdnb.method.models import build_model
 from kdnb.report import analyses
@@ -26,7 +26,7 @@ from kdnb.report import analyses
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import fault_injection as faults  # noqa: E402
 
-TIMINGS = ("seconds", "images_per_s")
+TIMINGS = TIMING_FIELDS
 
 
 @pytest.fixture

@@ -47,3 +47,11 @@ def test_provenance_names_the_arithmetic_the_runs_used_not_the_one_asked_for(tmp
     _fake_run(tmp_path / "old", "baseline", 0, "a" * 40, amp=True, compile=False)  # before amp_active was kept
     assert provenance(tmp_path / "old", "smoke", [0], configs=["baseline"])["torch"] == (
         "2.14.1, bf16 autocast asked for (whether it ran is not recorded)")
+
+
+def test_provenance_counts_runs_that_trained_eager_after_a_failed_compile(tmp_path):
+    """A run whose compile failed even with a fresh cache trained eager (``compiled: false``)."""
+    _fake_run(tmp_path, "baseline", 0, "a" * 40, amp=False, compile=True, compiled=True)
+    _fake_run(tmp_path, "kd", 0, "a" * 40, amp=False, compile=True, compiled=False)
+    assert provenance(tmp_path, "smoke", [0], configs=["baseline", "kd"])["torch"] == (
+        "2.14.1, fp32, compiled (1 of 2 runs eager after a failed compile)")

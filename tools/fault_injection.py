@@ -32,6 +32,16 @@ folder when running as root (``chmod`` does not stop root): both raise what the 
    reported by path. Exit code 0 when everything matches, 1 otherwise.
 
 Slow (about 20 pipeline starts); not part of the test suite. Use ``--kills 3`` for a quick look.
+
+    python tools/fault_injection.py --fault compile [--workdir DIR] [--keep]
+
+The "kill during compile" fault: starts a compiled ``smoke`` run (``python -m kdnb train --config
+baseline --set compile=true``) on a fresh runs folder, SIGKILLs its process tree as soon as the
+compiler's first graph library (``….main.so``) appears in ``<runs>/compile-cache``, and truncates
+the newest one to 0 bytes (what a kill in the middle of its write leaves; a kill cannot be timed to that
+moment). Then the same command runs to the end: it must finish, say in one line that the cache was
+damaged and where it went, and leave the damaged cache beside the new one. Prints what the rerun
+cost. About two minutes.
 """
 
 from __future__ import annotations
@@ -134,6 +144,51 @@ def attempt(runs: Path, log: Path, step: int, offset: float) -> str:
     n = kill_tree(proc)
     reader.join()
     return f"SIGKILL to {n} processes in {where} ({offset:.1f} s after step {step} started)"
+
+
+# A compiled graph's library, which inductor loads again on a later compile of that graph (and never
+# rebuilds while the file exists); kernel libraries beside it are rebuilt or not reloaded.
+LIBRARY = "*.main.so"
+
+
+def compile_command(runs: Path) -> list[str]:
+    return [sys.executable, "-m", "kdnb", "train", "--config", "baseline", "--profile", "smoke", "--runs-dir",
+            str(runs), "--set", "compile=true", "--set", "epochs=1", "--quiet"]
+
+
+def kill_during_compile(work: Path, log: Path) -> list[str]:
+    """The "kill during compile" fault (see the module's docstring); the problems found (none: recovered)."""
+    runs = work / "compile"
+    cache = runs / "compile-cache"
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}  # kdnb's own cache
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(compile_command(runs), cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        while proc.poll() is None and not list(cache.rglob(LIBRARY)):
+            time.sleep(0.05)
+        if proc.poll() is not None:
+            return [f"the run ended (exit {proc.returncode}) before it compiled a library; see {log}"]
+        n = kill_tree(proc)
+    newest = max(cache.rglob(LIBRARY), key=lambda p: p.stat().st_mtime)
+    newest.write_bytes(b"")
+    print(f"SIGKILL to {n} processes while compiling; truncated {newest.relative_to(runs)} to 0 bytes", flush=True)
+    t0 = time.perf_counter()
+    rerun = subprocess.run(compile_command(runs), cwd=ROOT, env=env, capture_output=True, text=True)
+    with open(log, "a") as out:
+        out.write(rerun.stdout + rerun.stderr)
+    print(f"rerun: exit {rerun.returncode} in {time.perf_counter() - t0:.1f} s", flush=True)
+    said = [line for line in rerun.stderr.splitlines() if line.startswith("kdnb: the compile cache")]
+    for line in said:
+        print(f"  {line}")
+    problems = [] if rerun.returncode == 0 else [f"the rerun failed (exit {rerun.returncode}); see {log}"]
+    if not (runs / "smoke" / "baseline" / "seed0" / "metrics.json").is_file():
+        problems.append("the rerun left no metrics.json")
+    if said and not list(runs.glob("compile-cache.damaged-*")):
+        problems.append("the damaged cache was not kept beside the new one")
+    if not said:
+        print("  (the rerun found nothing damaged)")
+    if len(said) > 1:
+        problems.append(f"{len(said)} lines about the damaged cache (one expected)")
+    return problems
 
 
 def without_timings(obj):
@@ -504,6 +559,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the runs folders")
     ap.add_argument("--storage", action="store_true", help="the storage and trust faults instead of the kills")
     ap.add_argument("--only", nargs="*", default=None, help=f"with --storage: these faults ({', '.join(STORAGE_FAULTS)})")
+    ap.add_argument("--fault", choices=("pipeline", "compile"), default="pipeline",
+                    help="pipeline: kill the smoke pipeline at random moments (default); "
+                         "compile: kill a compiled run during its compile")
     args = ap.parse_args(argv)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="kdnb-faults-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -515,6 +573,15 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep and args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
         return 0 if all(r.ok for r in results) else 1
+    if args.fault == "compile":
+        print(f"fault injection: kill during compile, in {work}", flush=True)
+        problems = kill_during_compile(work, work / "compile.log")
+        for p in problems:
+            print(f"  {p}")
+        print("FAILED" if problems else "OK: the run after the kill recovered from the damaged compile cache", flush=True)
+        if not args.keep and not problems and args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+        return 1 if problems else 0
     reference, interrupted = work / "reference", work / "interrupted"
     log = work / "pipeline.log"
     env_note = f"KDNB_CACHE_DIR={os.environ.get('KDNB_CACHE_DIR', '~/.cache/kdnb')}"

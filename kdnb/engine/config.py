@@ -13,7 +13,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, ClassVar
 
 from ..method.masks import CAM_MODES, CAM_TYPES, MASK_MODES
 from ..method.models import ARCHS, STAGES, STEMS, width_problem
@@ -130,6 +130,9 @@ class RunConfig:
     cuda_graphs: bool = False
     amp: bool = True  # bf16 autocast on CUDA and on CPUs where it is faster (AMX; see speedups.cpu_bf16_pays)
     eval_batch_size: int = 500
+    # Not a setting: make_config sets it when the user's overrides turn compile on (--set
+    # compile=true), so a compile that cannot work stops the run instead of falling back to eager.
+    compile_forced: ClassVar[bool] = False
 
     @property
     def is_teacher(self) -> bool:
@@ -387,6 +390,8 @@ def make_config(
             raise ConfigError(f"unknown setting {key!r}; allowed: {', '.join(sorted(types))}")
         values[key] = parse_value(key, value) if isinstance(value, str) else value
     cfg = validate(RunConfig(**values))
+    if cfg.compile and "compile" in (overrides or {}):
+        cfg.compile_forced = True
     if not cfg.needs_teacher:  # a run without a teacher has no teacher seed: one baseline serves every teacher
         cfg.teacher_seed = 0
     return cfg

@@ -21,6 +21,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from ..method.models import STAGES, ResNet, SpatialGate
+from .compile_cache import retry_on_damage
 
 
 def _fold_pair(owner: nn.Module, conv_name: str, bn_owner: nn.Module, bn_name: str) -> None:
@@ -146,7 +147,7 @@ def ensure_compiled_bf16_correct() -> dict[str, object]:
     """
     import torch._inductor.config as inductor_config
 
-    if _bf16_transpose_probe():
+    if retry_on_damage(_bf16_transpose_probe):  # the first compile of a process: a damaged cache shows here
         return {"inductor_bf16_probe": "ok"}
     inductor_config.cpp.simdlen = 256
     torch._dynamo.reset()

@@ -14,6 +14,7 @@ from torch import nn
 from ..method.masks import HOST_DRAWN_MASKS, cam_short, make_masks, teacher_forward, teacher_forwards
 from ..method.models import build_model
 from ..method.objective import TERMS, Objective
+from .compile_cache import first_compiled_call
 from .config import RunConfig
 from .data import EpochPlan, apply_augmentation, augment, normalize
 from .errors import TrainingError
@@ -56,6 +57,7 @@ class Stepper:
         mode = None if cfg.compile_mode == "default" else cfg.compile_mode
         self.forward = torch.compile(student, mode=mode) if cfg.compile else student
         self.loss = torch.compile(objective, mode=mode) if cfg.compile else objective
+        self.compiled = cfg.compile  # False once the step fell back to eager (see CohortStep)
         self.sizes: dict[str, tuple[int, int]] | None = None
         self.last_cam: torch.Tensor | None = None
         # The epoch's running statistics, device tensors updated in place (never rebound, so a
@@ -134,6 +136,10 @@ class Stepper:
         self.opt.zero_grad(set_to_none=True)
         total.backward()
         return total, terms, s_logits
+
+    def go_eager(self) -> None:
+        """Run the student and objective eager from now on (the same computation, uncompiled)."""
+        self.forward, self.loss, self.compiled = self.student, self.objective, False
 
     def apply(self) -> None:
         """The optimiser's update and the LR schedule's step, outside any CUDA graph (so the
@@ -276,6 +282,8 @@ class CohortStep:
         self.graph: Any = None
         self.warm = 0
         self.clock = StepClock(device, len(steppers))
+        # The first call compiles (torch.compile is lazy), so it is where a damaged compile cache shows.
+        self.first_call = any(s.compiled for s in steppers)
 
     def start_epoch(self, plan: EpochPlan) -> None:
         """Load the epoch's batch order and augmentation draws into the step's buffers (in place)."""
@@ -314,6 +322,21 @@ class CohortStep:
             clock.add(i, t0, t)
 
     def __call__(self) -> None:
+        if self.first_call:
+            forced = any(s.cfg.compile_forced for s in self.steppers)
+            first_compiled_call(self._run, self._snapshot(), self._go_eager, forced)
+            self.first_call = False
+        else:
+            self._run()
+        clock = self.clock
+        for i, s in enumerate(self.steppers):
+            t0 = clock.mark()
+            s.apply()
+            clock.add(i, t0, clock.mark())
+        clock.step_done()
+
+    def _run(self) -> None:
+        """The step up to the optimisers' updates: eager, a warm-up, the capture or a replay."""
         if not self.graphs:
             self._body()
         elif self.graph is not None:
@@ -330,12 +353,44 @@ class CohortStep:
                 self.clock.active = True
             self.graph.replay()
             self.clock.split = False
-        clock = self.clock
-        for i, s in enumerate(self.steppers):
-            t0 = clock.mark()
-            s.apply()
-            clock.add(i, t0, clock.mark())
-        clock.step_done()
+
+    def _snapshot(self) -> Callable[[], None]:
+        """A function putting back what a failed first step may have changed, so its retry is the
+        same step: BatchNorm statistics, the epoch's sums, the step counter, the generators. (The
+        parameters change only in the updates, after the step.)"""
+        tensors = [self.counter]
+        for s in self.steppers:
+            tensors += [*s.student.buffers(), *s.objective.buffers(), s.sums, s.bad, s.mask_share, s.cam_short_share]
+        saved = [(t, t.detach().clone()) for t in tensors]
+        gens = [(g, g.get_state()) for s in self.steppers for g in (s.gen, s.mask_gen)]
+        rng = torch.get_rng_state()
+
+        def restore() -> None:
+            with torch.no_grad():
+                for t, value in saved:
+                    t.copy_(value)
+            for g, state in gens:
+                g.set_state(state)
+            torch.set_rng_state(rng)
+            for s in self.steppers:
+                s.opt.zero_grad(set_to_none=True)
+
+        return restore
+
+    def _go_eager(self) -> None:
+        """Every student, objective and the shared teacher eager from now on."""
+        for s in self.steppers:
+            s.go_eager()
+        for teacher in {id(t): t for t in (self.teacher, *(s.teacher for s in self.steppers)) if t is not None}.values():
+            uncompile(teacher)
+
+
+def uncompile(module: nn.Module) -> nn.Module:
+    """Undo ``Module.compile`` on ``module`` and its children, in place (the teacher's stages): torch
+    keeps the compiled callable in ``_compiled_call_impl``, and without it a module calls eager."""
+    for m in module.modules():
+        m._compiled_call_impl = None
+    return module
 
 
 def _check_compiler(cfg: RunConfig, device: torch.device) -> None:

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..method.models import count_parameters
 from ..method.objective import TERMS
+from .compile_cache import cache_for_runs, use_compile_cache
 from .config import ENGINE_FIELDS, RunConfig, config_from_dict, make_config
 from .data import Dataset, load_dataset, normalize, plan_epoch, stratified_split
 from .errors import DamagedFile, TrainingError
@@ -216,6 +217,8 @@ def _provenance(cfg: RunConfig, device: torch.device, data: Dataset, n_train: in
         "amp_active": amp_active(device, cfg.amp),
         "cpu_bf16": {"amx": cpu_bf16_pays(), "avx512_bf16": bool(torch.cpu._is_avx512_bf16_supported())}
         if device.type == "cpu" else None,
+        # false once the run fell back to eager (a compile that failed even with a fresh cache)
+        "compiled": cfg.compile,
         "compiled_bf16_check": ensure_compiled_bf16_correct()
         if cfg.compile and device.type == "cpu" and amp_active(device, cfg.amp) else None,
         "data_source": data.source,
@@ -324,6 +327,8 @@ def train_cohort(
         return [results[i] for i in range(len(cfgs))]
 
     first = cfgs[todo[0]]
+    if any(cfgs[i].compile for i in todo):  # before the first compile: kdnb's cache, beside the runs
+        use_compile_cache(cache_for_runs(runs_dir))
     device = resolve_device(first.device)
     if first.threads:
         torch.set_num_threads(first.threads)
@@ -502,6 +507,8 @@ def _end_epoch(m: _Member, epoch: int, n: int, seen: int, train_seconds: float, 
               "mask_share": mask_share, "cam_short_share": cam_short_share,
               "lr": stepper.opt.param_groups[0]["lr"], "seconds": train_seconds,
               "images_per_s": seen / max(train_seconds, 1e-9), "steps": n, **cost}
+    if cfg.compile and not stepper.compiled:
+        _record_eager(m.run_dir)
     state.end_epoch(record, cfg.patience,
                     lambda: {"model": _cpu_state(stepper.student), "objective": _cpu_state(stepper.objective)})
     m.log.epoch(record)  # before the commit: a resumed run never logs a committed epoch again
@@ -517,6 +524,13 @@ def _end_epoch(m: _Member, epoch: int, n: int, seen: int, train_seconds: float, 
         print(f"{cfg.run_name} seed{cfg.seed} epoch {epoch:>2}: train loss {record['train_loss']:.4f}  "
               f"val loss {val_loss:.4f}  val acc {val_acc:.4f}  {record['images_per_s']:.0f} img/s  "
               f"{train_seconds:.1f} s" + ("  (early stop)" if state.stopped_early else ""))
+
+
+def _record_eager(run_dir: Path) -> None:
+    """Note in the run's provenance (config.json) that it trained eager: its compile had failed."""
+    saved = read_json(run_dir / CONFIG_FILE)
+    if saved.get("compiled") is not False:
+        write_json(run_dir / CONFIG_FILE, {**saved, "compiled": False})
 
 
 def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:

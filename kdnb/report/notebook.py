@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..engine.compile_cache import cache_for_runs, use_compile_cache
 from ..engine.config import PRESETS, PROFILES, ConfigError, RunConfig, make_config, parse_value
 from ..engine.data import download_cifar10 as _download
 from ..engine.data import load_dataset, stratified_split
@@ -208,9 +209,9 @@ def share_compile_cache(runs_dir: str | os.PathLike) -> Path:
     Every notebook runs in a fresh kernel; with one cache beside the runs, the second kernel of a
     series (and a JupyterLab kernel opened on the same runs) reuses the first one's compiled
     kernels instead of compiling again. Must run before the first compilation of the process.
+    (:mod:`kdnb.engine.compile_cache` recovers from a damaged one.)
     """
-    path = Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(runs_dir).resolve() / "compile-cache")))
-    return path
+    return use_compile_cache(cache_for_runs(runs_dir))
 
 
 def download_cifar10(path: str | os.PathLike) -> None:

@@ -198,10 +198,18 @@ def provenance(runs_dir: str | os.PathLike, profile: str, seeds: Sequence[int],
     out.update({
         "training time (sum over these runs)": f"{seconds / 60:.1f} min",
         "kdnb": f"{uniq('kdnb_version')} (git {', '.join(sorted({str(c.get('git_commit'))[:10] for c in run_cfgs}))})",
-        "torch": uniq("torch_version") + f", {_precision(cfgs)}" + (", compiled" if uniq("compile") == "True" else ""),
+        "torch": uniq("torch_version") + f", {_precision(cfgs)}" + _compiled(cfgs),
         "date": _dt.datetime.now().strftime("%Y-%m-%d"),
     })
     return out
+
+
+def _compiled(cfgs: Sequence[dict[str, Any]]) -> str:
+    """``, compiled`` when every run asked for compile, with the count of runs that trained eager
+    after a failed compile (``compiled: false`` in their config.json)."""
+    eager = sum(1 for c in cfgs if c.get("compile") and c.get("compiled") is False)
+    label = ", compiled" if all(c.get("compile") for c in cfgs) else ""
+    return label + (f" ({eager} of {len(cfgs)} runs eager after a failed compile)" if eager else "")
 
 
 def _precision(cfgs: Sequence[dict[str, Any]]) -> str:
