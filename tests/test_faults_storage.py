@@ -31,9 +31,10 @@ TIMINGS = TIMING_FIELDS
 
 @pytest.fixture
 def runs(tmp_path, smoke_runs) -> Path:
-    """A fresh copy of the session's runs folder with a finished smoke teacher."""
+    """A fresh runs folder holding a copy of the session's finished smoke teacher, and nothing else
+    (other tests leave their own runs in the session's folder)."""
     out = tmp_path / "runs"
-    shutil.copytree(smoke_runs, out)
+    shutil.copytree(smoke_runs / "smoke" / "teacher", out / "smoke" / "teacher")
     return out
 
 
