@@ -128,3 +128,13 @@ def test_training_cost_ratio_uses_median():
         training_cost_ratio(histories, reference="teacher")
     with pytest.raises(KeyError, match="seconds"):
         training_cost_ratio({"baseline": [{"loss": 1.0}]})
+
+
+def test_training_cost_falls_back_to_all_steps_where_timed_steps_is_not_recorded():
+    import pandas as pd
+
+    rows = pd.DataFrame([{"own_seconds": 1.0, "shared_seconds": 0.5, "steps": 10, "timed_steps": 9},
+                         {"own_seconds": 1.0, "shared_seconds": 0.5, "steps": 10}])  # NaN timed_steps in a frame
+    table = training_cost({"baseline": rows.to_dict("records")})
+    assert table.loc["baseline", "epochs"] == 2
+    assert table.loc["baseline", "own_ms_per_step"] == pytest.approx((1000 / 9 + 100) / 2)

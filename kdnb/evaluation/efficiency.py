@@ -178,7 +178,9 @@ def _per_step(history: Sequence[Mapping], key: str) -> list[float]:
     the epoch's ``timed_steps`` (the cohort's first step is a warm-up, not timed), else its ``steps``."""
     out = []
     for h in history:
-        value, steps = h.get(key), h.get("timed_steps", h.get("steps"))
+        value, steps = h.get(key), h.get("timed_steps")
+        if steps is None or steps != steps:  # not recorded (None, or NaN in a DataFrame's row)
+            steps = h.get("steps")
         if value is not None and steps and math.isfinite(float(value)) and math.isfinite(float(steps)):
             out.append(1000.0 * float(value) / float(steps))
     return out

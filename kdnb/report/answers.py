@@ -113,7 +113,8 @@ def _efficiency_answer(efficiency: pd.DataFrame, accuracy_gain: str) -> str:
         latency = "no measurable difference between the students (their interquartile ranges overlap)"
     else:
         latency = ("KD+FA+AT against the baseline: " + latency_difference(_latency(stud.loc["kd_fa_at"], 1),
-                                                                          _latency(stud.loc["baseline"], 1)))
+                                                                          _latency(stud.loc["baseline"], 1))
+                   + " (the same network: a difference between runs of one architecture is measurement noise)")
     text = (f"**RQ3 — accuracy against inference efficiency.** Every student deploys the same network: "
             f"{int(first['parameters']):,} parameters and {first['flops'] / 1e6:.1f} MFLOPs per image (teacher: "
             f"{int(teacher['parameters']):,} and {teacher['flops'] / 1e6:.1f}). Batch-1 latency, median of "
@@ -127,8 +128,9 @@ def _efficiency_answer(efficiency: pd.DataFrame, accuracy_gain: str) -> str:
                  f"{own['baseline']:.1f} ms for the baseline, {own['kd']:.1f} ms for KD "
                  f"({stud.loc['kd', 'own_train_vs_baseline']:.2f}×) and {own['kd_fa_at']:.1f} ms for KD+FA+AT "
                  f"({stud.loc['kd_fa_at', 'own_train_vs_baseline']:.2f}×); the teacher pass with its Grad-CAM adds "
-                 f"{stud.loc['kd_fa_at', 'shared_train_ms_per_step']:.1f} ms per step, paid once by all the students "
-                 f"trained together.")
+                 f"{stud.loc['kd_fa_at', 'shared_train_ms_per_step']:.1f} ms per step (paid once per step by every student "
+                 f"trained with it in one cohort).")
     else:
-        text += " The runs did not record their own training cost (trained before kdnb measured it)."
+        text += (" The runs did not record their own training cost (trained before kdnb measured it, or with "
+                 "steps replayed as CUDA graphs, which cannot be split per student).")
     return text

@@ -55,7 +55,7 @@ def student_findings(result: Any, runs_dir: str | os.PathLike) -> str:
         parts.append(text + ".")
     own = m.get("own_train_seconds")
     if own:
-        steps = sum(h.get("timed_steps") or 0 for h in history)
+        steps = sum(h.get("timed_steps", h.get("steps")) or 0 for h in history)
         how = trained_how(result.run_dir)
         parts.append(f"Its own training work (forward, backward, update) took {1000 * own / max(steps, 1):.0f} ms per "
                      f"step; it was trained {how if how == 'alone' else 'in a ' + how}.")

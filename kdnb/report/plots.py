@@ -221,7 +221,7 @@ def reliability_diagrams(tables: Mapping[str, pd.DataFrame], columns: int = 3):
         ax.set_xlabel("")
     handles, names = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, names, loc="lower center", ncols=len(names), fontsize="small", frameon=False)
-    fig.suptitle("reliability per configuration (test set, seeds pooled; 15 bins)")
+    fig.suptitle(f"reliability per configuration (test set, seeds pooled; {len(next(iter(tables.values())))} bins)")
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     return fig
 
