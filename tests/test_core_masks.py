@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from kdnb.method.masks import causal_mask, gradcam, make_masks, random_mask, teacher_forward
+from kdnb.method.mask_sources import make_masks
+from kdnb.method.masks import causal_mask, gradcam, random_mask, teacher_forward
 from kdnb.method.models import build_model
 
 
@@ -118,7 +119,7 @@ def test_mask_modes():
     cam = torch.rand(4, 8, 8)
     gm = make_masks("gradcam", sizes, cam=cam, keep=0.5)
     torch.testing.assert_close(gm["layer3"], causal_mask(cam, 0.5))
-    with pytest.raises(ValueError, match="unknown mask mode"):
+    with pytest.raises(ValueError, match="unknown mask source .saliency.; registered: gradcam"):
         make_masks("saliency", sizes)
 
 

@@ -68,7 +68,7 @@ def test_features_keep_their_graph():
 
 def test_width_and_bad_arguments():
     assert count_parameters(build_model("resnet18", width=0.5)) < count_parameters(build_model("resnet18"))
-    with pytest.raises(ValueError, match="unknown arch"):
+    with pytest.raises(ValueError, match="unknown network .vgg16.; registered: resnet18"):
         build_model("vgg16")
     with pytest.raises(ValueError, match="unknown stem"):
         build_model("resnet18", stem="imagenet")

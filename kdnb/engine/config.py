@@ -15,8 +15,12 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
-from ..method.masks import CAM_MODES, CAM_TYPES, MASK_MODES
+from ..method.cams import CAM_METHODS
+from ..method.mask_sources import MASK_SOURCES
+from ..method.masks import CAM_TYPES
 from ..method.models import ARCHS, STAGES, STEMS, width_problem
+from ..method.terms import TERMS
+from .datasets import DATASETS
 
 TEACHER = "teacher"
 
@@ -30,16 +34,28 @@ TEACHER = "teacher"
 #   epochs CE 0.25, KD 1.9, FA 190, AT 10.6; after 10 epochs CE 0.25, KD 3.3, FA 70, AT 6.0. FA
 #   at weight 100 sits 20–100× above KD and ~300× above CE, so kdnb uses w_fa=1 (FA 0.7–1.9, the
 #   size of KD). AT keeps the literature's 1000 (2–6× KD). Override with --set w_fa=100.
-PRESETS: dict[str, dict[str, float]] = {
-    TEACHER: {"w_ce": 1.0, "w_kd": 0.0, "w_fa": 0.0, "w_at": 0.0},
-    "baseline": {"w_ce": 1.0, "w_kd": 0.0, "w_fa": 0.0, "w_at": 0.0},
-    "kd": {"w_ce": 0.1, "w_kd": 0.9, "w_fa": 0.0, "w_at": 0.0},
-    "kd_fa": {"w_ce": 0.1, "w_kd": 0.9, "w_fa": 1.0, "w_at": 0.0},
-    "kd_at": {"w_ce": 0.1, "w_kd": 0.9, "w_fa": 0.0, "w_at": 1000.0},
-    "kd_fa_at": {"w_ce": 0.1, "w_kd": 0.9, "w_fa": 1.0, "w_at": 1000.0},
+
+
+def preset(weights: dict[str, float], **settings: Any) -> dict[str, Any]:
+    """A configuration as data: ``{term: weight}`` (every other registered term 0) plus any other
+    settings it fixes (a mask source, say), as the run settings ``w_<term>`` it stands for."""
+    for t in weights:
+        TERMS[t]  # a misspelt term fails at import, listing the registered ones
+    return {**{f"w_{t}": float(weights.get(t, 0.0)) for t in TERMS}, **settings}
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    TEACHER: preset({"ce": 1.0}),
+    "baseline": preset({"ce": 1.0}),
+    "kd": preset({"ce": 0.1, "kd": 0.9}),
+    "kd_fa": preset({"ce": 0.1, "kd": 0.9, "fa": 1.0}),
+    "kd_at": preset({"ce": 0.1, "kd": 0.9, "at": 1000.0}),
+    "kd_fa_at": preset({"ce": 0.1, "kd": 0.9, "fa": 1.0, "at": 1000.0}),
 }
+# The paper's five configurations: the notebook series trains and compares these.
 STUDENT_CONFIGS: tuple[str, ...] = ("baseline", "kd", "kd_fa", "kd_at", "kd_fa_at")
-CONFIGS: tuple[str, ...] = (TEACHER, *STUDENT_CONFIGS)
+# Every configuration ``--config`` accepts (presets added for other distillers included).
+CONFIGS: tuple[str, ...] = tuple(PRESETS)
 
 # The paper fixes the students' recipe but not the teacher's. At reduced width a bottleneck
 # ResNet-50 trained with the students' lr 0.01 ends up *weaker* than the student (see the CPU
@@ -74,8 +90,8 @@ PROFILES: dict[str, dict[str, Any]] = {
 
 
 @dataclass
-class RunConfig:
-    """Every setting of one training run (teacher or student). Serialised to ``config.json``."""
+class _Settings:
+    """The fixed settings of a run; :class:`RunConfig` adds those the registered components declare."""
 
     config: str = "baseline"
     profile: str = "smoke"
@@ -83,6 +99,7 @@ class RunConfig:
     name: str | None = None
     seed: int = 0
     # data
+    dataset: str = "cifar10"
     data_dir: str | None = None  # None: KDNB_DATA_DIR, else ./data (torchvision download)
     val_size: int = 5000
     train_size: int | None = None  # stratified subset of the training split; None = all of it
@@ -104,16 +121,14 @@ class RunConfig:
     nesterov: bool = False
     schedule: str = "none"
     warmup_frac: float = 0.15
-    # objective
-    w_ce: float = 1.0
-    w_kd: float = 0.0
-    w_fa: float = 0.0
-    w_at: float = 0.0
+    # objective: the weights w_<term> of the registered loss terms and their own settings are
+    # added below (RunConfig); these are shared by several terms
     temperature: float = 4.0
     at_p: float = 2.0
     stages: list[str] = field(default_factory=lambda: ["layer3"])
     # causal masks
-    mask_mode: str = "gradcam"
+    mask_mode: str = "gradcam"  # the mask source: "gradcam" is the causal mask from the teacher's CAM
+    cam: str = "gradcam"  # the CAM method the causal masks are built from
     keep: float = 0.5
     cam_type: str = "binary"
     cam_stage: str = "layer3"
@@ -148,18 +163,49 @@ class RunConfig:
         return base if self.is_teacher else run_folder(base, self.teacher_seed)
 
     @property
+    def weights(self) -> dict[str, float]:
+        """``{term: weight}`` of every registered loss term."""
+        return {t: getattr(self, f"w_{t}") for t in TERMS}
+
+    @property
+    def term_options(self) -> dict[str, float]:
+        """The registered terms' own settings (e.g. DKD's ``dkd_beta``) by name."""
+        return {k: getattr(self, k) for term in TERMS.items() for k in term[1].settings}
+
+    @property
     def needs_teacher(self) -> bool:
-        return not self.is_teacher and (self.w_kd > 0 or self.w_fa > 0 or self.w_at > 0)
+        return not self.is_teacher and any(w > 0 and TERMS[t].needs_teacher for t, w in self.weights.items())
+
+    @property
+    def uses_masks(self) -> bool:
+        """Some weighted term acts inside the causal masks (FA, AT)."""
+        return any(w > 0 and TERMS[t].uses_masks for t, w in self.weights.items())
 
     @property
     def needs_cam(self) -> bool:
-        return self.mask_mode in CAM_MODES and (self.w_fa > 0 or self.w_at > 0)
+        return MASK_SOURCES[self.mask_mode].uses_cam and self.uses_masks
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def _component_fields() -> list[tuple[str, str, Any]]:
+    """``w_<term>`` for every registered loss term (CE 1, the rest 0: the baseline) and every
+    setting the terms declare, as dataclass fields."""
+    # types as text, like the annotations of the fixed settings (validation reads them)
+    out: list[tuple[str, str, Any]] = [(f"w_{t}", "float", field(default=1.0 if t == "ce" else 0.0)) for t in TERMS]
+    for _, term in TERMS.items():
+        out += [(k, "float", field(default=float(st.default))) for k, st in term.settings.items()]
+    return out
+
+
+RunConfig = dataclasses.make_dataclass(
+    "RunConfig", _component_fields(), bases=(_Settings,),
+    namespace={"__doc__": "Every setting of one training run (teacher or student). Serialised to ``config.json``.",
+               "__module__": __name__})
 
 
 def run_folder(name: str, teacher_seed: int = 0) -> str:
@@ -176,9 +222,11 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "config": CONFIGS,
     "profile": tuple(PROFILES),
     "arch": tuple(ARCHS),
+    "dataset": tuple(DATASETS),
+    "cam": tuple(CAM_METHODS),
     "stem": STEMS,
     "schedule": ("none", "onecycle", "cosine"),
-    "mask_mode": MASK_MODES,
+    "mask_mode": tuple(MASK_SOURCES),
     "cam_type": CAM_TYPES,
     "cam_stage": STAGES,
     "device": ("auto", "cpu", "cuda", "mps"),
@@ -210,11 +258,7 @@ RANGES: dict[str, str] = {
     "momentum": "[0, 1)",
     "weight_decay": "[0, 1)",
     "warmup_frac": "(0, 1)",
-    # objective
-    "w_ce": "[0, 1e6]",
-    "w_kd": "[0, 1e6]",
-    "w_fa": "[0, 1e6]",
-    "w_at": "[0, 1e6]",
+    # objective (each registered term's weight and own settings are added below)
     "temperature": "(0, 100]",
     "at_p": "(0, 16]",
     # causal masks
@@ -223,6 +267,10 @@ RANGES: dict[str, str] = {
     "threads": "[1, 1024]",
     "eval_batch_size": "[1, 65536]",
 }
+
+
+RANGES.update({f"w_{t}": "[0, 1e6]" for t in TERMS})
+RANGES.update({k: st.range for _, term in TERMS.items() for k, st in term.settings.items()})
 
 
 def _bound(text: str) -> int | float:
@@ -276,7 +324,7 @@ def parse_value(key: str, text: str) -> Any:
     """Parse a ``--set key=value`` string into the field's type, or raise ConfigError."""
     types = _field_types()
     if key not in types:
-        raise ConfigError(f"unknown setting {key!r}; allowed: {', '.join(sorted(types))}")
+        raise ConfigError(_unknown_setting(key, types))
     t = types[key]
     if t.startswith("int") and key in RANGES and not _parses(int, text) and _parses(float, text):
         raise _range_error(key, text)  # a number (3.5, 1e3, nan, inf) but not an integer: name the range
@@ -299,6 +347,15 @@ def parse_value(key: str, text: str) -> Any:
         return text
     except ValueError:
         raise ConfigError(f"setting {key}={text!r}: expected {t}") from None
+
+
+def _unknown_setting(key: str, types: dict[str, str]) -> str:
+    """One line: a ``w_<term>`` for an unregistered term names the registered terms; any other
+    unknown key lists the settings."""
+    if key.startswith("w_"):
+        return (f"unknown setting {key!r}: {key[2:]!r} is not a registered loss term; "
+                f"registered: {', '.join(TERMS)} (set w_<term>)")
+    return f"unknown setting {key!r}; allowed: {', '.join(sorted(types))}"
 
 
 def _parses(kind: type, text: str) -> bool:
@@ -362,10 +419,11 @@ def validate(cfg: RunConfig) -> RunConfig:
                               "(set teacher_seed instead)")
         if cfg.name in CONFIGS and cfg.name != cfg.config or cfg.name in ("notebooks", "evaluation"):
             raise ConfigError(f"setting name={cfg.name!r} is taken by another run folder; choose another name")
-    if cfg.is_teacher and (cfg.w_kd or cfg.w_fa or cfg.w_at):
-        raise ConfigError("the teacher trains with cross-entropy only: w_kd, w_fa and w_at must be 0")
-    if cfg.w_ce + cfg.w_kd + cfg.w_fa + cfg.w_at == 0:
-        raise ConfigError("all loss weights are 0: set at least one of w_ce, w_kd, w_fa, w_at > 0")
+    distilling = [f"w_{t}" for t in TERMS if TERMS[t].needs_teacher]
+    if cfg.is_teacher and any(getattr(cfg, k) for k in distilling):
+        raise ConfigError(f"the teacher trains with cross-entropy only: {', '.join(distilling)} must be 0")
+    if sum(cfg.weights.values()) == 0:
+        raise ConfigError(f"all loss weights are 0: set at least one of {', '.join('w_' + t for t in TERMS)} > 0")
     return cfg
 
 
@@ -387,7 +445,7 @@ def make_config(
     types = _field_types()
     for key, value in (overrides or {}).items():
         if key not in types:
-            raise ConfigError(f"unknown setting {key!r}; allowed: {', '.join(sorted(types))}")
+            raise ConfigError(_unknown_setting(key, types))
         values[key] = parse_value(key, value) if isinstance(value, str) else value
     cfg = validate(RunConfig(**values))
     if cfg.compile and "compile" in (overrides or {}):

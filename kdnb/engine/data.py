@@ -1,9 +1,10 @@
-"""CIFAR-10 as uint8 tensors: sources, a decode-once cache, the held-out split, batch augmentation.
+"""CIFAR-10 (or another registered dataset, :mod:`kdnb.engine.datasets`) as uint8 tensors: sources,
+a decode-once cache, the held-out split, batch augmentation.
 
 Sources (``data_dir`` argument, else the ``KDNB_DATA_DIR`` environment variable, else ``data``):
 
-1. ``data`` (default) — torchvision's CIFAR-10 download (canonical dataset);
-2. a canonical ``cifar-10-batches-py`` directory (or its parent);
+1. ``data`` (default) — torchvision's CIFAR-10 download (canonical dataset; CIFAR-10 only);
+2. the dataset's canonical pickle directory (``cifar-10-batches-py``, ``cifar-100-python``) or its parent;
 3. an image-folder tree ``train/<class>/*.{png,jpg}`` + ``test/<class>/*``;
 4. ``synthetic`` — a small deterministic, learnable 10-class set generated in memory.
 
@@ -26,14 +27,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .datasets import DATASETS, DatasetSpec
 from .errors import StorageError
 from .runs import atomic_write, torch_bytes
 
-CIFAR10_CLASSES: tuple[str, ...] = (
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
-)
-MEAN = (0.4914, 0.4822, 0.4465)
-STD = (0.2470, 0.2435, 0.2616)
+DEFAULT_DATASET = "cifar10"
+CIFAR10_CLASSES: tuple[str, ...] = DATASETS[DEFAULT_DATASET].classes
+MEAN = DATASETS[DEFAULT_DATASET].mean
+STD = DATASETS[DEFAULT_DATASET].std
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SYNTHETIC = "synthetic"
 DEFAULT_DATA_DIR = "data"
@@ -52,10 +53,27 @@ class Dataset:
     test_y: torch.Tensor
     classes: tuple[str, ...]
     source: str
+    dataset: str = DEFAULT_DATASET
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def spec(self) -> DatasetSpec:
+        return DATASETS[self.dataset]
+
+    @property
+    def mean(self) -> tuple[float, float, float]:
+        return self.spec.mean
+
+    @property
+    def std(self) -> tuple[float, float, float]:
+        return self.spec.std
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 images → float, normalised with this dataset's mean/std."""
+        return normalize(x, self.mean, self.std)
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> str:
@@ -69,12 +87,15 @@ def cache_dir() -> Path:
     return Path(os.environ.get("KDNB_CACHE_DIR") or Path.home() / ".cache" / "kdnb")
 
 
-def _options_hint(path: str) -> str:
+def _options_hint(path: str, spec: DatasetSpec | None = None) -> str:
+    spec = spec or DATASETS[DEFAULT_DATASET]
+    download = "; or the default 'data' (torchvision download)" if spec.name == DEFAULT_DATASET else ""
     return (
-        f"{path!r} is not a CIFAR-10 directory. kdnb reads: a canonical 'cifar-10-batches-py' "
+        f"{path!r} is not a {spec.label} directory. kdnb reads: a canonical '{spec.pickle_dir}' "
         "directory (or its parent); an image folder with train/<class>/*.png|jpg and test/<class>/*; "
-        "'synthetic'; or the default 'data' (torchvision download). "
-        "Choose with --data-dir / data_dir= or the KDNB_DATA_DIR environment variable."
+        f"'synthetic'{download}. "
+        "Choose with --data-dir / data_dir= or the KDNB_DATA_DIR environment variable "
+        "(and the dataset with --set dataset=…)."
     )
 
 
@@ -86,7 +107,8 @@ def _hue_to_rgb(h: float) -> torch.Tensor:
     return 1 - torch.clamp(torch.minimum(k, 4 - k), 0, 1)
 
 
-def make_synthetic(n_train: int = 5000, n_test: int = 1000, num_classes: int = 10, seed: int = 1234) -> Dataset:
+def make_synthetic(n_train: int = 5000, n_test: int = 1000, num_classes: int = 10, seed: int = 1234,
+                   dataset: str = DEFAULT_DATASET) -> Dataset:
     """A learnable toy CIFAR: a class-coloured 12×12 textured patch at a random place on grey noise.
 
     Deterministic (its own fixed seed), spatially localised (so Grad-CAM has something to find)
@@ -113,34 +135,43 @@ def make_synthetic(n_train: int = 5000, n_test: int = 1000, num_classes: int = 1
     train_x, train_y = draw(n_train)
     test_x, test_y = draw(n_test)
     classes = tuple(f"class{c}" for c in range(num_classes))
-    return Dataset(train_x, train_y, test_x, test_y, classes, f"synthetic ({n_train} train / {n_test} test)")
+    return Dataset(train_x, train_y, test_x, test_y, classes, f"synthetic ({n_train} train / {n_test} test)", dataset)
 
 
 # ---------------------------------------------------------------- canonical pickles
-def _find_batches_dir(path: Path) -> Path | None:
-    for cand in (path, path / "cifar-10-batches-py"):
-        if (cand / "data_batch_1").is_file() and (cand / "test_batch").is_file():
+def _find_batches_dir(path: Path, spec: DatasetSpec | None = None) -> Path | None:
+    spec = spec or DATASETS[DEFAULT_DATASET]
+    for cand in (path, path / spec.pickle_dir):
+        if all((cand / f).is_file() for f in (*spec.train_files, *spec.test_files)):
             return cand
     return None
 
 
-def _load_batches(d: Path) -> Dataset:
+def _load_batches(d: Path, spec: DatasetSpec | None = None) -> Dataset:
+    spec = spec or DATASETS[DEFAULT_DATASET]
+
     def read(name: str) -> tuple[np.ndarray, np.ndarray]:
         try:
             with open(d / name, "rb") as f:
                 entry = pickle.load(f, encoding="latin1")
-            return np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32), np.asarray(entry["labels"])
+            entry = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
+            return (np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, spec.image_size, spec.image_size),
+                    np.asarray(entry[spec.label_key]))
         except Exception as exc:  # truncated download, a foreign file
             raise DataError(f"{d / name} is damaged ({type(exc).__name__}: {str(exc)[:80]}); delete {d} "
-                            "and download CIFAR-10 again") from None
+                            f"and download {spec.label} again") from None
 
-    parts = [read(f"data_batch_{i}") for i in range(1, 6)]
-    test_x, test_y = read("test_batch")
+    parts = [read(f) for f in spec.train_files]
+    tests = [read(f) for f in spec.test_files]
+    train_y = np.concatenate([p[1] for p in parts])
+    if train_y.max(initial=0) >= spec.num_classes:
+        raise DataError(f"{d}: labels up to {int(train_y.max())}, but {spec.label} has {spec.num_classes} classes: "
+                        "is this the right dataset (--set dataset=…)?")
     return Dataset(
         torch.from_numpy(np.concatenate([p[0] for p in parts])),
-        torch.from_numpy(np.concatenate([p[1] for p in parts])).long(),
-        torch.from_numpy(test_x), torch.from_numpy(test_y).long(),
-        CIFAR10_CLASSES, f"canonical CIFAR-10 ({d})",
+        torch.from_numpy(train_y).long(),
+        torch.from_numpy(np.concatenate([t[0] for t in tests])), torch.from_numpy(np.concatenate([t[1] for t in tests])).long(),
+        spec.classes, f"canonical {spec.label} ({d})", spec.name,
     )
 
 
@@ -186,13 +217,18 @@ def _decode_files(files: list[tuple[Path, int]]) -> tuple[torch.Tensor, torch.Te
     return torch.stack(images), torch.tensor([lab for _, lab in files], dtype=torch.long)
 
 
-def _load_image_folder(path: Path) -> Dataset:
+def _load_image_folder(path: Path, spec: DatasetSpec | None = None) -> Dataset:
+    spec = spec or DATASETS[DEFAULT_DATASET]
     train_classes, train_files = _list_image_folder(path / "train")
     test_classes, test_files = _list_image_folder(path / "test")
     if not train_files or not test_files:
-        raise DataError(_options_hint(str(path)) + " (found train/ and test/ but no .png/.jpg images in class folders)")
+        raise DataError(_options_hint(str(path), spec) + " (found train/ and test/ but no .png/.jpg images in class folders)")
     if train_classes != test_classes:
         raise DataError(f"{path}: train/ and test/ have different class folders: {train_classes} vs {test_classes}")
+    if len(train_classes) > spec.num_classes:  # fewer is a subset of the classes; more cannot be trained
+        raise DataError(f"{path} has {len(train_classes)} class folders, {spec.label} has {spec.num_classes}: "
+                        "choose the matching dataset with --set dataset=… (registered: "
+                        f"{', '.join(DATASETS)})")
     sample = train_files[:: max(1, len(train_files) // 50)]
     stats = [len(train_files), len(test_files), max(os.stat(f).st_mtime_ns for f, _ in sample)]
     key = hashlib.sha1(f"{path.resolve()}|{stats}".encode()).hexdigest()[:16]
@@ -201,7 +237,7 @@ def _load_image_folder(path: Path) -> Dataset:
     if cache.is_file():
         try:
             d = torch.load(cache, weights_only=True)
-            return Dataset(d["train_x"], d["train_y"], d["test_x"], d["test_y"], tuple(train_classes), source)
+            return Dataset(d["train_x"], d["train_y"], d["test_x"], d["test_y"], tuple(train_classes), source, spec.name)
         except Exception as exc:  # a damaged cache entry (disk full, a foreign file): decode again
             warnings.warn(f"kdnb: ignoring the damaged decode cache {cache} ({type(exc).__name__}); decoding again",
                           stacklevel=2)
@@ -213,7 +249,7 @@ def _load_image_folder(path: Path) -> Dataset:
         atomic_write(cache, lambda f: f.write(blob))
     except (OSError, StorageError):
         pass  # a read-only cache only costs a re-decode next time
-    return Dataset(train_x, train_y, test_x, test_y, tuple(train_classes), source)
+    return Dataset(train_x, train_y, test_x, test_y, tuple(train_classes), source, spec.name)
 
 
 def download_cifar10(path: str | os.PathLike) -> Path:
@@ -234,23 +270,26 @@ def download_cifar10(path: str | os.PathLike) -> Path:
 
 
 def load_dataset(
-    data_dir: str | os.PathLike | None = None, *, synthetic_train: int = 5000, synthetic_test: int = 1000
+    data_dir: str | os.PathLike | None = None, *, synthetic_train: int = 5000, synthetic_test: int = 1000,
+    dataset: str = DEFAULT_DATASET,
 ) -> Dataset:
-    """Load CIFAR-10 (or the synthetic stand-in) from the source ``data_dir`` names."""
+    """Load ``dataset`` (CIFAR-10 by default; or its synthetic stand-in) from the source ``data_dir`` names."""
+    spec = DATASETS[dataset]
     name = resolve_data_dir(data_dir)
     if name == SYNTHETIC:
-        return make_synthetic(synthetic_train, synthetic_test)
+        return make_synthetic(synthetic_train, synthetic_test, num_classes=spec.num_classes, dataset=spec.name)
     path = Path(name).expanduser()
-    batches = _find_batches_dir(path) if path.is_dir() else None
+    batches = _find_batches_dir(path, spec) if path.is_dir() else None
     if batches is not None:
-        return _load_batches(batches)
+        return _load_batches(batches, spec)
     if (path / "train").is_dir() and (path / "test").is_dir():
-        return _load_image_folder(path)
-    if path.name == DEFAULT_DATA_DIR and (not path.exists() or not any(path.iterdir())):  # ./data: download
+        return _load_image_folder(path, spec)
+    if (spec.name == DEFAULT_DATASET and path.name == DEFAULT_DATA_DIR
+            and (not path.exists() or not any(path.iterdir()))):  # ./data: download
         return _load_batches(download_cifar10(path))
     if not path.exists():
-        raise DataError(f"data directory {name!r} does not exist. " + _options_hint(name))
-    raise DataError(_options_hint(name))
+        raise DataError(f"data directory {name!r} does not exist. " + _options_hint(name, spec))
+    raise DataError(_options_hint(name, spec))
 
 
 # ---------------------------------------------------------------- split
@@ -383,15 +422,14 @@ def plan_epoch(n: int, batch_size: int, generator: torch.Generator, padding: int
 _CONSTANTS: dict[tuple[str, torch.device], torch.Tensor] = {}
 
 
-def _constant(name: str, device: torch.device) -> torch.Tensor:
+def _constant(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
     """Small constant tensors cached per device (no host-to-device copy per step)."""
-    key = (name, torch.device(device))
+    key = (values, torch.device(device))
     if key not in _CONSTANTS:
-        values = {"mean": MEAN, "std": STD}[name]
         _CONSTANTS[key] = torch.tensor(values, device=device).view(1, 3, 1, 1)
     return _CONSTANTS[key]
 
 
-def normalize(x: torch.Tensor) -> torch.Tensor:
-    """uint8 (B,3,H,W) → float32 normalised with the CIFAR-10 mean/std."""
-    return (x.float() / 255.0 - _constant("mean", x.device)) / _constant("std", x.device)
+def normalize(x: torch.Tensor, mean: tuple[float, ...] = MEAN, std: tuple[float, ...] = STD) -> torch.Tensor:
+    """uint8 (B,3,H,W) → float32 normalised with a dataset's mean/std (CIFAR-10's by default)."""
+    return (x.float() / 255.0 - _constant(tuple(mean), x.device)) / _constant(tuple(std), x.device)

@@ -11,20 +11,23 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..method.masks import HOST_DRAWN_MASKS, cam_short, make_masks, teacher_forward, teacher_forwards
+from ..method.mask_sources import MASK_SOURCES, make_masks
+from ..method.masks import cam_key, cam_short, teacher_forwards
 from ..method.models import build_model
-from ..method.objective import TERMS, Objective
+from ..method.objective import Objective, term_names
 from .compile_cache import first_compiled_call
 from .config import RunConfig
 from .data import EpochPlan, apply_augmentation, augment, normalize
+from .datasets import DATASETS
 from .errors import TrainingError
 from .speedups import amp_active, autocast, ensure_compiled_bf16_correct, prepare_teacher
 
 TeacherOut = tuple[torch.Tensor, dict[str, torch.Tensor], "torch.Tensor | None"]  # logits, stage features, cam
 
 
-def build_student(cfg: RunConfig, num_classes: int = 10) -> nn.Module:
-    """The network a run trains (student or teacher), from its settings."""
+def build_student(cfg: RunConfig, num_classes: int | None = None) -> nn.Module:
+    """The network a run trains (student or teacher), from its settings (as many classes as its dataset)."""
+    num_classes = DATASETS[cfg.dataset].num_classes if num_classes is None else num_classes
     return build_model(cfg.arch, num_classes, cbam=cfg.cbam, stem=cfg.stem, width=cfg.width)
 
 
@@ -64,15 +67,20 @@ class Stepper:
         # captured CUDA graph keeps writing where the loop reads): the objective's terms, total and
         # correct predictions summed over steps; the first step at which each term and the total
         # were non-finite (-1: none); the masks' kept share and the cams' short share, summed.
-        self.sums = torch.zeros(len(TERMS) + 2, device=device)
-        self.bad = torch.full((len(TERMS) + 1,), -1, device=device, dtype=torch.long)
+        self.terms = term_names()
+        self.sums = torch.zeros(len(self.terms) + 2, device=device)
+        self.bad = torch.full((len(self.terms) + 1,), -1, device=device, dtype=torch.long)
+        spec = DATASETS[cfg.dataset]
+        self.mean, self.std = spec.mean, spec.std
         self.mask_share = torch.zeros((), device=device)
         self.cam_short_share = torch.zeros((), device=device)  # cam-based masks only
 
-    def new_epoch(self) -> None:
-        """Training mode and zeroed epoch statistics (in place)."""
+    def new_epoch(self, epoch: int = 1) -> None:
+        """Training mode, zeroed epoch statistics (in place) and the objective's schedules for
+        ``epoch`` (1-based)."""
         self.student.train()
         self.objective.train()
+        self.objective.start_epoch(epoch, self.cfg.epochs)
         for t in (self.sums, self.mask_share, self.cam_short_share):
             t.zero_()
         self.bad.fill_(-1)
@@ -80,7 +88,11 @@ class Stepper:
     @property
     def graph_safe(self) -> bool:
         """Whether this step may be captured as a CUDA graph: not when its masks are drawn on the host."""
-        return not ((self.cfg.w_fa > 0 or self.cfg.w_at > 0) and self.cfg.mask_mode in HOST_DRAWN_MASKS)
+        return not (self.cfg.uses_masks and MASK_SOURCES[self.cfg.mask_mode].host_drawn)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 images → float, normalised with the run's dataset's mean/std."""
+        return normalize(x, self.mean, self.std)
 
     def prepare(self, xb: torch.Tensor, draws: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """uint8 batch → augmented, normalised float batch in the device's preferred layout.
@@ -88,12 +100,12 @@ class Stepper:
         ``draws``: the batch's crop offsets and flips from an :class:`~kdnb.engine.data.EpochPlan`
         (already on the device); without them they are drawn from the stepper's generator."""
         x = augment(xb, self.gen) if draws is None else apply_augmentation(xb, *draws)
-        return normalize(x).contiguous(memory_format=torch.channels_last)
+        return self.normalize(x).contiguous(memory_format=torch.channels_last)
 
     @property
-    def cam_key(self) -> str | None:
-        """The stage whose Grad-CAM this student's masks need (``None``: no cam)."""
-        return self.cfg.cam_stage if self.cfg.needs_cam else None
+    def cam_key(self) -> tuple[str, str] | None:
+        """The (stage, CAM method) this student's masks need (``None``: no cam)."""
+        return cam_key(self.cfg.cam_stage, self.cfg.cam) if self.cfg.needs_cam else None
 
     def __call__(self, xb: torch.Tensor, y: torch.Tensor, draws: tuple[torch.Tensor, torch.Tensor] | None = None
                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
@@ -101,7 +113,7 @@ class Stepper:
         teacher_out = None
         if self.teacher is not None:
             with autocast(self.device, self.cfg.amp):
-                teacher_out = teacher_forward(self.teacher, x, self.cam_key, y)
+                teacher_out = teacher_forwards(self.teacher, x, (self.cam_key,), y)[self.cam_key]
         return self.update(x, y, teacher_out)
 
     def update(self, x: torch.Tensor, y: torch.Tensor, teacher_out: TeacherOut | None
@@ -121,7 +133,7 @@ class Stepper:
             t_logits, t_feats, cam = teacher_out if teacher_out is not None else (None, None, None)
             self.last_cam = cam
             masks = None
-            if cfg.w_fa > 0 or cfg.w_at > 0:
+            if cfg.uses_masks:
                 if self.sizes is None:
                     self.sizes = {s: tuple(s_feats[s].shape[-2:]) for s in cfg.stages}
                 masks = make_masks(cfg.mask_mode, self.sizes, cam=cam, keep=cfg.keep, cam_type=cfg.cam_type,
@@ -154,7 +166,7 @@ class Stepper:
         (a device scalar) as the first bad step of any non-finite term: no host read."""
         with torch.no_grad():
             vals = torch.stack([terms[t].detach().float() if t in terms else torch.zeros((), device=self.device)
-                                for t in TERMS] + [total.detach().float()])
+                                for t in self.terms] + [total.detach().float()])
             self.bad.copy_(torch.where((~torch.isfinite(vals)) & (self.bad < 0), step, self.bad))
             self.sums[:-1] += vals
             self.sums[-1] += (s_logits.argmax(1) == y).sum()
@@ -274,7 +286,7 @@ class CohortStep:
     def __init__(self, steppers: list[Stepper], teacher: nn.Module | None, train_x: torch.Tensor,
                  train_y: torch.Tensor, device: torch.device, graphs: bool = False, runtime: Any = None) -> None:
         self.steppers, self.teacher, self.train_x, self.train_y, self.device = steppers, teacher, train_x, train_y, device
-        self.cam_keys = sorted({s.cam_key for s in steppers if s.teacher is not None}, key=str)
+        self.cam_keys = sorted({s.cam_key for s in steppers if s.teacher is not None}, key=str)  # None, (stage, cam)
         self.graphs = graphs and (device.type == "cuda" or runtime is not None) and all(s.graph_safe for s in steppers)
         self.runtime = (runtime or CudaGraphs(device)) if self.graphs else None
         self.counter = torch.zeros((), dtype=torch.long, device=device)  # steps taken this epoch
@@ -285,8 +297,9 @@ class CohortStep:
         # The first call compiles (torch.compile is lazy), so it is where a damaged compile cache shows.
         self.first_call = any(s.compiled for s in steppers)
 
-    def start_epoch(self, plan: EpochPlan) -> None:
-        """Load the epoch's batch order and augmentation draws into the step's buffers (in place)."""
+    def start_epoch(self, plan: EpochPlan, epoch: int = 1) -> None:
+        """Load the epoch's batch order and augmentation draws into the step's buffers (in place);
+        ``epoch`` (1-based) sets the objectives' schedules."""
         plan = plan.to(self.device)
         if self.plan is None:
             self.plan = EpochPlan(*(torch.empty_like(t) for t in (plan.index, plan.offsets, plan.flips)))
@@ -297,7 +310,7 @@ class CohortStep:
             buf.copy_(t)
         self.counter.zero_()
         for s in self.steppers:
-            s.new_epoch()
+            s.new_epoch(epoch)
 
     def _body(self) -> None:
         clock = self.clock
@@ -410,7 +423,7 @@ def prepare_teacher_for(cfg: RunConfig, teacher: nn.Module, device: torch.device
 
 
 def build_stepper(cfg: RunConfig, teacher: nn.Module | None, device: torch.device, steps_per_epoch: int,
-                  num_classes: int = 10, teacher_prepared: bool = False) -> Stepper:
+                  num_classes: int | None = None, teacher_prepared: bool = False) -> Stepper:
     """Seeded student, objective (with connectors), SGD, LR schedule and generators for ``cfg``.
 
     ``teacher_prepared``: ``teacher`` already went through :func:`kdnb.engine.speedups.prepare_teacher`
@@ -419,10 +432,10 @@ def build_stepper(cfg: RunConfig, teacher: nn.Module | None, device: torch.devic
     torch.manual_seed(cfg.seed)
     student = build_student(cfg, num_classes).to(device)
     objective = Objective(
-        {"ce": cfg.w_ce, "kd": cfg.w_kd, "fa": cfg.w_fa, "at": cfg.w_at},
-        temperature=cfg.temperature, stages=cfg.stages, at_p=cfg.at_p,
+        cfg.weights, temperature=cfg.temperature, stages=cfg.stages, at_p=cfg.at_p,
         student_channels=student.stage_channels,
         teacher_channels=teacher.stage_channels if teacher is not None else None,
+        options=cfg.term_options,
     ).to(device)
     # channels_last is faster on CUDA and on CPU alike (the CPU bench: student step 102 → 74 ms).
     student = student.to(memory_format=torch.channels_last)

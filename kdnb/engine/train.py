@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..method.models import count_parameters
-from ..method.objective import TERMS
+from ..method.objective import term_names
 from .compile_cache import cache_for_runs, use_compile_cache
 from .config import ENGINE_FIELDS, RunConfig, config_from_dict, make_config
 from .data import Dataset, load_dataset, normalize, plan_epoch, stratified_split
@@ -155,9 +156,11 @@ def load_trained(run_dir: str | os.PathLike, device: torch.device | str = "cpu",
 
 
 def evaluate(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500, amp: bool = True
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500, amp: bool = True,
+    normalize: Callable[[torch.Tensor], torch.Tensor] = normalize,
 ) -> tuple[float, float]:
-    """Mean cross-entropy and top-1 accuracy of ``model`` on uint8 images ``x`` (one host read at the end)."""
+    """Mean cross-entropy and top-1 accuracy of ``model`` on uint8 images ``x`` (one host read at the
+    end); ``normalize``: the dataset's (CIFAR-10's by default)."""
     device = next(model.parameters()).device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
@@ -230,7 +233,7 @@ def _provenance(cfg: RunConfig, device: torch.device, data: Dataset, n_train: in
 
 # ---------------------------------------------------------------- the loop
 # Settings every member of a cohort must share: they fix the data, the batches and the teacher.
-COHORT_SHARED = ("profile", "seed", "data_dir", "val_size", "train_size", "split_seed", "synthetic_train",
+COHORT_SHARED = ("profile", "seed", "dataset", "data_dir", "val_size", "train_size", "split_seed", "synthetic_train",
                  "synthetic_test", "batch_size", "teacher_seed", "device", "threads", "compile", "amp",
                  "cuda_graphs", "eval_batch_size")
 
@@ -363,7 +366,8 @@ def _train_locked(cfgs: list[RunConfig], todo: list[int], results: dict[int, Run
     data, build one stepper per member, train in lockstep, finish; fills ``results``."""
     first = cfgs[todo[0]]
     if data is None:
-        data = load_dataset(first.data_dir, synthetic_train=first.synthetic_train, synthetic_test=first.synthetic_test)
+        data = load_dataset(first.data_dir, synthetic_train=first.synthetic_train, synthetic_test=first.synthetic_test,
+                            dataset=first.dataset)
     train_idx, val_idx = stratified_split(data.train_y, first.val_size, first.train_size, first.split_seed)
     # the whole dataset lives on the device
     train_x, train_y = data.train_x[train_idx].to(device), data.train_y[train_idx].to(device)
@@ -458,7 +462,7 @@ def _train_epoch(step: CohortStep, group: list[_Member], n_train: int, val_x: to
     # Each member draws its own plan from its own generator, exactly as alone (so its saved
     # generator state is its own); members at one epoch have equal generators, so equal plans.
     plans = [plan_epoch(n_train, m.cfg.batch_size, m.stepper.gen) for m in group]
-    step.start_epoch(plans[0])
+    step.start_epoch(plans[0], epoch)
     n = len(plans[0])
     names = ", ".join(m.cfg.run_name for m in group)
     bar = tqdm(total=n, desc=f"{names} epoch {epoch}/{lead.cfg.epochs}", disable=not progress, leave=False,
@@ -492,7 +496,7 @@ def _end_epoch(m: _Member, epoch: int, n: int, seen: int, train_seconds: float, 
     backward and update), the ``shared_seconds`` of the batch and teacher pass the whole cohort of
     ``cohort_size`` used, over ``timed_steps`` steps (None where a CUDA graph step could not be split)."""
     cfg, stepper, state = m.cfg, m.stepper, m.state
-    val_loss, val_acc = evaluate(stepper.student, val_x, val_y, cfg.eval_batch_size, cfg.amp)
+    val_loss, val_acc = evaluate(stepper.student, val_x, val_y, cfg.eval_batch_size, cfg.amp, stepper.normalize)
     avg = (stepper.sums / max(n, 1)).tolist()
     mask_share = float(stepper.mask_share) / max(n, 1)
     # null for masks without a cam (histories written before this statistic lack the key: read as NaN)
@@ -501,8 +505,9 @@ def _end_epoch(m: _Member, epoch: int, n: int, seen: int, train_seconds: float, 
         raise TrainingError(
             f"every causal mask of epoch {epoch} was empty (the teacher's Grad-CAM was zero everywhere), so "
             "FA/AT transferred nothing: check the teacher checkpoint, or try compile=false / amp=false")
-    record = {"epoch": epoch, "train_loss": avg[len(TERMS)],
-              **{f"train_{t}": avg[i] for i, t in enumerate(TERMS)},
+    terms = term_names()
+    record = {"epoch": epoch, "train_loss": avg[len(terms)],
+              **{f"train_{t}": avg[i] for i, t in enumerate(terms)},
               "train_acc": stepper.sums[-1].item() / max(seen, 1), "val_loss": val_loss, "val_acc": val_acc,
               "mask_share": mask_share, "cam_short_share": cam_short_share,
               "lr": stepper.opt.param_groups[0]["lr"], "seconds": train_seconds,
@@ -547,7 +552,7 @@ def _check_finite(bad: torch.Tensor, epoch: int, cfg: RunConfig, amp: bool) -> N
     if not found:
         return
     step, i = min(found)
-    term = (*TERMS, "total")[i]
+    term = (*term_names(), "total")[i]
     engine = [name for name, on in (("compile", cfg.compile), ("amp", amp)) if on]
     check = (f"first rerun with {' and '.join(f'--set {k}=false' for k in engine)} to rule out a compiler or "
              "bf16 fault, then " if engine else "")
@@ -571,7 +576,8 @@ def _finish(run_dir: Path, cfg: RunConfig, model: nn.Module, state: TrainingStat
     save_torch(run_dir / BEST_FILE, {"model": state.best["model"], "objective": state.best["objective"],
                                      "epoch": state.best_epoch, "config": cfg.to_dict()})
     # fp32, as kdnb.evaluation measures every model: one test accuracy per model (validation may use bf16)
-    test_loss, test_acc = evaluate(model, data.test_x.to(device), data.test_y.to(device), cfg.eval_batch_size, amp=False)
+    test_loss, test_acc = evaluate(model, data.test_x.to(device), data.test_y.to(device), cfg.eval_batch_size, amp=False,
+                                   normalize=data.normalize)
     best, seconds_per_epoch = state.best_record, sorted(h["seconds"] for h in state.history)
     own, shared = (_total(state.history, k) for k in ("own_seconds", "shared_seconds"))
     metrics = {

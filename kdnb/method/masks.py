@@ -1,7 +1,8 @@
-"""Causal masks: the teacher's Grad-CAM for the true class, turned into masks for AT/FA.
+"""Causal masks: the teacher's class-activation map (CAM) for the true class, turned into masks for AT/FA.
 
 Grad-CAM (Selvaraju et al., 2017) at stage ``A``: channel weights w_k = mean_{ij} ∂z_c/∂A_k,
 cam = ReLU(Σ_k w_k A_k), each image scaled to [0,1] by its maximum (an all-zero cam stays 0).
+Other CAM methods (:mod:`kdnb.method.cams`) change only the map's formula from ``A`` and ∂z_c/∂A.
 
 Cost matters because masks are computed every training step: the stages before ``A`` run
 without a graph, and the gradient is taken with respect to the *activation* ``A`` only, so the
@@ -19,15 +20,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cams import CAM_METHODS
 from .models import STAGES
 
-MASK_MODES: tuple[str, ...] = ("gradcam", "none", "random", "random_matched")
-# The modes built from the teacher's Grad-CAM (the engine runs the cam's partial backward for them).
-CAM_MODES: tuple[str, ...] = ("gradcam", "random_matched")
-# Modes whose masks are drawn on the host (from a CPU generator, so runs agree across devices):
-# a training step using them cannot be captured as a CUDA graph.
-HOST_DRAWN_MASKS: tuple[str, ...] = ("random", "random_matched")
 CAM_TYPES: tuple[str, ...] = ("binary", "soft")
+DEFAULT_CAM = "gradcam"
+
+
+def cam_key(stage: str | None, method: str = DEFAULT_CAM) -> tuple[str, str] | None:
+    """The key of the cam of ``method`` at ``stage`` (None: no cam)."""
+    return None if stage is None else (stage, method)
+
+
+def _split_key(key) -> tuple[str, str]:
+    return (key, DEFAULT_CAM) if isinstance(key, str) else key
 
 
 def _check_stage(layer: str) -> None:
@@ -36,45 +42,54 @@ def _check_stage(layer: str) -> None:
 
 
 def teacher_forward(
-    model: nn.Module, x: torch.Tensor, cam_layer: str | None = None, target: torch.Tensor | None = None
+    model: nn.Module, x: torch.Tensor, cam_layer: str | None = None, target: torch.Tensor | None = None,
+    method: str = DEFAULT_CAM,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None]:
     """One forward of a frozen model returning ``(logits, feats, cam)``, all without a graph.
 
     With ``cam_layer`` set, the stages after it run with autograd on a detached copy of the
-    activation so Grad-CAM for ``target`` (class indices; ``None`` = the model's prediction)
-    costs only the backward from the logits to that stage.
+    activation so the CAM (``method``, Grad-CAM by default) for ``target`` (class indices; ``None``
+    = the model's prediction) costs only the backward from the logits to that stage.
     """
-    return teacher_forwards(model, x, (cam_layer,), target)[cam_layer]
+    key = cam_key(cam_layer, method)
+    return teacher_forwards(model, x, (key,), target)[key]
 
 
 def teacher_forwards(
-    model: nn.Module, x: torch.Tensor, cam_layers: Iterable[str | None], target: torch.Tensor | None = None
-) -> dict[str | None, tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None]]:
-    """:func:`teacher_forward` for several ``cam_layers`` at once (``None``: no cam), sharing the
-    graph-free stages they have in common, so a cohort of students pays for one teacher pass.
+    model: nn.Module, x: torch.Tensor, cam_keys: Iterable, target: torch.Tensor | None = None
+) -> dict:
+    """:func:`teacher_forward` for several cams at once, sharing the graph-free stages they have in
+    common, so a cohort of students pays for one teacher pass. A key is ``None`` (no cam), a stage
+    (Grad-CAM there) or ``(stage, method)``; cams of several methods at one stage share one backward.
 
     Each entry is computed by exactly the operations :func:`teacher_forward` would run for that
-    ``cam_layer`` alone (same modules, same grad mode), so its values are the same bit for bit.
+    key alone (same modules, same grad mode), so its values are the same bit for bit.
     """
-    keys = list(dict.fromkeys(cam_layers))
+    keys = list(dict.fromkeys(cam_keys))
+    stages: dict[str, list] = {}
     for k in keys:
         if k is not None:
-            _check_stage(k)
-    depth = len(STAGES) if None in keys else 1 + max(STAGES.index(k) for k in keys)
-    out: dict[str | None, tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None]] = {}
+            stage, method = _split_key(k)
+            _check_stage(stage)
+            CAM_METHODS[method]  # an unknown method: one line listing the registered ones
+            stages.setdefault(stage, []).append(k)
+    depth = len(STAGES) if None in keys else 1 + max(STAGES.index(s) for s in stages)
+    out: dict = {}
     with torch.no_grad():
         prefix = model.run_stages(model.stem(x), STAGES[:depth])
         if None in keys:
             out[None] = (model.head(prefix[STAGES[-1]]), dict(prefix), None)
-    for k in keys:
-        if k is not None:
-            out[k] = _cam_tail(model, prefix, k, target)
+    for stage, stage_keys in stages.items():
+        logits, feats, cams = _cam_tail(model, prefix, stage, target, [_split_key(k)[1] for k in stage_keys])
+        for k, cam in zip(stage_keys, cams):
+            out[k] = (logits, feats, cam)
     return out
 
 
-def _cam_tail(model: nn.Module, prefix: dict[str, torch.Tensor], cam_layer: str, target: torch.Tensor | None
-              ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-    """The stages after ``cam_layer`` with autograd, the logits, and Grad-CAM at ``cam_layer``."""
+def _cam_tail(model: nn.Module, prefix: dict[str, torch.Tensor], cam_layer: str, target: torch.Tensor | None,
+              methods: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[torch.Tensor]]:
+    """The stages after ``cam_layer`` with autograd, the logits, and each CAM ``methods`` names at
+    ``cam_layer`` (one backward serves them all)."""
     feats = {name: prefix[name] for name in STAGES[: STAGES.index(cam_layer) + 1]}
     act = prefix[cam_layer].detach().requires_grad_(True)
     with torch.enable_grad():
@@ -88,17 +103,22 @@ def _cam_tail(model: nn.Module, prefix: dict[str, torch.Tensor], cam_layer: str,
         score = logits.gather(1, target.view(-1, 1)).sum()
         (grad,) = torch.autograd.grad(score, act)
     with torch.no_grad():
-        weights = grad.float().mean(dim=(2, 3), keepdim=True)
-        cam = F.relu((weights * act.float()).sum(dim=1))
-        peak = cam.flatten(1).amax(dim=1).view(-1, 1, 1)
-        cam = torch.where(peak > 0, cam / peak.clamp_min(torch.finfo(cam.dtype).tiny), torch.zeros_like(cam))
+        cams = [_unit_peak(CAM_METHODS[m].raw(act, grad)) for m in methods]
     feats = {k: v.detach() for k, v in feats.items()}
-    return logits.detach(), feats, cam
+    return logits.detach(), feats, cams
 
 
-def gradcam(model: nn.Module, x: torch.Tensor, layer: str, target: torch.Tensor | None = None) -> torch.Tensor:
-    """Batched Grad-CAM (B,h,w) in [0,1] of ``model`` at stage ``layer`` for classes ``target``."""
-    return teacher_forward(model, x, cam_layer=layer, target=target)[2]
+def _unit_peak(cam: torch.Tensor) -> torch.Tensor:
+    """Each image's map divided by its maximum (an all-zero map stays 0)."""
+    peak = cam.flatten(1).amax(dim=1).view(-1, 1, 1)
+    return torch.where(peak > 0, cam / peak.clamp_min(torch.finfo(cam.dtype).tiny), torch.zeros_like(cam))
+
+
+def gradcam(model: nn.Module, x: torch.Tensor, layer: str, target: torch.Tensor | None = None,
+            method: str = DEFAULT_CAM) -> torch.Tensor:
+    """Batched CAM (B,h,w) in [0,1] of ``model`` at stage ``layer`` for classes ``target``: Grad-CAM,
+    or another registered ``method``."""
+    return teacher_forward(model, x, cam_layer=layer, target=target, method=method)[2]
 
 
 def resize_map(m: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -187,39 +207,3 @@ def shuffled(mask: torch.Tensor, generator: torch.Generator | None = None) -> to
     b, h, w = mask.shape
     perm = torch.rand(b, h * w, generator=generator).argsort(dim=1)
     return mask.reshape(b, h * w).gather(1, _to_device(perm, mask.device)).view(b, h, w)
-
-
-def make_masks(
-    mode: str,
-    sizes: dict[str, tuple[int, int]],
-    *,
-    cam: torch.Tensor | None = None,
-    keep: float = 0.5,
-    cam_type: str = "binary",
-    batch: int | None = None,
-    generator: torch.Generator | None = None,
-    device: torch.device | str = "cpu",
-) -> dict[str, torch.Tensor | None]:
-    """Masks for each distillation stage (``sizes``: stage → student (h, w)) in one of MASK_MODES.
-
-    ``none`` gives ``None`` (the unmasked loss, identical to an all-ones mask); ``random`` keeps
-    exactly ``keep`` of the positions, drawn from ``generator`` so runs stay reproducible;
-    ``gradcam`` needs the teacher's ``cam``; ``random_matched`` is the ``gradcam`` mask (of
-    ``cam_type``) with its positions shuffled per image (:func:`shuffled`): with ``binary`` it keeps
-    exactly as many positions as the Grad-CAM mask it replaces (fewer than ``keep`` where the cam is
-    positive on fewer), with ``soft`` the same weights, both at random places.
-    """
-    if mode == "none":
-        return {s: None for s in sizes}
-    if mode == "random":
-        if batch is None:
-            raise ValueError("random masks need the batch size")
-        return {s: random_mask(batch, hw, keep, generator, device) for s, hw in sizes.items()}
-    if mode in CAM_MODES:
-        if cam is None:
-            raise ValueError(f"{mode} masks need the teacher's cam")
-        masks = {s: causal_mask(cam, keep, cam_type, hw) for s, hw in sizes.items()}
-        if mode == "random_matched":
-            masks = {s: shuffled(m, generator) for s, m in masks.items()}
-        return masks
-    raise ValueError(f"unknown mask mode {mode!r}; allowed: {', '.join(MASK_MODES)}")

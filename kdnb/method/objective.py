@@ -1,20 +1,24 @@
-"""One objective for every configuration: ``w_ce·CE + w_kd·KD + w_fa·FA + w_at·AT``.
+"""One objective for every configuration: ``Σ_term w_term · term`` over the registered loss terms.
 
 Configurations differ only in their weights (see :data:`kdnb.engine.config.PRESETS`); a term with
-weight 0 is not computed (except CE, always logged). FA and AT are averaged over the
-distillation stages. The FA connectors are the objective's only parameters: they are trained
-with the student and are not part of the deployed student.
+weight 0 is not built or computed (except CE, always logged). The terms live in
+:mod:`kdnb.method.terms`, one file each. Their parameters (the FA connectors) are the objective's
+only parameters: trained with the student, not part of the deployed student.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .losses import Connector, at_loss, fa_loss, kd_loss
+from .terms import TERMS, TermContext, TermInputs
 
-TERMS: tuple[str, ...] = ("ce", "kd", "fa", "at")
+ALWAYS = "ce"  # computed and logged whatever its weight
+
+
+def term_names() -> tuple[str, ...]:
+    """Every registered term, in registration order (the order of histories, tables and plots)."""
+    return TERMS.names()
 
 
 class Objective(nn.Module):
@@ -29,22 +33,35 @@ class Objective(nn.Module):
         at_p: float = 2.0,
         student_channels: dict[str, int] | None = None,
         teacher_channels: dict[str, int] | None = None,
+        options: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
+        for t in weights:
+            TERMS[t]  # an unknown term: one line listing the registered ones
         self.weights = {t: float(weights.get(t, 0.0)) for t in TERMS}
         self.temperature = temperature
         self.stages = list(stages)
         self.at_p = at_p
-        self.connectors = nn.ModuleDict()
-        if self.weights["fa"] > 0:
-            if student_channels is None or teacher_channels is None:
-                raise ValueError("feature alignment needs the student's and teacher's stage channels")
-            for s in self.stages:
-                self.connectors[s] = Connector(student_channels[s], teacher_channels[s])
+        ctx = TermContext(self.stages, temperature, at_p, student_channels, teacher_channels, dict(options or {}))
+        self.terms = nn.ModuleDict({t: TERMS[t](ctx) for t in TERMS if t == ALWAYS or self.weights[t] > 0})
+        # Checkpoints written before the terms had modules of their own keep the FA connectors
+        # under "connectors."; they load unchanged.
+        self._register_load_state_dict_pre_hook(_rename_legacy_keys)
 
     @property
     def active(self) -> list[str]:
-        return [t for t in TERMS if t == "ce" or self.weights[t] > 0]
+        return list(self.terms)
+
+    @property
+    def connectors(self) -> nn.ModuleDict:
+        """The FA connectors (empty without FA)."""
+        fa = self.terms["fa"] if "fa" in self.terms else None
+        return fa.connectors if fa is not None else nn.ModuleDict()
+
+    def start_epoch(self, epoch: int, epochs: int) -> None:
+        """Let terms with a schedule (a warm-up ramp) set it for training epoch ``epoch`` (1-based)."""
+        for term in self.terms.values():
+            term.start_epoch(epoch, epochs)
 
     def forward(
         self,
@@ -55,18 +72,14 @@ class Objective(nn.Module):
         teacher_feats: dict[str, torch.Tensor] | None = None,
         masks: dict[str, torch.Tensor | None] | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        inp = TermInputs(student_logits, student_feats, labels, teacher_logits, teacher_feats, masks or {})
+        terms = {t: term(inp) for t, term in self.terms.items()}
         w = self.weights
-        masks = masks or {}
-        terms = {"ce": F.cross_entropy(student_logits.float(), labels)}
-        if w["kd"] > 0:
-            terms["kd"] = kd_loss(student_logits, teacher_logits, self.temperature)
-        if w["fa"] > 0:
-            terms["fa"] = torch.stack([
-                fa_loss(self.connectors[s](student_feats[s]), teacher_feats[s], masks.get(s)) for s in self.stages
-            ]).mean()
-        if w["at"] > 0:
-            terms["at"] = torch.stack([
-                at_loss(student_feats[s], teacher_feats[s], masks.get(s), self.at_p) for s in self.stages
-            ]).mean()
         total = sum(w[t] * v for t, v in terms.items() if w[t] > 0)
         return total, terms
+
+
+def _rename_legacy_keys(state_dict, prefix, *_args) -> None:
+    old = prefix + "connectors."
+    for key in [k for k in state_dict if k.startswith(old)]:
+        state_dict[prefix + "terms.fa.connectors." + key[len(old):]] = state_dict.pop(key)

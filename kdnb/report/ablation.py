@@ -28,7 +28,7 @@ from ..engine.config import RunConfig, make_config
 from ..engine.runs import HISTORY_FILE, METRICS_FILE, is_finished, read_json, run_path, write_text
 from ..engine.train import train_cohort
 from ..evaluation.stats import describe_difference, interval_text, paired_difference, summarize
-from ..method.masks import CAM_MODES
+from ..method.mask_sources import CAM_MODES
 from .lookup import MissingInput, check_identity, mask_statistics, notebook_hint, require_run
 from .tables import markdown_table
 

@@ -45,7 +45,7 @@ def student_findings(result: Any, runs_dir: str | os.PathLike) -> str:
              f"of {m['epochs_run']} ({_stopping(m, cfg)}). Test top-1 {100 * m['test_acc']:.2f} %, validation "
              f"{100 * m['val_acc']:.2f} %; at that epoch training accuracy (on augmented images) was "
              f"{100 * best['train_acc']:.1f} %."]
-    if (cfg.w_fa > 0 or cfg.w_at > 0) and cfg.mask_mode != "none":
+    if cfg.uses_masks and cfg.mask_mode != "none":
         share, short = _mean(history, "mask_share"), _mean(history, "cam_short_share")
         text = (f"The masks kept {100 * share:.1f} % of the positions on average over the epochs, where `keep` asks "
                 f"for {100 * cfg.keep:.0f} %")

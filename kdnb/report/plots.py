@@ -13,6 +13,8 @@ import pandas as pd
 import torch
 
 from ..evaluation.calibration import ece_from_table
+from ..method.objective import term_names
+from ..method.terms import TERMS
 from .series import COLOURS, LABELS, MASK_COLOURS, PAPER_ACCURACY
 
 ORDER = [LABELS[c] for c in ("baseline", "kd", "kd_fa", "kd_at", "kd_fa_at")]
@@ -84,10 +86,10 @@ def learning_curves(history: pd.DataFrame | Sequence[Mapping], title: str = "", 
         h = h.assign(val_acc=100 * h["val_acc"], train_acc=100 * h["train_acc"])
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
     ax1.plot(h["epoch"], h["train_loss"], "o-", label="train objective")
-    active = [t for t in ("ce", "kd", "fa", "at") if f"train_{t}" in h and h[f"train_{t}"].abs().sum() > 0]
+    active = [t for t in term_names() if f"train_{t}" in h and h[f"train_{t}"].abs().sum() > 0]
     if len(active) > 1:  # with CE alone the objective is the CE curve
         for term in active:
-            ax1.plot(h["epoch"], h[f"train_{term}"], ".--", alpha=0.7, label=f"train {term.upper()} (unweighted)")
+            ax1.plot(h["epoch"], h[f"train_{term}"], ".--", alpha=0.7, label=f"train {TERMS[term].label} (unweighted)")
     ax1.plot(h["epoch"], h["val_loss"], "s-", label="validation CE")
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("loss")

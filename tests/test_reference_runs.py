@@ -1,0 +1,58 @@
+"""The five configurations (and the teacher) compute exactly what they computed before the loss
+terms, mask sources, networks and datasets became registries: their smoke histories and metrics
+are compared with values recorded on the code before that refactor (tests/reference/smoke.json,
+written by tools/record_reference.py; the one-epoch `cpu` reference is checked with its --check).
+
+Bit-exact numbers hold only where the reference was recorded (same torch, CPU instruction set, AMX
+and thread count); elsewhere the first epoch's loss terms are compared at 1 % (training diverges
+slowly from other rounding), which still catches a changed loss, weight, mask or batch order."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from kdnb.engine.config import STUDENT_CONFIGS, TEACHER, make_config
+from kdnb.engine.reference import comparable, differences, platform_fingerprint
+from kdnb.engine.runs import read_json
+from kdnb.engine.train import train_cohort
+
+REFERENCE = Path(__file__).parent / "reference" / "smoke.json"
+
+
+@pytest.fixture(scope="module")
+def smoke_series(smoke_runs, tmp_path_factory) -> dict:
+    runs = tmp_path_factory.mktemp("reference-series")
+    shutil.copytree(smoke_runs / "smoke" / TEACHER, runs / "smoke" / TEACHER)
+    train_cohort([make_config(c, "smoke", 0) for c in STUDENT_CONFIGS], runs, progress=False)
+    return {name: comparable(read_json(runs / "smoke" / name / "seed0" / "history.json"),
+                             read_json(runs / "smoke" / name / "seed0" / "metrics.json"))
+            for name in (TEACHER, *STUDENT_CONFIGS)}
+
+
+def test_the_five_configurations_reproduce_the_recorded_numbers(smoke_series):
+    ref = json.loads(REFERENCE.read_text())
+    if ref["platform"] == platform_fingerprint():
+        assert differences(ref, smoke_series) == []
+        return
+    for name, r in ref["runs"].items():  # another platform: the first epoch's terms, at 1 %
+        first, new = r["history"][0], smoke_series[name]["history"][0]
+        for key in [k for k in first if k.startswith("train_")]:
+            assert new[key] == pytest.approx(first[key], rel=1e-2, abs=1e-6), (name, key)
+
+
+def test_the_comparison_fails_on_a_changed_number(smoke_series):
+    ref = json.loads(REFERENCE.read_text())
+    changed = json.loads(json.dumps(smoke_series))
+    changed["kd_fa_at"]["history"][0]["train_at"] += 1e-12
+    changed["kd"]["metrics"]["test_acc"] = 0.5
+    changed["baseline"]["history"][0]["train_new_term"] = 0.25
+    diff = differences(ref, changed)
+    if ref["platform"] == platform_fingerprint():
+        assert len(diff) == 3
+    assert any("kd_fa_at epoch 1 train_at" in d for d in diff)
+    assert any("kd test_acc" in d for d in diff)
+    assert any("train_new_term: new key" in d for d in diff)
