@@ -52,6 +52,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "kd_at": preset({"ce": 0.1, "kd": 0.9, "at": 1000.0}),
     "kd_fa_at": preset({"ce": 0.1, "kd": 0.9, "fa": 1.0, "at": 1000.0}),
 }
+for _term in TERMS.items():  # configurations a registered term brings (DKD's dkd, dkd_fa_at, ...)
+    PRESETS.update({name: preset(weights) for name, weights in _term[1].presets.items()})
 # The paper's five configurations: the notebook series trains and compares these.
 STUDENT_CONFIGS: tuple[str, ...] = ("baseline", "kd", "kd_fa", "kd_at", "kd_fa_at")
 # Every configuration ``--config`` accepts (presets added for other distillers included).

@@ -1,8 +1,9 @@
 """What a loss term is: a named module that reads what it needs from one step's tensors.
 
 A term declares its inputs (``needs_teacher``: the teacher's logits/features; ``uses_masks``: it acts
-inside the causal masks, so the engine computes them), its default weight and any settings of its
-own (``settings``: become ``--set <name>=…`` run settings, validated by their range). Its formula
+inside the causal masks, so the engine computes them), its default weight, any settings of its
+own (``settings``: become ``--set <name>=…`` run settings, validated by their range) and any
+configurations it brings (``presets``: become ``--config <name>``). Its formula
 is in its class docstring, the same text the notebooks show.
 """
 
@@ -58,6 +59,8 @@ class LossTerm(nn.Module):
     uses_masks: ClassVar[bool] = False
     default_weight: ClassVar[float] = 1.0
     settings: ClassVar[dict[str, Setting]] = {}
+    # configurations this term brings (``--config <name>``): name → {term: weight}
+    presets: ClassVar[dict[str, dict[str, float]]] = {}
 
     def __init__(self, ctx: TermContext) -> None:
         super().__init__()
