@@ -14,5 +14,6 @@ from .base import LossTerm, Setting, TermContext, TermInputs
 TERMS: Registry[type[LossTerm]] = Registry("loss term")
 
 from . import ce, kd, fa, at  # noqa: E402,F401,I001  (the paper's terms, in this order)
+from . import dkd  # noqa: E402,F401,I001
 
 __all__ = ["TERMS", "LossTerm", "Setting", "TermContext", "TermInputs"]
