@@ -12,5 +12,6 @@ from .base import CamMethod
 CAM_METHODS: Registry[type[CamMethod]] = Registry("CAM method")
 
 from . import gradcam  # noqa: E402,F401,I001
+from . import gradcampp, layercam  # noqa: E402,F401,I001
 
 __all__ = ["CAM_METHODS", "CamMethod"]
