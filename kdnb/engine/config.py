@@ -398,6 +398,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         value = getattr(cfg, name)
         if value is not None and not _in_range(name, value):
             raise _range_error(name, value)
+    if cfg.cbam and not ARCHS[cfg.arch].cbam:
+        raise ConfigError(f"setting cbam=True: {cfg.arch} has no CBAM variant; set cbam=false (or another arch)")
     if width_problem(cfg.width):  # a layer narrower than the stated minimum: refused before any work
         raise ConfigError(f"setting width={_show(cfg.width)} {width_problem(cfg.width)}")
     if cfg.data_dir == "synthetic":  # the synthetic set's size is known here (10 balanced classes)

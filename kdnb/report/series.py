@@ -17,10 +17,17 @@ NOTEBOOK_FOR: dict[str, str] = {
 }
 STUDENT_NOTEBOOKS: dict[str, str] = {NOTEBOOK_FOR[c]: c for c in STUDENT_CONFIGS}
 
-LABELS: dict[str, str] = {
+class _Labels(dict):
+    """Configuration → label; any other run (a preset a term brought, a named variant) is its own label."""
+
+    def __missing__(self, key: str) -> str:
+        return key
+
+
+LABELS: dict[str, str] = _Labels({
     TEACHER: "teacher", "baseline": "baseline", "kd": "KD", "kd_fa": "KD+FA", "kd_at": "KD+AT",
-    "kd_fa_at": "KD+FA+AT",
-}
+    "kd_fa_at": "KD+FA+AT", "dkd": "DKD", "dkd_fa_at": "DKD+FA+AT",
+})
 # One colour per configuration in every figure (Okabe-Ito, readable by colour-blind readers), keyed by label.
 COLOURS: dict[str, str] = {
     "teacher": "#555555", "baseline": "#E69F00", "KD": "#56B4E9", "KD+FA": "#009E73", "KD+AT": "#CC79A7",
