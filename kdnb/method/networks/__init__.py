@@ -14,6 +14,7 @@ from .base import STAGES, NetworkSpec, StagedNetwork
 NETWORKS: Registry[NetworkSpec] = Registry("network")
 
 from . import resnet  # noqa: E402,F401,I001
+from . import mobilenetv2  # noqa: E402,F401,I001
 from .resnet import MIN_CHANNELS, MIN_WIDTH, STEMS, stage_planes, width_problem  # noqa: E402
 
 
