@@ -15,8 +15,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..engine.config import STUDENT_CONFIGS, TEACHER
-from ..engine.data import balanced_subset, class_counts, normalize
+from ..engine.config import STUDENT_CONFIGS, TEACHER, make_config
+from ..engine.data import balanced_subset, class_counts
 from ..engine.errors import StorageError
 from ..engine.runs import BEST_FILE, atomic_write, is_finished, run_path
 from ..engine.train import load_trained, resolve_device
@@ -172,20 +172,38 @@ def subset_table(counts: dict[str, int]) -> pd.DataFrame:
 
 
 def load_students(runs_dir: str | os.PathLike, profile: str, seeds: Sequence[int],
-                  configs: Sequence[str] = STUDENT_CONFIGS, device: Any = "cpu") -> dict[tuple[str, int], Any]:
-    """The best-by-validation model of every (config, seed), in eval mode."""
-    return {(c, s): load_trained(require_run(runs_dir, profile, c, s), device) for c in configs for s in seeds}
+                  configs: Sequence[str] = STUDENT_CONFIGS, device: Any = "cpu",
+                  overrides: dict[str, Any] | None = None) -> dict[tuple[str, int], Any]:
+    """The best-by-validation model of every (config, seed), in eval mode; ``overrides``: the settings
+    the runs were trained with beyond their profile (``{"dataset": "cifar100"}``, say)."""
+    return {(c, s): load_trained(require_run(runs_dir, profile, c, s, _expected(c, profile, s, overrides)), device)
+            for c in configs for s in seeds}
 
 
-def load_teacher_of(runs_dir: str | os.PathLike, profile: str, seed: int = 0, device: Any = "cpu"):
+def _expected(config: str, profile: str, seed: int, overrides: dict[str, Any] | None) -> Any:
+    """The settings a run of ``config`` has with ``overrides`` (None: as the notebooks make it)."""
+    return make_config(config, profile, seed, overrides) if overrides else None
+
+
+def shown_classes(num_classes: int, max_classes: int | None = None) -> list[int]:
+    """The classes a per-class figure shows: all, or ``max_classes`` of them spread evenly."""
+    if max_classes is None or num_classes <= max_classes:
+        return list(range(num_classes))
+    return sorted({round(i * (num_classes - 1) / (max_classes - 1)) for i in range(max_classes)})
+
+
+def load_teacher_of(runs_dir: str | os.PathLike, profile: str, seed: int = 0, device: Any = "cpu",
+                    overrides: dict[str, Any] | None = None):
     """The frozen teacher (seed ``seed``) of ``profile``, or :class:`MissingInput` naming notebook 01."""
-    return load_trained(require_run(runs_dir, profile, TEACHER, seed), device).requires_grad_(False)
+    expected = _expected(TEACHER, profile, seed, overrides)
+    return load_trained(require_run(runs_dir, profile, TEACHER, seed, expected), device).requires_grad_(False)
 
 
-def first_per_class(labels, num_classes: int) -> list[int]:
-    """Index of the first image of each class (classes without images are left out)."""
+def first_per_class(labels, num_classes: int, max_classes: int | None = None) -> list[int]:
+    """Index of the first image of each class (classes without images are left out); with
+    ``max_classes``, of that many classes spread evenly over the class list (CIFAR-100: 10 of 100)."""
     out = []
-    for c in range(num_classes):
+    for c in shown_classes(num_classes, max_classes):
         idx = torch.nonzero(labels == c).flatten()
         if len(idx):
             out.append(int(idx[0]))
@@ -200,9 +218,9 @@ def attention_panel(runs_dir: str | os.PathLike, profile: str, seed: int, data, 
     attention maps (p=2) of the teacher and each student at ``stage``."""
 
 
-    idx = first_per_class(data.test_y, data.num_classes)
+    idx = first_per_class(data.test_y, data.num_classes, max_classes=10)
     images, labels = data.test_x[idx], data.test_y[idx]
-    x = normalize(images)
+    x = data.normalize(images)
     teacher = load_teacher_of(runs_dir, profile, teacher_seed)
     students = load_students(runs_dir, profile, [seed], configs)
     cam = gradcam(teacher, x, cam_stage, labels)
@@ -265,7 +283,7 @@ def _attention_distances(runs_dir, profile, seeds, data, *, stage, n_images, con
     x_all, _, counts = _subset(data, n_images, subset_seed)
     teacher = load_teacher_of(runs_dir, profile, teacher_seed, dev)
     students = load_students(runs_dir, profile, seeds, configs, dev)
-    dist = metrics.attention_distances(students, teacher, x_all, normalize, stage=stage, batch_size=batch_size, device=dev,
+    dist = metrics.attention_distances(students, teacher, x_all, data.normalize, stage=stage, batch_size=batch_size, device=dev,
                                progress=progress)
     rows = [{"config": c, "label": LABELS[c], "seed": s, "attention_distance": dist[(c, s)],
              "images": len(x_all), "images_per_class": per_class_text(counts), "stage": stage}
@@ -312,8 +330,8 @@ def _evaluate_models(runs_dir, profile, seeds, data, *, robustness_images, corru
     rows, robust = [], []
     corrupted: dict = {}  # every model sees the same corrupted sets, made once
     for (c, s), model in tqdm(models.items(), desc="evaluating runs", disable=not progress):
-        lg = logits[(c, s)] = predict(model, x, normalize, device=dev)
-        rb = robustness(model, xr, yr, normalize, seed=corruption_seed, cifar10c_dir=cifar10c_dir, device=dev,
+        lg = logits[(c, s)] = predict(model, x, data.normalize, device=dev)
+        rb = robustness(model, xr, yr, data.normalize, seed=corruption_seed, cifar10c_dir=cifar10c_dir, device=dev,
                         cache=corrupted)
         summ = robustness_summary(rb)
         robust.append(rb.assign(config=c, label=LABELS[c], seed=s))

@@ -18,7 +18,6 @@ from typing import Any
 import torch
 
 from ..engine.config import STUDENT_CONFIGS
-from ..engine.data import normalize
 from ..method.losses import attention_map
 from ..method.masks import CAM_TYPES, causal_mask, gradcam
 from ..method.models import STAGES
@@ -54,10 +53,12 @@ class MaskExplorer:
     about any test image, class, stage, ``keep`` and mask type."""
 
     def __init__(self, runs_dir: str | os.PathLike, profile: str, seed: int, data: Any, *,
-                 configs: Sequence[str] = STUDENT_CONFIGS, teacher_seed: int = 0) -> None:
+                 configs: Sequence[str] = STUDENT_CONFIGS, teacher_seed: int = 0,
+                 overrides: dict[str, Any] | None = None) -> None:
         self.data = data
-        self.teacher = load_teacher_of(runs_dir, profile, teacher_seed)
-        self.students = {LABELS[c]: m for (c, _), m in load_students(runs_dir, profile, [seed], configs).items()}
+        self.teacher = load_teacher_of(runs_dir, profile, teacher_seed, overrides=overrides)
+        self.students = {LABELS[c]: m for (c, _), m in
+                         load_students(runs_dir, profile, [seed], configs, overrides=overrides).items()}
         self.per_class = [torch.nonzero(data.test_y == k).flatten().tolist() for k in range(data.num_classes)]
 
     def test_index(self, label: int, image: int) -> int:
@@ -84,7 +85,7 @@ class MaskExplorer:
             raise ValueError(f"no trained student {unknown}; loaded: {', '.join(self.students)}")
         idx = self.test_index(label, image)
         img = self.data.test_x[idx]
-        x = normalize(img.unsqueeze(0))
+        x = self.data.normalize(img.unsqueeze(0))
         target = torch.tensor([label if explain == TRUE_CLASS else explain])
         cam = gradcam(self.teacher, x, stage, target)
         with torch.no_grad():

@@ -15,6 +15,7 @@ import torch
 from ..evaluation.calibration import ece_from_table
 from ..method.objective import term_names
 from ..method.terms import TERMS
+from .analyses import shown_classes
 from .series import COLOURS, LABELS, MASK_COLOURS, PAPER_ACCURACY
 
 ORDER = [LABELS[c] for c in ("baseline", "kd", "kd_fa", "kd_at", "kd_fa_at")]
@@ -46,22 +47,26 @@ def _to_hwc(img: torch.Tensor) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- data
-def sample_grid(images: torch.Tensor, labels: torch.Tensor, classes: Sequence[str], per_class: int = 8):
-    """The first ``per_class`` images of every class, one row per class."""
-    n_cls = len(classes)
+def sample_grid(images: torch.Tensor, labels: torch.Tensor, classes: Sequence[str], per_class: int = 8,
+                max_classes: int = 10):
+    """The first ``per_class`` images of every class, one row per class (of at most ``max_classes``
+    classes spread evenly over the list: CIFAR-100 shows 10 of its 100)."""
+    shown = shown_classes(len(classes), max_classes)
+    n_cls = len(shown)
     fig, axes = plt.subplots(n_cls, per_class, figsize=(per_class * 0.9, n_cls * 0.95), squeeze=False)
-    for c in range(n_cls):
+    for row, c in enumerate(shown):
         idx = torch.nonzero(labels == c).flatten()[:per_class]
         for j in range(per_class):
-            ax = axes[c, j]
+            ax = axes[row, j]
             ax.set_xticks([])
             ax.set_yticks([])
             for s in ax.spines.values():
                 s.set_visible(False)
             if j < len(idx):
                 ax.imshow(_to_hwc(images[idx[j]]), interpolation="nearest")
-        axes[c, 0].set_ylabel(classes[c], rotation=0, ha="right", va="center", fontsize=9)
-    fig.suptitle("training images, first per class", y=1.0)
+        axes[row, 0].set_ylabel(classes[c], rotation=0, ha="right", va="center", fontsize=9)
+    shown_of = "" if n_cls == len(classes) else f" ({n_cls} of {len(classes)} classes)"
+    fig.suptitle(f"training images, first per class{shown_of}", y=1.0)
     fig.tight_layout()
     return fig
 
