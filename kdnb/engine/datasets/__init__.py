@@ -12,5 +12,6 @@ from .base import DatasetSpec
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
 
 from . import cifar10  # noqa: E402,F401,I001
+from . import cifar100  # noqa: E402,F401,I001
 
 __all__ = ["DATASETS", "DatasetSpec"]
