@@ -9,8 +9,9 @@ Everything runs in one process on one device, after warm-up:
 - ``baseline``, ``kd``, ``kd_fa``, ``kd_at``, ``kd_fa_at`` — kdnb's own step
   (:func:`kdnb.engine.step.build_stepper`) on uint8 batches gathered from a dataset resident on the
   device: batch augmentation, forward(s), masks, losses, backward, SGD;
-- the pieces: ``teacher_forward`` (no graph; what KD needs) and ``gradcam_mask`` (the teacher
-  forward with Grad-CAM at ``cam_stage`` plus the causal mask at every distillation stage).
+- the pieces: ``teacher_forward`` (no graph; what KD needs) and, per registered CAM method,
+  ``<method>_mask`` (the teacher forward with that CAM at ``cam_stage`` plus the causal mask at every
+  distillation stage): ``gradcam_mask``, ``gradcampp_mask``, ``layercam_mask``.
 
 The teacher is the profile's teacher architecture, randomly initialised (speed does not depend on
 the weights). Data are synthetic unless ``data_dir`` names real images.
@@ -44,15 +45,16 @@ from .engine.data import MEAN, STD, augment, cache_dir, epoch_batches, load_data
 from .engine.speedups import amp_active, autocast, cpu_bf16_pays, device_name
 from .engine.step import CohortStep, build_stepper, build_student, prepare_teacher_for
 from .engine.train import resolve_device
+from .method.cams import CAM_METHODS
 from .method.masks import causal_mask, teacher_forward
 from .method.models import count_parameters
 
 REFERENCE = "reference"
-PIECES: tuple[str, ...] = ("teacher_forward", "gradcam_mask")
+PIECES: tuple[str, ...] = ("teacher_forward", *(f"{m}_mask" for m in CAM_METHODS))
 COHORT = "cohort"
 VARIANTS: tuple[str, ...] = (REFERENCE, *STUDENT_CONFIGS, COHORT, *PIECES)
 KINDS = {REFERENCE: "paper pipeline", **{c: "kdnb step" for c in STUDENT_CONFIGS}, COHORT: "all 5 students",
-         "teacher_forward": "piece", "gradcam_mask": "piece"}
+         **{p: "piece" for p in PIECES}}
 NUM_WORKERS = 2
 PREFETCH_FACTOR = 2
 # Targets of issue 6 (a benchmark, not a timed test).
@@ -270,14 +272,16 @@ def _piece_steps(names: tuple[str, ...], cfgs: dict[str, RunConfig], prepared: t
         with autocast(dev, mcfg.amp):
             teacher_forward(prepared, xb)
 
-    def mask_piece() -> None:
-        xb, yb = next(batches)
-        with autocast(dev, mcfg.amp):
-            _, _, cam = teacher_forward(prepared, xb, mcfg.cam_stage, yb)
-            for hw in sizes.values():
-                causal_mask(cam, mcfg.keep, mcfg.cam_type, hw)
+    def mask_piece(method: str) -> Callable[[], None]:
+        def piece() -> None:
+            xb, yb = next(batches)
+            with autocast(dev, mcfg.amp):
+                _, _, cam = teacher_forward(prepared, xb, mcfg.cam_stage, yb, method=method)
+                for hw in sizes.values():
+                    causal_mask(cam, mcfg.keep, mcfg.cam_type, hw)
+        return piece
 
-    pieces = {"teacher_forward": teacher_piece, "gradcam_mask": mask_piece}
+    pieces = {"teacher_forward": teacher_piece, **{f"{m}_mask": mask_piece(m) for m in CAM_METHODS}}
     return {name: fn for name, fn in pieces.items() if name in names}
 
 
@@ -366,7 +370,7 @@ def _report(meta: dict[str, Any], rounds: dict[str, list[float]], bs: int, gpu: 
     ratios = {
         "baseline_over_reference_throughput": speedup,
         "kd_fa_at_over_kd_step_time": masked,
-        "gradcam_mask_over_teacher_forward_time": paired("gradcam_mask", "teacher_forward"),
+        **{f"{m}_mask_over_teacher_forward_time": paired(f"{m}_mask", "teacher_forward") for m in CAM_METHODS},
         "kd_over_baseline_step_time": paired("kd", "baseline"),
         "cohort_over_kd_step_time": paired(COHORT, "kd"),
         # the cohort against the five students' solo steps one after another (per-round sums)
@@ -406,8 +410,9 @@ def _print_report(report: dict[str, Any], out: Callable) -> None:
         if t["value"] is not None:
             verdict = "met" if t["met"] else "MISSED"
             out(f"{TARGET_LABELS[key]}: {t['value']:.2f}x  (target {t['target']}x on {t['applies_to']}: {verdict})")
-    if ratios["gradcam_mask_over_teacher_forward_time"] is not None:
-        out(f"gradcam_mask / teacher_forward (time): {ratios['gradcam_mask_over_teacher_forward_time']:.2f}x")
+    for m in CAM_METHODS:  # what each CAM method's masks add to the teacher pass
+        if ratios.get(f"{m}_mask_over_teacher_forward_time") is not None:
+            out(f"{m}_mask / teacher_forward (time): {ratios[f'{m}_mask_over_teacher_forward_time']:.2f}x")
     if ratios["cohort_over_kd_step_time"] is not None:
         out(f"cohort of all 5 students / kd (step time): {ratios['cohort_over_kd_step_time']:.2f}x"
             + (f"; / the 5 solo steps together: {ratios['cohort_over_sum_of_solo_step_time']:.2f}x"
