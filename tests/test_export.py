@@ -107,7 +107,8 @@ def test_torchscript_gives_the_trained_logits(baseline_run, tmp_path):
     assert delta <= TOLERANCE
     extra = {"kdnb.json": ""}
     torch.jit.load(str(path), _extra_files=extra)
-    assert json.loads(extra["kdnb.json"])["config"] == "baseline"
+    meta = json.loads(extra["kdnb.json"])
+    assert meta["config"] == "baseline" and meta["classes"] == [f"class{c}" for c in range(10)]
 
 
 def test_the_teacher_exports_too(smoke_runs, tmp_path):

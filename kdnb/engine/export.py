@@ -113,17 +113,17 @@ def _check_packages(fmt: str) -> None:
                           "pip install -e '.[export]' (or pip install -r requirements.txt)")
 
 
-def _metadata(saved: dict[str, Any], run_dir: Path, classes: list[str] | None) -> dict[str, str]:
-    """What the file records about itself (ONNX metadata_props, a TorchScript extra file)."""
+def _metadata(saved: dict[str, Any], run_dir: Path, classes: list[str] | None) -> dict[str, Any]:
+    """What the file records about itself (ONNX metadata_props, as strings; TorchScript's kdnb.json)."""
     return {"producer": f"kdnb {__version__}", "run": str(run_dir), "config": str(saved.get("config")),
             "profile": str(saved.get("profile")), "seed": str(saved.get("seed")), "arch": str(saved.get("arch")),
             "input": f"{INPUT_NAME}: float32 RGB in [0, 1], shape (N, 3, 32, 32); normalisation "
                      f"(mean {MEAN}, std {STD}) is inside the graph",
             "output": f"{OUTPUT_NAME}: float32 (N, classes), unnormalised scores; softmax gives probabilities",
-            "classes": json.dumps(classes)}
+            "classes": classes}
 
 
-def _onnx_bytes(model: nn.Module, example: torch.Tensor, meta: dict[str, str]) -> bytes:
+def _onnx_bytes(model: nn.Module, example: torch.Tensor, meta: dict[str, Any]) -> bytes:
     """The ONNX model of ``model`` with a dynamic batch axis, exported by torch's maintained
     (torch.export-based) exporter; its progress lines and deprecation chatter are kept quiet."""
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
@@ -134,12 +134,12 @@ def _onnx_bytes(model: nn.Module, example: torch.Tensor, meta: dict[str, str]) -
     proto = program.model_proto
     for key, value in meta.items():
         entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
+        entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
     proto.doc_string = meta["input"] + "; " + meta["output"]
     return proto.SerializeToString()
 
 
-def _torchscript_bytes(model: nn.Module, example: torch.Tensor, meta: dict[str, str]) -> bytes:
+def _torchscript_bytes(model: nn.Module, example: torch.Tensor, meta: dict[str, Any]) -> bytes:
     """The traced TorchScript module of ``model`` (tracing keeps the batch size free for a network
     without data-dependent control flow, as kdnb's are); ``kdnb.json`` inside holds ``meta``."""
     buf = io.BytesIO()
