@@ -1,4 +1,4 @@
-"""Command line: ``python -m kdnb {train,pipeline,bench} ...``.
+"""Command line: ``python -m kdnb {train,pipeline,bench,export} ...``.
 
 Every user error (bad setting, missing data, missing teacher) ends as one line on stderr and a
 non-zero exit, before any long work starts; so does every storage fault (a full or read-only disk,
@@ -101,6 +101,15 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .engine.export import export_run
+
+    path = export_run(args.run_dir, args.format, out=args.out, force=args.force)
+    print(f"wrote {path} ({args.format}): input float32 RGB images in [0, 1], shape (N, 3, 32, 32), normalisation "
+          "included; output logits (N, classes). Loading it: docs/deploy.md")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m kdnb", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -153,6 +162,19 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one setting of every benchmarked configuration (e.g. compile=true)")
     b.set_defaults(func=_cmd_bench)
+
+    from .engine.export import FORMATS
+
+    e = sub.add_parser("export", help="write a finished run's network as one deployable file (ONNX or TorchScript)",
+                       description="The network alone (no connectors, no teacher), in eval mode, with the input "
+                                   "normalisation inside: it takes float RGB images in [0, 1], shape (N, 3, 32, 32). "
+                                   "See docs/deploy.md.")
+    e.add_argument("run_dir", metavar="RUN_DIR", help="a finished run's folder, e.g. runs/cpu/kd_fa_at/seed0")
+    e.add_argument("--format", choices=list(FORMATS), default="onnx", help="onnx (default) or torchscript")
+    e.add_argument("--out", default=None,
+                   help=f"the file to write (default RUN_DIR/{FORMATS['onnx']} or RUN_DIR/{FORMATS['torchscript']})")
+    e.add_argument("--force", action="store_true", help="replace an existing file")
+    e.set_defaults(func=_cmd_export)
     return p
 
 
