@@ -27,7 +27,8 @@ from torch import nn
 
 from .. import __version__
 from .config import config_from_dict
-from .data import CIFAR10_CLASSES, MEAN, STD
+from .data import DEFAULT_DATASET
+from .datasets import DATASETS
 from .errors import OneLine, TrainingError
 from .runs import BEST_FILE, CONFIG_FILE, METRICS_FILE, atomic_write, read_json
 from .train import load_trained, train_command
@@ -52,11 +53,12 @@ class Deployable(nn.Module):
     """``net`` behind kdnb's normalisation: takes float images in [0, 1] (what decoders give), so
     no deployment has to know kdnb's mean and std, and none can apply them twice or forget them."""
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: nn.Module, dataset: str = DEFAULT_DATASET) -> None:
         super().__init__()
         self.net = net
-        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1))
+        spec = DATASETS[dataset]  # the mean and std the run trained with
+        self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net((images - self.mean) / self.std)
@@ -97,8 +99,9 @@ def class_names(saved: dict[str, Any], num_classes: int) -> list[str] | None:
     when the folder is still there); None when they cannot be known."""
     source = str(saved.get("data_source") or "")
     names: list[str] | None = None
-    if source.startswith("canonical CIFAR-10"):
-        names = list(CIFAR10_CLASSES)
+    spec = DATASETS[saved.get("dataset") or DEFAULT_DATASET]
+    if source.startswith(f"canonical {spec.label} "):
+        names = list(spec.classes)
     elif source.startswith("synthetic"):
         names = [f"class{c}" for c in range(num_classes)]
     elif (m := re.match(r"^image folder (.+) \(\d+ train / \d+ test\)$", source)) and Path(m.group(1), "train").is_dir():
@@ -115,10 +118,11 @@ def _check_packages(fmt: str) -> None:
 
 def _metadata(saved: dict[str, Any], run_dir: Path, classes: list[str] | None) -> dict[str, Any]:
     """What the file records about itself (ONNX metadata_props, as strings; TorchScript's kdnb.json)."""
+    spec = DATASETS[saved.get("dataset") or DEFAULT_DATASET]
     return {"producer": f"kdnb {__version__}", "run": str(run_dir), "config": str(saved.get("config")),
             "profile": str(saved.get("profile")), "seed": str(saved.get("seed")), "arch": str(saved.get("arch")),
             "input": f"{INPUT_NAME}: float32 RGB in [0, 1], shape (N, 3, 32, 32); normalisation "
-                     f"(mean {MEAN}, std {STD}) is inside the graph",
+                     f"(mean {spec.mean}, std {spec.std}) is inside the graph",
             "output": f"{OUTPUT_NAME}: float32 (N, classes), unnormalised scores; softmax gives probabilities",
             "classes": classes}
 
@@ -172,7 +176,7 @@ def export_run(run_dir: str | os.PathLike, fmt: str = "onnx", out: str | os.Path
         raise ExportError(f"{path} already exists: pass --force to replace it, or --out another file")
     _check_packages(fmt)
     net = load_trained(run_dir)  # a damaged best.pt: one line naming the command that retrains the run
-    model = Deployable(net).eval().requires_grad_(False)
+    model = Deployable(net, saved.get("dataset") or DEFAULT_DATASET).eval().requires_grad_(False)
     classes = class_names(saved, net.fc.out_features)
     meta = _metadata(saved, run_dir, classes)
     example = torch.rand(2, *IMAGE_SHAPE, generator=torch.Generator().manual_seed(0))
