@@ -18,10 +18,17 @@ from kdnb.report.lookup import MissingInput
 def test_variants_none_gradcam_size_matched_random_and_soft():
     labels = [v.label for v in ablation.variants((0.25, 0.5))]
     assert labels == ["none", "random_matched 0.25", "random_matched 0.5", "gradcam 0.25", "gradcam 0.5",
-                      "gradcam soft"]
-    labels = [v.label for v in ablation.variants((0.25, 0.5), unmatched=True)]
+                      "gradcam soft", "gradcampp 0.5", "layercam 0.5"]  # the CAM axis: every other registered method
+    labels = [v.label for v in ablation.variants((0.25, 0.5), unmatched=True, cams=())]
     assert labels == ["none", "random_matched 0.25", "random_matched 0.5", "random 0.25", "random 0.5",
                       "gradcam 0.25", "gradcam 0.5", "gradcam soft"]
+
+
+def test_the_cam_axis_trains_each_method_at_keep_half_in_its_own_folder():
+    v = ablation.Variant("gradcam", 0.5, cam="layercam")
+    cfg = ablation.variant_config(v, "smoke", 1)
+    assert cfg.run_name == "kd_fa_at-layercam-keep0.5" and cfg.cam == "layercam" and cfg.mask_mode == "gradcam"
+    assert cfg.to_dict() == make_config("kd_fa_at", "smoke", 1, {"cam": "layercam", "name": cfg.name}).to_dict()
 
 
 def test_gradcam_at_the_default_keep_is_the_main_run():
@@ -56,8 +63,8 @@ def test_run_names_cannot_take_another_configs_folder():
 
 def test_plan_marks_who_trains_what(tmp_path):
     plan = ablation.plan("smoke", [0, 1], tmp_path)
-    assert len(plan) == 12 and not plan["finished"].any()
-    assert len(ablation.plan("smoke", [0, 1], tmp_path, unmatched=True)) == 16
+    assert len(plan) == 16 and not plan["finished"].any()  # 8 variants (the CAM axis included) x 2 seeds
+    assert len(ablation.plan("smoke", [0, 1], tmp_path, unmatched=True)) == 20
     main = plan[plan["variant"] == "gradcam 0.5"]
     assert set(main["run"]) == {"kd_fa_at"} and set(main["trained by"]) == {"06 (main series)"}
     assert set(plan[plan["variant"] != "gradcam 0.5"]["trained by"]) == {"09 (this ablation)"}
@@ -77,9 +84,11 @@ def _fake_runs(acc: dict[str, list[float]], shares: dict[str, tuple[float, float
         soft = rest == "soft"
         keep = float(rest) if rest and not soft else np.nan
         share, short = (shares or {}).get(label, (np.nan, np.nan))
+        cam = mode if mode in ("gradcampp", "layercam") else "gradcam"
+        mode = "gradcam" if cam != "gradcam" else mode
         for seed, a in enumerate(values):
             rows.append({"variant": label, "mask_mode": mode, "keep": keep, "cam_type": "soft" if soft else "binary",
-                         "seed": seed, "test_acc": a, "best_epoch": 10, "mask_share": share,
+                         "cam": cam, "seed": seed, "test_acc": a, "best_epoch": 10, "mask_share": share,
                          "cam_short_share": short})
     return pd.DataFrame(rows)
 
@@ -132,6 +141,13 @@ def test_conclusion_follows_the_data():
     assert f"unmatched random masks (exactly keep) vs size-matched {mean:+.2f} pp, 95% CI [{lo:+.2f}, {hi:+.2f}]" in text
     assert "the soft Grad-CAM mask (the cam as weights) vs no mask" in text
     assert "one seed" in ablation.conclusion(_fake_runs({k: v[:1] for k, v in clear_win.items()}))
+    # the CAM axis: each other method against Grad-CAM at its keep, and kept out of the Grad-CAM verdict
+    cams = {**clear_win, "layercam 0.5": [60.0, 61.2, 59.1]}
+    text = ablation.conclusion(_fake_runs(cams))
+    mean, lo, hi = _scipy_delta(cams["layercam 0.5"], cams["gradcam 0.5"])
+    assert f"masks from layercam vs Grad-CAM at keep 0.5 {mean:+.2f} pp, 95% CI [{lo:+.2f}, {hi:+.2f}]" in text
+    assert "beat both no mask and size-matched random masks significantly at keep 0.5" in text
+    assert list(ablation.versus_matched(_fake_runs(cams))["mask"]) == ["gradcam 0.5"]
     vm = ablation.versus_matched(_fake_runs(with_all))
     assert list(vm["mask"]) == ["gradcam 0.5", "random 0.5"]
     assert math.isclose(vm.loc[0, "Δ vs matched random (pp)"],
@@ -146,7 +162,8 @@ def test_train_missing_trains_only_its_own_runs_one_cohort_per_seed(tmp_path, mo
     plan = ablation.plan("smoke", [0, 1], tmp_path)
     ablation.train_missing(plan, "smoke", tmp_path)
     own = sorted(["kd_fa_at-none", "kd_fa_at-random_matched-keep0.25", "kd_fa_at-random_matched-keep0.5",
-                  "kd_fa_at-gradcam-keep0.25", "kd_fa_at-gradcam-soft"])
+                  "kd_fa_at-gradcam-keep0.25", "kd_fa_at-gradcam-soft", "kd_fa_at-gradcampp-keep0.5",
+                  "kd_fa_at-layercam-keep0.5"])
     assert cohorts == [[(0, r) for r in own], [(1, r) for r in own]]
     assert not run_path(tmp_path, "smoke", "kd_fa_at", 0).exists()
 

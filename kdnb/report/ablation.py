@@ -28,7 +28,9 @@ from ..engine.config import RunConfig, make_config
 from ..engine.runs import HISTORY_FILE, METRICS_FILE, is_finished, read_json, run_path, write_text
 from ..engine.train import train_cohort
 from ..evaluation.stats import describe_difference, interval_text, paired_difference, summarize
+from ..method.cams import CAM_METHODS
 from ..method.mask_sources import CAM_MODES
+from ..method.masks import DEFAULT_CAM
 from .lookup import MissingInput, check_identity, mask_statistics, notebook_hint, require_run
 from .tables import markdown_table
 
@@ -36,6 +38,9 @@ ABLATION_CONFIG = "kd_fa_at"
 KEEPS: tuple[float, ...] = (0.25, 0.5)
 REFERENCE = "none"
 MATCHED = "random_matched"
+# The CAM-method axis: every registered method but the default, as binary causal masks at this keep.
+CAM_AXIS: tuple[str, ...] = tuple(m for m in CAM_METHODS if m != DEFAULT_CAM)
+CAM_AXIS_KEEP = 0.5
 
 
 @dataclass(frozen=True)
@@ -44,28 +49,37 @@ class Variant:
     mask_mode: str
     keep: float | None = None  # None where keep does not apply: mask_mode "none", and soft masks
     cam_type: str = "binary"
+    cam: str = DEFAULT_CAM  # the CAM method of a causal mask (the ablation's CAM axis)
+
+    @property
+    def source(self) -> str:
+        """The mask's name: its mode, or for a causal mask from another CAM method that method."""
+        return self.cam if self.mask_mode == "gradcam" and self.cam != DEFAULT_CAM else self.mask_mode
 
     @property
     def label(self) -> str:
-        kind = self.mask_mode if self.cam_type == "binary" else f"{self.mask_mode} {self.cam_type}"
+        kind = self.source if self.cam_type == "binary" else f"{self.source} {self.cam_type}"
         return kind if self.keep is None else f"{kind} {self.keep:g}"
 
     @property
     def folder_suffix(self) -> str:
-        """``-<mode>[-soft][-keep<k>]``: the run folder after the configuration's name."""
+        """``-<mode or CAM method>[-soft][-keep<k>]``: the run folder after the configuration's name."""
         soft = "" if self.cam_type == "binary" else f"-{self.cam_type}"
-        return f"-{self.mask_mode}{soft}" + ("" if self.keep is None else f"-keep{self.keep:g}")
+        return f"-{self.source}{soft}" + ("" if self.keep is None else f"-keep{self.keep:g}")
 
 
-def variants(keeps: Sequence[float] = KEEPS, unmatched: bool = False, soft: bool = True) -> list[Variant]:
+def variants(keeps: Sequence[float] = KEEPS, unmatched: bool = False, soft: bool = True,
+             cams: Sequence[str] = CAM_AXIS) -> list[Variant]:
     """``none``; size-matched random masks, (with ``unmatched``) ``keep``-fraction random masks and
-    binary Grad-CAM masks at every ``keep``; (with ``soft``) the soft Grad-CAM mask."""
+    binary Grad-CAM masks at every ``keep``; (with ``soft``) the soft Grad-CAM mask; binary masks from
+    each other CAM method in ``cams`` (Grad-CAM++, LayerCAM) at keep :data:`CAM_AXIS_KEEP`."""
     modes = (MATCHED, "random", "gradcam") if unmatched else (MATCHED, "gradcam")
     out = [Variant(REFERENCE)]
     for mode in modes:
         out += [Variant(mode, float(k)) for k in keeps]
     if soft:
         out.append(Variant("gradcam", None, "soft"))
+    out += [Variant("gradcam", CAM_AXIS_KEEP, cam=m) for m in cams]
     return out
 
 
@@ -75,15 +89,18 @@ def variant_config(variant: Variant, profile: str, seed: int, overrides: dict[st
     exactly the main series' run (binary Grad-CAM at the default ``keep``), which keeps the config's folder."""
     base = make_config(config, profile, seed, overrides)
     keep = base.keep if variant.keep is None else variant.keep
-    main = (variant.mask_mode, keep, variant.cam_type) == (base.mask_mode, base.keep, base.cam_type)
+    main = (variant.mask_mode, keep, variant.cam_type, variant.cam) == (base.mask_mode, base.keep, base.cam_type,
+                                                                        base.cam)
     name = None if main else config + variant.folder_suffix
     return make_config(config, profile, seed, {**(overrides or {}), "mask_mode": variant.mask_mode,
-                                               "keep": keep, "cam_type": variant.cam_type, "name": name})
+                                               "keep": keep, "cam_type": variant.cam_type, "cam": variant.cam,
+                                               "name": name})
 
 
 def _variant(row: Any) -> Variant:
     """The :class:`Variant` of a plan row."""
-    return Variant(row.mask_mode, None if pd.isna(row.keep) else float(row.keep), row.cam_type)
+    return Variant(row.mask_mode, None if pd.isna(row.keep) else float(row.keep), row.cam_type,
+                   getattr(row, "cam", DEFAULT_CAM))
 
 
 def plan(profile: str, seeds: Sequence[int], runs_dir: str | os.PathLike, keeps: Sequence[float] = KEEPS,
@@ -96,7 +113,7 @@ def plan(profile: str, seeds: Sequence[int], runs_dir: str | os.PathLike, keeps:
             cfg = variant_config(v, profile, int(s), overrides, config)
             d = run_path(runs_dir, profile, cfg.run_name, cfg.seed)
             rows.append({"variant": v.label, "mask_mode": v.mask_mode, "keep": v.keep, "cam_type": v.cam_type,
-                         "seed": int(s), "run": cfg.run_name, "finished": is_finished(d),
+                         "cam": v.cam, "seed": int(s), "run": cfg.run_name, "finished": is_finished(d),
                          "trained by": "06 (main series)" if cfg.name is None else "09 (this ablation)"})
     return pd.DataFrame(rows)
 
@@ -138,7 +155,8 @@ def collect(plan_df: pd.DataFrame, profile: str, runs_dir: str | os.PathLike,
         m = read_json(d / METRICS_FILE)
         history = read_json(d / HISTORY_FILE) if (d / HISTORY_FILE).is_file() else []
         rows.append({"variant": r.variant, "mask_mode": r.mask_mode, "keep": r.keep, "cam_type": r.cam_type,
-                     "seed": r.seed, "test_acc": 100 * m["test_acc"], "val_acc": 100 * m["val_acc"],
+                     "cam": getattr(r, "cam", DEFAULT_CAM), "seed": r.seed,
+                     "test_acc": 100 * m["test_acc"], "val_acc": 100 * m["val_acc"],
                      "best_epoch": m["best_epoch"], "train_seconds": m["train_seconds"],
                      **mask_statistics(history), "run_dir": str(d)})
     return pd.DataFrame(rows)
@@ -178,6 +196,27 @@ def _versus(runs: pd.DataFrame, label: str, ref: str | None, digits: int) -> tup
     d = paired_difference(_by_seed(runs, label), _by_seed(runs, ref))
     mde = "–" if math.isnan(d["mde"]) else f"{d['mde']:.{digits}f}"
     return f"{d['mean']:+.{digits}f}", interval_text(d, digits), mde, d["label"]
+
+
+def _default_cam(runs: pd.DataFrame) -> pd.Series:
+    """Rows whose causal masks come from the default CAM method (all rows of runs before the CAM axis)."""
+    return runs["cam"] == DEFAULT_CAM if "cam" in runs else pd.Series(True, index=runs.index)
+
+
+def _cam_axis(runs: pd.DataFrame) -> list[str]:
+    """Sentences on each other CAM method against Grad-CAM at the same keep (seed-paired)."""
+    if "cam" not in runs:
+        return []
+    out = []
+    for label, grp in runs[~_default_cam(runs)].groupby("variant", sort=False):
+        keep = grp["keep"].iloc[0]
+        ref = runs[(runs["mask_mode"] == "gradcam") & (runs["keep"] == keep) & (runs["cam_type"] == "binary")
+                   & _default_cam(runs)]
+        if ref.empty:
+            continue
+        d = paired_difference(_by_seed(runs, label), _by_seed(runs, ref["variant"].iloc[0]))
+        out.append(f"masks from {grp['cam'].iloc[0]} vs Grad-CAM at keep {keep:g} {describe_difference(d)}")
+    return out
 
 
 def _percent(x: float) -> str:
@@ -225,7 +264,7 @@ def versus_matched(runs: pd.DataFrame) -> pd.DataFrame:
         if ref is None:
             continue
         for mode in ("gradcam", "random"):
-            hit = runs[(runs["mask_mode"] == mode) & (runs["keep"] == keep)]
+            hit = runs[(runs["mask_mode"] == mode) & (runs["keep"] == keep) & _default_cam(runs)]
             if hit.empty:
                 continue
             d = paired_difference(_by_seed(runs, hit["variant"].iloc[0]), _by_seed(runs, ref))
@@ -244,7 +283,7 @@ def conclusion(runs: pd.DataFrame, config_label: str = "KD+FA+AT") -> str:
     parts, wins, losses = [], [], []
     binary = runs["cam_type"] == "binary" if "cam_type" in runs else pd.Series(True, index=runs.index)
     for keep in sorted(runs[binary]["keep"].dropna().unique()):
-        g = runs[binary & (runs["mask_mode"] == "gradcam") & (runs["keep"] == keep)]
+        g = runs[binary & (runs["mask_mode"] == "gradcam") & (runs["keep"] == keep) & _default_cam(runs)]
         if g.empty:
             continue
         ref = _matched_label(runs, "gradcam", keep)
@@ -275,6 +314,7 @@ def conclusion(runs: pd.DataFrame, config_label: str = "KD+FA+AT") -> str:
     if not soft.empty:
         parts.append(f"the soft Grad-CAM mask (the cam as weights) vs no mask "
                      f"{describe_difference(paired_difference(_by_seed(runs, soft['variant'].iloc[0]), none))}")
+    parts += _cam_axis(runs)
     if n < 2:
         verdict = "With one seed there are no intervals, so no verdict can be drawn."
     elif wins:

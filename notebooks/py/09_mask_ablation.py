@@ -28,7 +28,9 @@
 # - `gradcam soft`: the cam itself as weights, $M = \mathrm{cam}$ (`keep` does not apply);
 # - `random` (unmatched; `unmatched=False` leaves it out): exactly `keep` of the positions at random, whatever the
 #   cam; larger than the Grad-CAM mask wherever the cam is sparse, so it is not the control the table compares
-#   against, but it shows whether the control's size matters.
+#   against, but it shows whether the control's size matters;
+# - `gradcampp 0.5`, `layercam 0.5`: the binary causal mask at `keep` 0.5 built from another CAM method
+#   (Grad-CAM++, LayerCAM; `kdnb.method.cams`) instead of Grad-CAM. Does the choice of CAM matter?
 #
 # Same seeds, split, teacher and recipe as the main series. The table gives test top-1 mean ± std, the seed-paired
 # difference $\Delta = \frac{1}{n}\sum_s (a^{mask}_s - a^{ref}_s)$ with its 95% Student-t interval against `none`
@@ -70,7 +72,7 @@ print("seeds:", seeds_used)
 # ## The runs
 #
 # One row per (mask, seed). The `gradcam 0.5` runs are the main series' KD+FA+AT runs; every other run is
-# trained here with exactly their settings except `mask_mode`, `keep` and `cam_type`.
+# trained here with exactly their settings except `mask_mode`, `keep`, `cam_type` and `cam`.
 
 # %%
 plan = ablation.plan(profile, seeds_used, ctx.runs_dir, keeps, overrides=ctx.overrides, unmatched=unmatched)
