@@ -106,7 +106,8 @@ class Context:
         cfg = cfg or self.config("baseline")
         if self.download_to is not None and cfg.data_dir == self.download_to:
             download_cifar10(self.download_to)
-        return load_dataset(cfg.data_dir, synthetic_train=cfg.synthetic_train, synthetic_test=cfg.synthetic_test)
+        return load_dataset(cfg.data_dir, synthetic_train=cfg.synthetic_train, synthetic_test=cfg.synthetic_test,
+                            dataset=cfg.dataset)
 
     def eval_default(self, name: str, value: Any) -> Any:
         """``value`` if given, else this profile's default for evaluation setting ``name``."""

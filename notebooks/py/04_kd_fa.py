@@ -56,17 +56,12 @@ device: str = "auto"                 # auto (CUDA if available), cpu, cuda or mp
 overrides: dict = {}                 # any other run setting, e.g. {"keep": 0.3, "stages": ["layer2", "layer3"]}
 
 # %%
-import kdnb.report.notebook as nb
-from IPython.display import Markdown
-from kdnb.report import findings, lookup, plots
-from kdnb.engine.train import train
+from kdnb.report.student import StudentNotebook
 
-CONFIG = "kd_fa"
-ctx = nb.context(profile, seed=seed, data_dir=data_dir, runs_dir=runs_dir, figures_dir=figures_dir,
-                 epochs=epochs, device=device, overrides=overrides)
-cfg = ctx.config(CONFIG)
-ctx.require_inputs(cfg)  # stops here, naming the notebook to run first, if the teacher is missing
-print(ctx.describe())
+# stops here, naming the notebook to run first, if the teacher is missing
+run = StudentNotebook("kd_fa", profile, seed=seed, data_dir=data_dir, runs_dir=runs_dir, figures_dir=figures_dir,
+                      epochs=epochs, device=device, overrides=overrides)
+print(run.describe())
 
 # %% [markdown]
 # ## The objective on a fixed input
@@ -76,13 +71,13 @@ print(ctx.describe())
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print(nb.objective_example(CONFIG))
+print(run.objective())
 
 # %% [markdown]
 # ## Run settings
 
 # %%
-lookup.config_table(cfg)
+run.settings()
 
 # %% [markdown]
 # ## Training
@@ -94,25 +89,20 @@ lookup.config_table(cfg)
 # run; the summary's last row says how it was trained.
 
 # %%
-data = ctx.load_data(cfg)
-result = train(cfg, ctx.runs_dir, data=data, progress=True)
-
-# %%
-lookup.run_summary(result)
+run.train()
 
 # %% [markdown]
 # Per epoch: the training objective and its terms, accuracies (%), validation loss and the epoch's time.
 
 # %%
-lookup.history_frame(result.history).round(4)
+run.history()
 
 # %% [markdown]
 # Learning curves: the training objective and its unweighted terms (left), training and validation
 # accuracy (right); the dotted line marks the epoch whose weights were kept.
 
 # %%
-fig = plots.learning_curves(result.history, title=f"{CONFIG}, seed {seed}", best_epoch=result.metrics["best_epoch"])
-ctx.save(fig, f"04_kd_fa_seed{seed}_curves")
+run.curves()
 
 # %% [markdown]
 # ## What this shows
@@ -120,7 +110,7 @@ ctx.save(fig, f"04_kd_fa_seed{seed}_curves")
 # Built from this run's own folder (and, when they are finished, the baseline and KD runs of the same seed).
 
 # %%
-Markdown(findings.student_findings(result, ctx.runs_dir))
+run.findings()
 
 # %% [markdown]
 # Next: `05_kd_at.ipynb`.
