@@ -46,12 +46,17 @@ CONFIGS: tuple[str, ...] = (TEACHER, *STUDENT_CONFIGS)
 # calibration notes), so every profile trains the teacher with Nesterov SGD and a one-cycle LR.
 TEACHER_RECIPE: dict[str, Any] = {"lr": 0.1, "nesterov": True, "schedule": "onecycle"}
 
+# ``threads``: the intra-op CPU thread count every run of the profile trains with, whoever starts it
+# (``train``, the local pool at any --jobs, Ray, Slurm). On the CPU it is part of a run's numbers
+# (float sums split into that many partial sums), so it is part of the run's identity, fixed per
+# profile rather than taken from the machine. smoke and cpu: 2, the 2-core machine their recorded
+# numbers come from (what torch chose there before the count was fixed).
 PROFILES: dict[str, dict[str, Any]] = {
     # Seconds on a laptop CPU: synthetic data, tiny widths. For CI and first contact.
     "smoke": {
         "data_dir": "synthetic", "synthetic_train": 1200, "synthetic_test": 300, "val_size": 200,
         "width": 0.125, "teacher": {"width": 0.125, "epochs": 2, "patience": 2},
-        "epochs": 2, "patience": 2, "eval_batch_size": 300,
+        "epochs": 2, "patience": 2, "eval_batch_size": 300, "threads": 2,
     },
     # Real CIFAR-10 images on 2 CPU cores. Teacher 4x the student's width, a 10k-image training
     # subset. The students follow the paper's stopping rule (<= 30 epochs, patience 5 on validation
@@ -60,7 +65,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "cpu": {
         "train_size": 10000, "val_size": 2000, "width": 0.125,
         "teacher": {"width": 0.25, "epochs": 15, "patience": 15},
-        "epochs": 30, "patience": 5, "compile": True,
+        "epochs": 30, "patience": 5, "compile": True, "threads": 2,
     },
     # The paper's protocol at full width on a GPU: 45k/5k split, <= 30 epochs, early stopping.
     # The teacher's recipe is kdnb's own (the paper fixes only the students'): batch 256 with the
@@ -69,6 +74,10 @@ PROFILES: dict[str, dict[str, Any]] = {
         "val_size": 5000, "width": 1.0, "compile": True, "eval_batch_size": 1000,
         "teacher": {"width": 1.0, "epochs": 30, "patience": 30, "batch_size": 256, "lr": 0.2},
         "epochs": 30, "patience": 5,
+        # On a GPU the host threads only index batches and launch kernels (no float sum of the run is
+        # on the CPU, so the count does not change its numbers): 4 keep a GPU fed and fit the 4+
+        # CPUs per GPU of common nodes (one job per GPU). Fixed all the same, for a paper run on a CPU.
+        "threads": 4,
     },
 }
 
@@ -120,6 +129,8 @@ class RunConfig:
     teacher_seed: int = 0
     # engine
     device: str = "auto"
+    # intra-op CPU threads (the profile's; part of the run's numbers). None: a config.json saved
+    # before the count was recorded (the run had the machine's default; its torch_threads says which)
     threads: int | None = None
     compile: bool = False
     # torch.compile mode for the student and objective: "reduce-overhead" adds CUDA graphs
@@ -187,8 +198,8 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 
 # The working range of every numeric setting, as interval text: "(" / ")" exclude the bound,
 # "[" / "]" include it. Float settings must also be finite (no nan, no inf); integer settings
-# must be ints (an int-valued float such as 3.0 is a type error, as before). Settings whose type
-# allows None (train_size, threads) accept None as well. This table is the single source of the
+# must be ints (an int-valued float such as 3.0 is a type error, as before). train_size accepts None
+# as well (threads only in a saved config.json: make_config refuses it). This table is the single source of the
 # bounds and of the text of the error messages.
 RANGES: dict[str, str] = {
     # seeds: torch.Generator.manual_seed takes 64-bit values; keep them non-negative int64
@@ -390,6 +401,9 @@ def make_config(
             raise ConfigError(f"unknown setting {key!r}; allowed: {', '.join(sorted(types))}")
         values[key] = parse_value(key, value) if isinstance(value, str) else value
     cfg = validate(RunConfig(**values))
+    if cfg.threads is None:
+        raise ConfigError(f"setting threads=None must be an integer in {RANGES['threads']}: the thread count is part "
+                          f"of a run's numbers (profile {profile}: {PROFILES[profile]['threads']})")
     if cfg.compile and "compile" in (overrides or {}):
         cfg.compile_forced = True
     if not cfg.needs_teacher:  # a run without a teacher has no teacher seed: one baseline serves every teacher
@@ -398,8 +412,11 @@ def make_config(
 
 
 # Settings that change how fast a run goes, not what it computes: they may differ on resume.
-ENGINE_FIELDS: tuple[str, ...] = ("device", "threads", "compile", "compile_mode", "cuda_graphs", "eval_batch_size",
-                                  "data_dir")
+# (Not ``threads``: on the CPU the thread count changes a run's sums, so it is part of the run.)
+ENGINE_FIELDS: tuple[str, ...] = ("device", "compile", "compile_mode", "cuda_graphs", "eval_batch_size", "data_dir")
+# Identity settings recorded only since they joined the identity: a config.json that says null is
+# an older run, with whatever the machine gave it (``torch_threads`` records it), and matches any value.
+UNRECORDED: tuple[str, ...] = ("threads",)
 # The training recipe: a pipeline may shorten it for every run at once (``parameters={"epochs": 1}``);
 # tables state it in their provenance block, read from each run's config.json.
 RECIPE_FIELDS: tuple[str, ...] = ("epochs", "patience", "batch_size", "lr", "momentum", "weight_decay", "nesterov",
@@ -415,7 +432,8 @@ def identity_diff(saved: dict[str, Any], expected: RunConfig) -> dict[str, tuple
     differs from ``expected`` (settings added since the run was saved count with their default)."""
     have = config_from_dict(saved).to_dict()
     want = expected.to_dict()
-    return {k: (have[k], want[k]) for k in want if k not in NOT_IDENTITY and have.get(k) != want[k]}
+    return {k: (have[k], want[k]) for k in want
+            if k not in NOT_IDENTITY and have.get(k) != want[k] and not (k in UNRECORDED and have[k] is None)}
 
 
 def config_from_dict(d: dict[str, Any]) -> RunConfig:
