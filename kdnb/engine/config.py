@@ -414,17 +414,20 @@ def make_config(
 # Settings that change how fast a run goes, not what it computes: they may differ on resume.
 # (Not ``threads``: on the CPU the thread count changes a run's sums, so it is part of the run.)
 ENGINE_FIELDS: tuple[str, ...] = ("device", "compile", "compile_mode", "cuda_graphs", "eval_batch_size", "data_dir")
-# Identity settings recorded only since they joined the identity: a config.json that says null is
-# an older run, with whatever the machine gave it (``torch_threads`` records it), and matches any value.
+# Settings a run records only since they fix its numbers: a config.json that says null is an older
+# run, with whatever the machine gave it (``torch_threads`` records it); it resumes with any value.
 UNRECORDED: tuple[str, ...] = ("threads",)
 # The training recipe: a pipeline may shorten it for every run at once (``parameters={"epochs": 1}``);
 # tables state it in their provenance block, read from each run's config.json.
 RECIPE_FIELDS: tuple[str, ...] = ("epochs", "patience", "batch_size", "lr", "momentum", "weight_decay", "nesterov",
                                   "schedule", "warmup_frac")
 # What a run *is* is every other setting but where it lives (``name``, ``seed`` are its folder), the
-# numeric engine (``amp``) and the recipe (both in the provenance): objective, masks, networks, data,
-# profile. Tables and figures compare these with what they claim a run to be.
-NOT_IDENTITY: tuple[str, ...] = ("name", "seed", "amp", *ENGINE_FIELDS, *RECIPE_FIELDS)
+# numeric engine (``amp``, ``threads``) and the recipe (both in the provenance): objective, masks,
+# networks, data, profile. Tables and figures compare these with what they claim a run to be. The
+# numeric engine and the recipe still fix a run's numbers: a run resumes only with the values it
+# recorded (train refuses others), and the tables state them (``--set threads=1`` for a whole
+# series reaches 07–09, which take no overrides, as a shortened recipe does).
+NOT_IDENTITY: tuple[str, ...] = ("name", "seed", "amp", "threads", *ENGINE_FIELDS, *RECIPE_FIELDS)
 
 
 def identity_diff(saved: dict[str, Any], expected: RunConfig) -> dict[str, tuple[Any, Any]]:
@@ -432,8 +435,7 @@ def identity_diff(saved: dict[str, Any], expected: RunConfig) -> dict[str, tuple
     differs from ``expected`` (settings added since the run was saved count with their default)."""
     have = config_from_dict(saved).to_dict()
     want = expected.to_dict()
-    return {k: (have[k], want[k]) for k in want
-            if k not in NOT_IDENTITY and have.get(k) != want[k] and not (k in UNRECORDED and have[k] is None)}
+    return {k: (have[k], want[k]) for k in want if k not in NOT_IDENTITY and have.get(k) != want[k]}
 
 
 def config_from_dict(d: dict[str, Any]) -> RunConfig:
