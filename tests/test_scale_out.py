@@ -23,7 +23,7 @@ from kdnb.cli import main
 from kdnb.engine.config import ConfigError
 from kdnb.engine.runs import TIMING_FIELDS
 from kdnb.executors import check_executor, local
-from kdnb.jobs import Job, check_visible, graph
+from kdnb.jobs import Job, JobResult, check_visible, graph
 from kdnb.pipeline import PipelineError, Step, plan, run_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -108,6 +108,10 @@ def test_local_slots_pin_gpus_and_give_every_job_the_runs_threads(monkeypatch):
     monkeypatch.setattr(local, "cpu_cores", lambda: 16)
     assert local.slots(3, None, 4) == ([{"OMP_NUM_THREADS": "4"}] * 3, None)
     assert len(local.slots(8, None, 4)[0]) == 4  # 16 cores, 4 threads each
+    monkeypatch.setattr(local, "cpu_cores", lambda: 2)
+    assert local.slots(1, None, 4) == ([{"OMP_NUM_THREADS": "4"}], "local executor: the runs use 4 threads (their "
+                                       "thread count, part of their numbers) on 2 cores: the same numbers, slower; "
+                                       "--set threads=2 trains other runs")
     with pytest.raises(ConfigError, match="no GPU is visible"):
         local.slots(None, 2, 2)
 
@@ -219,11 +223,12 @@ def _train_series(runs: Path, **how) -> dict[tuple[str, int], dict]:
 
 
 @pytest.mark.slow
-def test_jobs_1_jobs_2_and_ray_train_bit_identical_runs(tmp_path, monkeypatch, checkout_on_path, capsys):
-    """#33: --jobs 1, --jobs 2 (two 2-thread jobs at once, as on a 4-core machine) and a local Ray
-    instance (4 CPUs: both seeds' cohorts at once) give every run of the series the same metrics,
-    bit for bit, and the same recorded thread count: the profile's."""
+def test_jobs_1_jobs_2_ray_and_submitit_train_bit_identical_runs(tmp_path, monkeypatch, checkout_on_path, capsys):
+    """#33: --jobs 1, --jobs 2 (two 2-thread jobs at once, as on a 4-core machine), a local Ray
+    instance (4 CPUs: both seeds' cohorts at once) and submitit's local executor give every run of
+    the series the same metrics, bit for bit, and the same recorded thread count: the profile's."""
     ray = pytest.importorskip("ray", reason="ray is not installed (pip install ray)")
+    pytest.importorskip("submitit", reason="submitit is not installed (pip install submitit)")
     reference = _train_series(tmp_path / "jobs1")
     assert json.loads((tmp_path / "jobs1" / "smoke" / "kd" / "seed1" / "config.json").read_text())["threads"] == 2
     monkeypatch.setattr(local, "cpu_cores", lambda: 4)
@@ -234,5 +239,65 @@ def test_jobs_1_jobs_2_and_ray_train_bit_identical_runs(tmp_path, monkeypatch, c
         assert _train_series(tmp_path / "ray", executor="ray") == reference
     finally:
         ray.shutdown()
-    for runs in ("jobs2", "ray"):
+    assert _train_series(tmp_path / "slurm", executor="slurm", scale={"submitit_cluster": "local"}) == reference
+    for runs in ("jobs2", "ray", "slurm"):
         assert json.loads((tmp_path / runs / "smoke" / "teacher" / "seed0" / "config.json").read_text())["threads"] == 2
+
+
+class _Ref:
+    """A fake ObjectRef: hashable, holding its task's result."""
+
+    def __init__(self, result: JobResult):
+        self.result = result
+
+
+class _FakeRay:
+    """Just enough of Ray for the executor's submission loop: tasks finish in submission order."""
+
+    def __init__(self, cpus: float):
+        self.cpus, self.open, self.most, self.requests = cpus, 0, 0, []
+
+    def cluster_resources(self) -> dict:
+        return {"CPU": self.cpus}
+
+    def remote(self, fn):
+        fake = self
+
+        class Task:
+            def options(self, **request):
+                fake.requests.append(request)
+                return self
+
+            def remote(self, job, threads, log, *upstream):
+                fake.open += 1
+                fake.most = max(fake.most, fake.open)
+                return _Ref(JobResult(job.name, "done", device=f"{threads} threads"))
+
+        return Task()
+
+    def wait(self, refs, num_returns=1):
+        self.open -= 1
+        return refs[:1], refs[1:]
+
+    def get(self, ref):
+        return ref.result
+
+
+def test_ray_asks_for_the_runs_threads_and_takes_jobs_as_a_cap(tmp_path, capsys):
+    from kdnb.executors import ray as ray_executor
+
+    steps = [Step("03_kd", {"seed": s}, tmp_path / f"{s}.ipynb", label=f"seed {s}") for s in range(5)]
+    jobs = [Job(i, s) for i, s in enumerate(steps)]
+    fake = _FakeRay(cpus=8)
+    results = ray_executor._submit_and_collect(fake, jobs, {"threads": 2, "jobs": 2}, tmp_path)
+    assert fake.most == 2 and [r.device for r in results] == ["2 threads"] * 5
+    assert {r["num_cpus"] for r in fake.requests} == {2}  # Ray starts no more jobs than its CPUs give 2 threads
+    assert "at most 2 at once" in capsys.readouterr().out
+    fake = _FakeRay(cpus=8)
+    ray_executor._submit_and_collect(fake, jobs, {"threads": 2, "cpus_per_job": 1}, tmp_path)
+    assert fake.most == 5 and {r["num_cpus"] for r in fake.requests} == {1}
+    assert ("ray executor: each job asks for 1 CPU(s) but its runs use 2 threads (their thread count, part of their "
+            "numbers): results are unchanged, jobs may share cores and run slower") in capsys.readouterr().out
+    with pytest.raises(ConfigError, match=r"asks for 2 CPUs \(its runs' threads\) but this Ray instance has 1: give "
+                                          r"--cpus-per-job 1"):
+        ray_executor._submit_and_collect(_FakeRay(cpus=1), jobs, {"threads": 2}, tmp_path, local_instance=True)

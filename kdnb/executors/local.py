@@ -57,6 +57,9 @@ def slots(jobs: int | None, jobs_per_gpu: int | None, threads: int,
         raise ConfigError(f"--jobs {n} is more than --jobs-per-gpu {jobs_per_gpu} x {len(gpus)} visible GPU(s)")
     note = None
     fit = max(1, cpu_cores() // threads)
+    if not gpus and threads > cpu_cores():
+        note = (f"local executor: the runs use {threads} threads (their thread count, part of their numbers) on "
+                f"{cpu_cores()} cores: the same numbers, slower; --set threads={cpu_cores()} trains other runs")
     if not gpus and n > fit:
         note = (f"local executor: --jobs {n} at {threads} threads each (the runs' thread count, part of their "
                 f"numbers) needs {n * threads} cores, this machine has {cpu_cores()}: running {fit} job(s) at once, "
