@@ -68,6 +68,19 @@ def test_graph_waits_only_for_what_a_job_reads(tmp_path):
     assert all(not j.deps for j in graph(plan("smoke", [0], tmp_path, None, tmp_path, notebooks=["03"])))
 
 
+def test_train_only_plans_the_teacher_and_each_seeds_cohort(tmp_path):
+    jobs = graph(plan("smoke", [0, 1], tmp_path, None, tmp_path, ablation=True, train_only=True))
+    assert [(j.name, j.deps) for j in jobs] == [
+        ("teacher (seed 0)", ()),
+        ("cohort (seed 0: baseline kd kd_fa kd_at kd_fa_at)", (0,)),
+        ("cohort (seed 1: baseline kd kd_fa kd_at kd_fa_at)", (0,))]
+    assert jobs[0].step.configs == ("teacher",) and jobs[0].step.parameters["seed"] == 0
+    # the notebooks' own defaults under the pipeline's values, as for a cohort before its notebooks
+    assert jobs[1].step.parameters == {**jobs[0].step.parameters, "seed": 0}
+    only = graph(plan("smoke", [3], tmp_path, None, tmp_path, notebooks=["02", "03"], train_only=True))
+    assert [(j.name, j.deps, j.step.configs) for j in only] == [("cohort (seed 3: baseline kd)", (), ("baseline", "kd"))]
+
+
 def test_bad_executor_input_is_one_line(monkeypatch, capsys):
     assert main(["pipeline", "--profile", "smoke", "--executor", "dask"]) == 2
     assert capsys.readouterr().err.strip() == "kdnb: error: --executor dask: unknown executor; allowed: local, ray, slurm"
