@@ -48,9 +48,9 @@ TEACHER_RECIPE: dict[str, Any] = {"lr": 0.1, "nesterov": True, "schedule": "onec
 
 # ``threads``: the intra-op CPU thread count every run of the profile trains with, whoever starts it
 # (``train``, the local pool at any --jobs, Ray, Slurm). On the CPU it is part of a run's numbers
-# (float sums split into that many partial sums), so it is part of the run's identity, fixed per
-# profile rather than taken from the machine. smoke and cpu: 2, the 2-core machine their recorded
-# numbers come from (what torch chose there before the count was fixed).
+# (float sums split into that many partial sums), so it is fixed per profile rather than taken from
+# the machine, recorded in the run's config.json and checked when the run resumes. smoke and cpu: 2,
+# the 2-core machine their recorded numbers come from (what torch chose there before it was fixed).
 PROFILES: dict[str, dict[str, Any]] = {
     # Seconds on a laptop CPU: synthetic data, tiny widths. For CI and first contact.
     "smoke": {
@@ -74,9 +74,9 @@ PROFILES: dict[str, dict[str, Any]] = {
         "val_size": 5000, "width": 1.0, "compile": True, "eval_batch_size": 1000,
         "teacher": {"width": 1.0, "epochs": 30, "patience": 30, "batch_size": 256, "lr": 0.2},
         "epochs": 30, "patience": 5,
-        # On a GPU the host threads only index batches and launch kernels (no float sum of the run is
-        # on the CPU, so the count does not change its numbers): 4 keep a GPU fed and fit the 4+
-        # CPUs per GPU of common nodes (one job per GPU). Fixed all the same, for a paper run on a CPU.
+        # On a GPU the host threads only index batches and launch kernels (the run's arithmetic is on
+        # the GPU, so the count does not change its numbers): 4 keep a GPU fed and fit the 4+ CPUs per
+        # GPU of common nodes (one job per GPU). Fixed all the same, for a paper run on a CPU.
         "threads": 4,
     },
 }
@@ -199,8 +199,8 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 # The working range of every numeric setting, as interval text: "(" / ")" exclude the bound,
 # "[" / "]" include it. Float settings must also be finite (no nan, no inf); integer settings
 # must be ints (an int-valued float such as 3.0 is a type error, as before). train_size accepts None
-# as well (threads only in a saved config.json: make_config refuses it). This table is the single source of the
-# bounds and of the text of the error messages.
+# as well (threads only in a saved config.json: make_config refuses it). This table is the single
+# source of the bounds and of the text of the error messages.
 RANGES: dict[str, str] = {
     # seeds: torch.Generator.manual_seed takes 64-bit values; keep them non-negative int64
     "seed": "[0, 2**63)",
