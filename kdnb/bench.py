@@ -176,10 +176,11 @@ def run_bench(profile: str = "cpu", steps: int = 20, device: str = "auto", json_
     out = print if not quiet else (lambda *a, **k: None)
 
     dev = resolve_device(device)
+    threads_asked = "threads" in (overrides or {})
     overrides = {**(overrides or {}), "device": device}
     cfgs = {c: make_config(c, profile, seed, overrides) for c in (TEACHER, *STUDENT_CONFIGS)}
     base = cfgs["baseline"]
-    if base.threads:  # as train() does
+    if threads_asked:  # as train() does; else this process's count (a speed benchmark: meta records it)
         torch.set_num_threads(base.threads)
     if base.compile:  # no runs folder here: kdnb's cache folder (KDNB_CACHE_DIR) holds the compile cache
         use_compile_cache(cache_dir() / CACHE_NAME)

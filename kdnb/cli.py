@@ -56,7 +56,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     run_pipeline(profile=args.profile, seeds=args.seeds, runs_dir=args.runs_dir, data_dir=args.data_dir,
                  figures_dir=args.figures_dir, notebooks=args.only, ablation=args.ablation,
                  parameters={"overrides": overrides} if overrides else None,
-                 cohort=not args.one_at_a_time, executor=args.executor,
+                 cohort=not args.one_at_a_time, executor=args.executor, train_only=args.train_only,
                  scale={k: getattr(args, k) for k in SCALE_OPTIONS})
     return 0
 
@@ -72,14 +72,16 @@ def _add_scale_options(pl: argparse.ArgumentParser) -> None:
     g.add_argument("--executor", default=None,
                    help="local (default), ray or slurm (submitit); default $KDNB_EXECUTOR, else local")
     g.add_argument("--jobs", type=int, default=None,
-                   help="local: this many jobs at once (default 1: one after another, as always); on GPUs each "
-                        "job is pinned to one, on the CPU the threads are split between them")
+                   help="local: up to this many jobs at once (default 1: one after another, as always); on GPUs "
+                        "each job is pinned to one; on the CPU each job keeps the runs' threads (part of their "
+                        "numbers), so fewer run at once where the cores cannot give every job its threads; "
+                        "ray: at most this many tasks at once")
     g.add_argument("--jobs-per-gpu", type=int, default=None,
                    help="local: up to this many jobs per visible GPU (default --jobs = this x GPUs); "
                         "ray: each task asks for 1/this of a GPU")
     g.add_argument("--cpus-per-job", type=int, default=None,
-                   help="CPU threads of each job (local: default the threads split between the jobs); "
-                        "ray, slurm: the CPUs each job asks for (default 1)")
+                   help="ray, slurm: the CPUs each job asks for (default the runs' threads; fewer: same numbers, "
+                        "jobs may share cores). The runs' threads are a setting: --set threads=N")
     g.add_argument("--gpus-per-job", type=float, default=None,
                    help="ray: GPUs per task (default 1 when the cluster has GPUs, else 0); slurm: GPUs per job")
     g.add_argument("--max-retries", type=int, default=None,
@@ -146,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override one setting of every run of the series (each notebook's `overrides`), "
                          "e.g. cuda_graphs=true or threads=1")
+    pl.add_argument("--train-only", action="store_true",
+                    help="only train the series' runs (the teacher, each seed's cohort of the chosen student "
+                         "configurations), exactly as their notebooks would, and execute no notebook")
     pl.add_argument("--one-at-a-time", action="store_true",
                     help="train each student configuration in its own notebook instead of the seed's "
                          "configurations together as a cohort (same runs, same numbers; slower)")

@@ -1,7 +1,8 @@
 """The pipeline's steps as a small dependency graph of jobs, and the one function every executor
 runs for a job (in this process, a local worker process, a Ray task or a Slurm job).
 
-A job is one step of :func:`kdnb.pipeline.plan` (a notebook, or a seed's cohort training) and
+A job is one step (:mod:`kdnb.steps`) of :func:`kdnb.pipeline.plan` (a notebook, or a seed's cohort
+training, or with ``train_only`` the teacher's training) and
 waits only for the steps whose output it reads: the teacher (01) needs the data notebook (00); a
 seed's cohort needs the teacher; a seed's student notebooks need that cohort (or, trained one at a
 time, the teacher); 07 needs every student run, 08 those and 07's distances, 09 the KD+FA+AT runs.
@@ -21,9 +22,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .engine.config import TEACHER
 from .engine.runs import METRICS_FILE, run_path
-from .pipeline import PipelineError, Step, execute_step
 from .report.series import STUDENT_NOTEBOOKS
+from .steps import PipelineError, Step, execute_step
 
 DONE, FAILED, SKIPPED = "done", "failed", "skipped"
 
@@ -68,7 +70,9 @@ class JobResult:
 
 def _trains(step: Step, cohort_seeds: set) -> bool:
     """Whether ``step`` trains student runs (a cohort, or a student notebook no cohort covers)."""
-    return bool(step.configs) or (step.notebook in STUDENT_NOTEBOOKS and step.parameters.get("seed") not in cohort_seeds)
+    if step.configs:
+        return step.configs != (TEACHER,)
+    return step.notebook in STUDENT_NOTEBOOKS and step.parameters.get("seed") not in cohort_seeds
 
 
 def graph(steps: Sequence[Step]) -> list[Job]:
@@ -76,15 +80,17 @@ def graph(steps: Sequence[Step]) -> list[Job]:
     def find(name: str) -> list[int]:
         return [i for i, s in enumerate(steps) if s.notebook == name]
 
-    data, teacher = find("00_setup_and_data"), find("01_train_teacher")
+    # the teacher: its notebook, or (a plan without notebooks) the step that trains it
+    data = find("00_setup_and_data")
+    teacher = find("01_train_teacher") or [i for i, s in enumerate(steps) if s.configs == (TEACHER,)]
     upstream = teacher or data  # what a training step reads first
-    cohort_seeds = {s.parameters["seed"] for s in steps if s.configs}
+    cohort_seeds = {s.parameters["seed"] for s in steps if s.configs and s.configs != (TEACHER,)}
     trainers = [i for i, s in enumerate(steps) if _trains(s, cohort_seeds)]
     jobs = []
     for i, s in enumerate(steps):
         if s.notebook == "00_setup_and_data":
             deps = []
-        elif s.notebook == "01_train_teacher":
+        elif i in teacher:
             deps = data
         elif s.configs:
             deps = upstream
@@ -124,6 +130,22 @@ def check_visible(job: Job) -> None:
 
 
 @contextlib.contextmanager
+def _environment(env: dict[str, str]) -> Iterator[None]:
+    """``env`` set for the job (its kernels and the cohort's process inherit it), the previous values
+    back afterwards: a job run in the pipeline's own process leaves nothing behind."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
 def _output_to(log: Path | None) -> Iterator[None]:
     """Send this process's stdout/stderr (and its children's: kernels, the cohort's process) to
     ``log``, so jobs running side by side do not interleave their progress output."""
@@ -153,10 +175,9 @@ def run_job(job: Job, env: dict[str, str] | None = None, log: str | None = None,
     run on another node than the pipeline, so check first that it sees the runs."""
     if any(not r.ok for r in upstream):
         return _skip(job, upstream, executor)
-    os.environ.update(env or {})
     t0 = time.perf_counter()
-    result = JobResult(job.name, DONE, executor=executor, device=device_label())
-    with _output_to(Path(log) if log else None):
+    with _environment(env or {}), _output_to(Path(log) if log else None):
+        result = JobResult(job.name, DONE, executor=executor, device=device_label())
         try:
             if remote:
                 check_visible(job)

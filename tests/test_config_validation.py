@@ -42,7 +42,7 @@ EXPECTED: dict[str, tuple[str, list, list]] = {
     "temperature": ("(0, 100]", [0.0, -4.0, 100.5], [1e-3, 100.0]),
     "at_p": ("(0, 16]", [0.0, -2.0, 16.5], [0.5, 16.0]),
     "keep": ("(0, 1]", [0.0, 1.5, -0.5], [1e-6, 1.0]),
-    "threads": ("[1, 1024]", [0, -1, 1025], [1, 1024, None]),
+    "threads": ("[1, 1024]", [0, -1, 1025], [1, 1024]),  # None: see test_threads_are_a_count_per_profile
     "eval_batch_size": ("[1, 65536]", [0, 65_537], [1, 65_536]),
 }
 TYPES = {f.name: str(f.type) for f in dataclasses.fields(RunConfig)}
@@ -155,6 +155,17 @@ def test_existing_rules_still_hold():
         make_config("baseline", "cpu", 0, {"w_ce": 0.0})
     with pytest.raises(ConfigError, match="the teacher trains with cross-entropy only"):
         make_config("teacher", "cpu", 0, {"w_kd": 0.5})
+
+
+def test_threads_are_a_count_per_profile():
+    """#33: the thread count is part of a run's numbers: one per profile (smoke and cpu: the 2 threads
+    their recorded numbers were trained with), never "the machine's", which None once meant."""
+    assert {p: make_config("kd", p, 0).threads for p in PROFILES} == {"smoke": 2, "cpu": 2, "paper": 4}
+    assert make_config("teacher", "cpu", 0).threads == 2
+    for value in (None, "none"):
+        with pytest.raises(ConfigError, match=r"^setting threads=None must be an integer in \[1, 1024\]: the thread "
+                                              r"count is part of a run's numbers \(profile cpu: 2\)$"):
+            make_config("kd", "cpu", 0, {"threads": value})
 
 
 @pytest.mark.parametrize("profile", list(PROFILES))

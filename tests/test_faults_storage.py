@@ -188,7 +188,7 @@ def test_the_pipeline_stops_at_a_storage_fault(tmp_path, monkeypatch):
     """A storage fault in one job: no other job starts, and the failure names the step and the file."""
     from kdnb import jobs
     from kdnb.executors import local
-    from kdnb.pipeline import PipelineError, Step, _failure
+    from kdnb.steps import PipelineError, Step, _failure
 
     steps = [Step(f"0{i}_nb", {"seed": 0}, tmp_path / f"0{i}.ipynb") for i in range(3)]
     ran = []

@@ -12,9 +12,10 @@ from papermill.exceptions import PapermillExecutionError
 
 from kdnb.cli import main
 from kdnb.engine.config import STUDENT_CONFIGS, ConfigError, make_config
-from kdnb.pipeline import PipelineError, Step, _failure, cohort_configs, failing_line, plan, run_pipeline
+from kdnb.pipeline import PipelineError, Step, cohort_configs, failing_line, plan, run_pipeline
 from kdnb.report.lookup import MissingInput, notebook_hint, resolve_seeds
 from kdnb.report.series import LABELS, NOTEBOOKS
+from kdnb.steps import _failure
 
 FIGURES = [
     "00_samples", "00_split", "01_teacher_curves",

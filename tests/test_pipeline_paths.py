@@ -31,7 +31,7 @@ def test_cpu_pipeline_passes_figures_under_the_runs_dir(tmp_path, monkeypatch, c
     """The planned notebook parameters of a default ``cpu`` run (nothing is executed)."""
     seen = []
     monkeypatch.setattr(papermill, "execute_notebook", lambda src, out, parameters, **kw: seen.append(parameters))
-    monkeypatch.setattr("kdnb.pipeline.run_cohort", lambda step, verbose: seen.append(step.parameters) or [])
+    monkeypatch.setattr("kdnb.steps.run_cohort", lambda step, verbose: seen.append(step.parameters) or [])
     monkeypatch.chdir(tmp_path)
     run_pipeline(profile="cpu", runs_dir="runs", verbose=False)
     figs = str(tmp_path.resolve() / "runs" / "cpu" / "figures")
@@ -53,7 +53,7 @@ def test_pipeline_set_reaches_every_training_run(tmp_path, monkeypatch):
     seen = []
     monkeypatch.setattr(papermill, "execute_notebook",
                         lambda src, out, parameters, **kw: seen.append((Path(src).stem, parameters)))
-    monkeypatch.setattr("kdnb.pipeline.run_cohort",
+    monkeypatch.setattr("kdnb.steps.run_cohort",
                         lambda step, verbose: seen.append(("cohort", step.parameters, cohort_configs(step))) or [])
     monkeypatch.chdir(tmp_path)
     assert main(["pipeline", "--profile", "smoke", "--runs-dir", "runs", "--set", "cuda_graphs=true",

@@ -1,7 +1,8 @@
 """Run identity: a table or figure reads a run by its folder, and checks the run's ``config.json``
 against what it claims the run to be (the configuration's weights, masks, networks, data and
 profile). Engine settings (device, threads, compile, bf16) and the recipe (epochs, lr, …: a pipeline
-may shorten it for every run; the tables' provenance states it) may differ."""
+may shorten it for every run; the tables' provenance states it) may differ. The thread count and the
+recipe fix a run's numbers all the same: a run resumes only with the values it recorded."""
 
 from __future__ import annotations
 
@@ -48,6 +49,24 @@ def test_engine_recipe_and_settings_added_later_do_not_matter(tmp_path):
     write_json(d / CONFIG_FILE, saved)
     assert require_run(tmp_path, "smoke", "kd") == d
     assert len(collect_runs(tmp_path, "smoke", [0], configs=["kd"])) == 1
+
+
+def test_resuming_with_another_thread_count_is_refused_in_one_line(tmp_path):
+    """Continuing a run with another count would mix two kinds of sums in one run: refused, naming
+    the setting that continues it; nothing in the run's folder is touched."""
+    from kdnb.engine.errors import TrainingError
+    from kdnb.engine.train import _prepare_run_dir
+
+    _run(tmp_path, "kd", threads=1)
+    d = run_path(tmp_path, "smoke", "kd", 0)
+    before = sorted(p.name for p in d.iterdir())
+    with pytest.raises(TrainingError, match=r"holds a run with different settings \(threads: 1 there, 2 now\)\. "
+                                            r"Continue it with --set threads=1 \(the count it trains with"):
+        _prepare_run_dir(d, make_config("kd", "smoke", 0), force=False)
+    assert sorted(p.name for p in d.iterdir()) == before
+    _prepare_run_dir(d, make_config("kd", "smoke", 0, {"threads": 1}), force=False)
+    _run(tmp_path, "kd", threads=None)  # an older run: its count was not recorded, it resumes as before
+    _prepare_run_dir(d, make_config("kd", "smoke", 0), force=False)
 
 
 def test_a_notebook_with_overrides_reads_the_runs_trained_with_them(tmp_path):

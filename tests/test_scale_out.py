@@ -1,11 +1,11 @@
 """Scaling out the series (kdnb.jobs, kdnb.executors): the job graph, the executors' input checks,
-and on the smoke profile: ``--jobs 2`` and a local Ray instance give the results table of the
-sequential series, submitit's local executor trains a seed's cohort, a failed job is reported while
-the jobs that do not need it finish.
+and on the smoke profile: ``--jobs 1``, ``--jobs 2`` and a local Ray instance train bit-identical
+runs (#33: every job gets the runs' own thread count), ``--jobs 2`` and Ray give the results table
+of the sequential series, submitit's local executor trains a seed's cohort, a failed job is reported
+while the jobs that do not need it finish.
 
 The series tests start from the teacher of the session's smoke series (``smoke_pipeline``) and
-train the students for one epoch; they compare with one sequential series run on one thread per
-process, as their jobs are (the CPU's float reductions depend on the thread count).
+train the students for one epoch; they compare with one sequential series.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from kdnb.cli import main
 from kdnb.engine.config import ConfigError
 from kdnb.engine.runs import TIMING_FIELDS
 from kdnb.executors import check_executor, local
-from kdnb.jobs import Job, check_visible, graph
+from kdnb.jobs import Job, JobResult, check_visible, graph
 from kdnb.pipeline import PipelineError, Step, plan, run_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,13 +68,29 @@ def test_graph_waits_only_for_what_a_job_reads(tmp_path):
     assert all(not j.deps for j in graph(plan("smoke", [0], tmp_path, None, tmp_path, notebooks=["03"])))
 
 
+def test_train_only_plans_the_teacher_and_each_seeds_cohort(tmp_path):
+    jobs = graph(plan("smoke", [0, 1], tmp_path, None, tmp_path, ablation=True, train_only=True))
+    assert [(j.name, j.deps) for j in jobs] == [
+        ("teacher (seed 0)", ()),
+        ("cohort (seed 0: baseline kd kd_fa kd_at kd_fa_at)", (0,)),
+        ("cohort (seed 1: baseline kd kd_fa kd_at kd_fa_at)", (0,))]
+    assert jobs[0].step.configs == ("teacher",) and jobs[0].step.parameters["seed"] == 0
+    # the notebooks' own defaults under the pipeline's values, as for a cohort before its notebooks
+    assert jobs[1].step.parameters == {**jobs[0].step.parameters, "seed": 0}
+    only = graph(plan("smoke", [3], tmp_path, None, tmp_path, notebooks=["02", "03"], train_only=True))
+    assert [(j.name, j.deps, j.step.configs) for j in only] == [("cohort (seed 3: baseline kd)", (), ("baseline", "kd"))]
+
+
 def test_bad_executor_input_is_one_line(monkeypatch, capsys):
     assert main(["pipeline", "--profile", "smoke", "--executor", "dask"]) == 2
     assert capsys.readouterr().err.strip() == "kdnb: error: --executor dask: unknown executor; allowed: local, ray, slurm"
     assert main(["pipeline", "--profile", "smoke", "--jobs", "0"]) == 2
     assert "--jobs 0: give a whole number >= 1" in capsys.readouterr().err
-    with pytest.raises(ConfigError, match="--jobs is for the local executor"):
-        check_executor("ray", {"jobs": 2})
+    with pytest.raises(ConfigError, match="--jobs is for the local and ray executors"):
+        check_executor("slurm", {"jobs": 2})
+    assert check_executor("ray", {"jobs": 2}) == ("ray", {"jobs": 2})  # a cap on Ray's tasks at once
+    with pytest.raises(ConfigError, match=r"--cpus-per-job is for ray and slurm.*--set threads=N"):
+        check_executor("local", {"cpus_per_job": 1})
     monkeypatch.setenv("KDNB_EXECUTOR", "sge")
     with pytest.raises(ConfigError, match="--executor sge: unknown executor"):
         check_executor(None, {})
@@ -85,18 +101,32 @@ def test_bad_executor_input_is_one_line(monkeypatch, capsys):
         check_executor("slurm", {})
 
 
-def test_local_slots_pin_gpus_and_split_threads(monkeypatch):
-    monkeypatch.setattr(local, "cpu_threads", lambda: 16)
+def test_local_slots_pin_gpus_and_give_every_job_the_runs_threads(monkeypatch):
+    monkeypatch.setattr(local, "cpu_cores", lambda: 2)
     monkeypatch.setattr(local, "visible_gpus", lambda: ["0", "1"])
-    assert [s["CUDA_VISIBLE_DEVICES"] for s in local.slots(4, None)] == ["0", "1", "0", "1"]
-    assert {s["OMP_NUM_THREADS"] for s in local.slots(4, None)} == {"4"}
-    assert len(local.slots(None, 2)) == 4  # --jobs-per-gpu 2 on two GPUs
+    # GPUs: one job per GPU as before, each with the runs' threads; the cores do not hold GPU jobs back
+    envs, note = local.slots(4, None, 4)
+    assert [s["CUDA_VISIBLE_DEVICES"] for s in envs] == ["0", "1", "0", "1"] and note is None
+    assert {s["OMP_NUM_THREADS"] for s in envs} == {"4"}
+    assert len(local.slots(None, 2, 4)[0]) == 4  # --jobs-per-gpu 2 on two GPUs
     with pytest.raises(ConfigError, match="more than --jobs-per-gpu 1"):
-        local.slots(3, 1)
+        local.slots(3, 1, 2)
+    # the CPU: never a share of the cores (that changes the numbers), fewer jobs at once instead
+    envs, note = local.slots(2, None, 2, device="cpu")
+    assert envs == [{"OMP_NUM_THREADS": "2"}] and note == (
+        "local executor: --jobs 2 at 2 threads each (the runs' thread count, part of their numbers) needs 4 cores, "
+        "this machine has 2: running 1 job(s) at once, which finishes first with the same results (more would "
+        "share cores and run slower)")
     monkeypatch.setattr(local, "visible_gpus", lambda: [])
-    assert local.slots(2, None) == [{"OMP_NUM_THREADS": "8"}] * 2
+    monkeypatch.setattr(local, "cpu_cores", lambda: 16)
+    assert local.slots(3, None, 4) == ([{"OMP_NUM_THREADS": "4"}] * 3, None)
+    assert len(local.slots(8, None, 4)[0]) == 4  # 16 cores, 4 threads each
+    monkeypatch.setattr(local, "cpu_cores", lambda: 2)
+    assert local.slots(1, None, 4) == ([{"OMP_NUM_THREADS": "4"}], "local executor: the runs use 4 threads (their "
+                                       "thread count, part of their numbers) on 2 cores: the same numbers, slower; "
+                                       "--set threads=2 trains other runs")
     with pytest.raises(ConfigError, match="no GPU is visible"):
-        local.slots(None, 2)
+        local.slots(None, 2, 2)
 
 
 def test_a_node_that_cannot_see_the_runs_is_one_line(tmp_path):
@@ -110,7 +140,8 @@ def test_a_node_that_cannot_see_the_runs_is_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_failed_job_is_reported_and_independent_jobs_finish(smoke_pipeline, tmp_path, capsys, checkout_on_path):
+def test_a_failed_job_is_reported_and_independent_jobs_finish(smoke_pipeline, tmp_path, capsys, checkout_on_path,
+                                                                monkeypatch):
     """Seed 1's folder holds a run with other settings: its notebook fails, 08 (which needs it) is
     skipped, seed 0's notebook (already trained: it only shows the run) finishes."""
     runs = _with_teacher(smoke_pipeline, tmp_path)
@@ -119,6 +150,7 @@ def test_a_failed_job_is_reported_and_independent_jobs_finish(smoke_pipeline, tm
     (runs / "smoke" / "kd" / "seed1").mkdir()
     (runs / "smoke" / "kd" / "seed1" / "config.json").write_text(json.dumps({**cfg, "seed": 1, "lr": 0.5}))
     args = ["pipeline", "--profile", "smoke", "--runs-dir", str(runs), "--seeds", "0", "1", "--only", "03", "08"]
+    monkeypatch.setattr(local, "cpu_cores", lambda: 4)  # room for two 2-thread jobs: the pool runs them
     assert main(args + ["--jobs", "2"]) == 2
     captured = capsys.readouterr()
     err = captured.err.strip().splitlines()
@@ -131,53 +163,50 @@ def test_a_failed_job_is_reported_and_independent_jobs_finish(smoke_pipeline, tm
             for name in ("03_kd (seed 0)", "03_kd (seed 1)", "08_results")}
     assert " done " in rows["03_kd (seed 0)"] and " failed " in rows["03_kd (seed 1)"]
     assert " skipped " in rows["08_results"]
-    threads = max(1, local.cpu_threads() // 2)  # two jobs share the cores
-    assert f" local  {socket.gethostname()} CPU, {threads} thread" in rows["03_kd (seed 0)"]
+    assert f" local  {socket.gethostname()} CPU, 2 threads" in rows["03_kd (seed 0)"]  # the profile's threads
     assert (runs / "smoke" / "notebooks" / "03_kd_seed0.ipynb").is_file()
     assert (runs / "smoke" / "logs" / "03_kd_seed1.log").is_file()
 
 
 @pytest.fixture(scope="module")
-def one_thread_series(smoke_pipeline, tmp_path_factory):
-    """The sequential series (``--jobs 1``) from the session's teacher, every process on one CPU
-    thread: the reference for executors running one-thread jobs (on the CPU the thread count is part
-    of the numbers, so runs compare bit for bit only at equal threads). One epoch per student."""
-    runs = _with_teacher(smoke_pipeline, tmp_path_factory.mktemp("kdnb-one-thread"))
+def sequential_series(smoke_pipeline, tmp_path_factory):
+    """The sequential series (``--jobs 1``) from the session's teacher, one epoch per student: the
+    reference for the executors (every job runs with the profile's threads, so they must match it)."""
+    runs = _with_teacher(smoke_pipeline, tmp_path_factory.mktemp("kdnb-sequential"))
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OMP_NUM_THREADS", "1")  # the kernels and the cohort's process inherit it
         mp.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
         run_pipeline(profile="smoke", runs_dir=runs, notebooks=SERIES, parameters=ONE_EPOCH, verbose=False)
     return runs
 
 
 @pytest.mark.slow
-def test_two_local_jobs_give_the_sequential_table(one_thread_series, smoke_pipeline, tmp_path, checkout_on_path):
+def test_two_local_jobs_give_the_sequential_table(sequential_series, smoke_pipeline, tmp_path, checkout_on_path):
     runs = _with_teacher(smoke_pipeline, tmp_path)
     steps = run_pipeline(profile="smoke", runs_dir=runs, notebooks=SERIES, parameters=ONE_EPOCH, verbose=False,
-                         executor="local", scale={"jobs": 2, "cpus_per_job": 1})
-    pd.testing.assert_frame_equal(_numbers(runs), _numbers(one_thread_series))
+                         executor="local", scale={"jobs": 2})
+    pd.testing.assert_frame_equal(_numbers(runs), _numbers(sequential_series))
     executed = sorted(p.name for p in (runs / "smoke" / "notebooks").glob("*.ipynb"))
-    assert executed == sorted(p.name for p in (one_thread_series / "smoke" / "notebooks").glob("*.ipynb"))
+    assert executed == sorted(p.name for p in (sequential_series / "smoke" / "notebooks").glob("*.ipynb"))
     assert [s.notebook for s in steps][:3] == ["00_setup_and_data", "cohort", "02_baseline"]
 
 
 @pytest.mark.slow
-def test_ray_local_instance_gives_the_sequential_table(one_thread_series, smoke_pipeline, tmp_path,
+def test_ray_local_instance_gives_the_sequential_table(sequential_series, smoke_pipeline, tmp_path,
                                                        checkout_on_path):
     ray = pytest.importorskip("ray", reason="ray is not installed (pip install ray)")
     runs = _with_teacher(smoke_pipeline, tmp_path)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         steps = run_pipeline(profile="smoke", runs_dir=runs, notebooks=SERIES, parameters=ONE_EPOCH, verbose=False,
-                             executor="ray")
+                             executor="ray", scale={"cpus_per_job": 1})  # two 2-thread tasks at once on 2 CPUs
     finally:
         ray.shutdown()
-    pd.testing.assert_frame_equal(_numbers(runs), _numbers(one_thread_series))
+    pd.testing.assert_frame_equal(_numbers(runs), _numbers(sequential_series))
     assert all(s.seconds > 0 for s in steps)
 
 
 @pytest.mark.slow
-def test_submitit_local_executor_trains_a_seeds_cohort(one_thread_series, smoke_pipeline, tmp_path,
+def test_submitit_local_executor_trains_a_seeds_cohort(sequential_series, smoke_pipeline, tmp_path,
                                                        checkout_on_path):
     """A smaller graph (00, seed 0's cohort of KD and KD+AT, their notebooks): the runs are those of
     the sequential series."""
@@ -189,6 +218,99 @@ def test_submitit_local_executor_trains_a_seeds_cohort(one_thread_series, smoke_
     timing = TIMING_FIELDS
     for config in ("kd", "kd_at"):
         got, want = (json.loads((r / "smoke" / config / "seed0" / "metrics.json").read_text())
-                     for r in (runs, one_thread_series))
+                     for r in (runs, sequential_series))
         assert {k: v for k, v in got.items() if k not in timing} == {k: v for k, v in want.items() if k not in timing}
     assert (runs / "smoke" / "notebooks" / "05_kd_at_seed0.ipynb").is_file()
+
+
+# A 2-seed smoke series trained without its notebooks (the teacher, each seed's cohort of the five
+# students), on a smaller synthetic set for one epoch: what is compared is the scheduling, not the recipe.
+TINY = {"overrides": {"synthetic_train": 300, "synthetic_test": 100, "val_size": 60, "epochs": 1}}
+RUNS = [("teacher", 0)] + [(c, s) for s in (0, 1) for c in ("baseline", "kd", "kd_fa", "kd_at", "kd_fa_at")]
+
+
+def _train_series(runs: Path, **how) -> dict[tuple[str, int], dict]:
+    run_pipeline(profile="smoke", seeds=[0, 1], runs_dir=runs, parameters=TINY, verbose=False, train_only=True, **how)
+    return {(c, s): {k: v for k, v in json.loads((runs / "smoke" / c / f"seed{s}" / "metrics.json").read_text()).items()
+                     if k not in TIMING_FIELDS} for c, s in RUNS}
+
+
+@pytest.mark.slow
+def test_jobs_1_jobs_2_ray_and_submitit_train_bit_identical_runs(tmp_path, monkeypatch, checkout_on_path, capsys):
+    """#33: --jobs 1, --jobs 2 (two 2-thread jobs at once, as on a 4-core machine), a local Ray
+    instance (4 CPUs: both seeds' cohorts at once) and submitit's local executor give every run of
+    the series the same metrics, bit for bit, and the same recorded thread count: the profile's."""
+    ray = pytest.importorskip("ray", reason="ray is not installed (pip install ray)")
+    pytest.importorskip("submitit", reason="submitit is not installed (pip install submitit)")
+    reference = _train_series(tmp_path / "jobs1")
+    assert json.loads((tmp_path / "jobs1" / "smoke" / "kd" / "seed1" / "config.json").read_text())["threads"] == 2
+    monkeypatch.setattr(local, "cpu_cores", lambda: 4)
+    assert _train_series(tmp_path / "jobs2", executor="local", scale={"jobs": 2}) == reference
+    assert "local executor: up to 2 jobs at once" in capsys.readouterr().out
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    try:
+        assert _train_series(tmp_path / "ray", executor="ray") == reference
+    finally:
+        ray.shutdown()
+    assert _train_series(tmp_path / "slurm", executor="slurm", scale={"submitit_cluster": "local"}) == reference
+    for runs in ("jobs2", "ray", "slurm"):
+        assert json.loads((tmp_path / runs / "smoke" / "teacher" / "seed0" / "config.json").read_text())["threads"] == 2
+
+
+class _Ref:
+    """A fake ObjectRef: hashable, holding its task's result."""
+
+    def __init__(self, result: JobResult):
+        self.result = result
+
+
+class _FakeRay:
+    """Just enough of Ray for the executor's submission loop: tasks finish in submission order."""
+
+    def __init__(self, cpus: float):
+        self.cpus, self.open, self.most, self.requests = cpus, 0, 0, []
+
+    def cluster_resources(self) -> dict:
+        return {"CPU": self.cpus}
+
+    def remote(self, fn):
+        fake = self
+
+        class Task:
+            def options(self, **request):
+                fake.requests.append(request)
+                return self
+
+            def remote(self, job, threads, log, *upstream):
+                fake.open += 1
+                fake.most = max(fake.most, fake.open)
+                return _Ref(JobResult(job.name, "done", device=f"{threads} threads"))
+
+        return Task()
+
+    def wait(self, refs, num_returns=1):
+        self.open -= 1
+        return refs[:1], refs[1:]
+
+    def get(self, ref):
+        return ref.result
+
+
+def test_ray_asks_for_the_runs_threads_and_takes_jobs_as_a_cap(tmp_path, capsys):
+    from kdnb.executors import ray as ray_executor
+
+    steps = [Step("03_kd", {"seed": s}, tmp_path / f"{s}.ipynb", label=f"seed {s}") for s in range(5)]
+    jobs = [Job(i, s) for i, s in enumerate(steps)]
+    fake = _FakeRay(cpus=8)
+    results = ray_executor._submit_and_collect(fake, jobs, {"threads": 2, "jobs": 2}, tmp_path)
+    assert fake.most == 2 and [r.device for r in results] == ["2 threads"] * 5
+    assert {r["num_cpus"] for r in fake.requests} == {2}  # Ray starts no more jobs than its CPUs give 2 threads
+    assert "at most 2 at once" in capsys.readouterr().out
+    fake = _FakeRay(cpus=8)
+    ray_executor._submit_and_collect(fake, jobs, {"threads": 2, "cpus_per_job": 1}, tmp_path)
+    assert fake.most == 5 and {r["num_cpus"] for r in fake.requests} == {1}
+    assert ("ray executor: each job asks for 1 CPU(s) but its runs use 2 threads (their thread count, part of their "
+            "numbers): results are unchanged, jobs may share cores and run slower") in capsys.readouterr().out
+    with pytest.raises(ConfigError, match=r"asks for 2 CPUs \(its runs' threads\) but this Ray instance has 1: give "
+                                          r"--cpus-per-job 1"):
+        ray_executor._submit_and_collect(_FakeRay(cpus=1), jobs, {"threads": 2}, tmp_path, local_instance=True)

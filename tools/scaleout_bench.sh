@@ -37,7 +37,7 @@ import pandas as pd
 work, profile, jobs = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 t1, tn = (float((work / f"jobs{j}.seconds").read_text()) for j in ("1", jobs))
 print(f"wall: --jobs 1 {t1/60:.1f} min, --jobs {jobs} {tn/60:.1f} min, speed-up {t1/tn:.2f}x")
-# the provenance columns differ by design (threads per job, date); compare the numbers
+# the provenance columns differ by design (date, training time); compare the numbers
 cols = ["config", "n_seeds", "test_acc_mean", "test_acc_std", "best_epoch_mean"]
 a, b = (pd.read_csv(work / f"jobs{j}" / profile / "figures" / "results.csv")[cols].set_index("config")
         for j in ("1", jobs))

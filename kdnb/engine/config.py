@@ -64,12 +64,17 @@ CONFIGS: tuple[str, ...] = tuple(PRESETS)
 # calibration notes), so every profile trains the teacher with Nesterov SGD and a one-cycle LR.
 TEACHER_RECIPE: dict[str, Any] = {"lr": 0.1, "nesterov": True, "schedule": "onecycle"}
 
+# ``threads``: the intra-op CPU thread count every run of the profile trains with, whoever starts it
+# (``train``, the local pool at any --jobs, Ray, Slurm). On the CPU it is part of a run's numbers
+# (float sums split into that many partial sums), so it is fixed per profile rather than taken from
+# the machine, recorded in the run's config.json and checked when the run resumes. smoke and cpu: 2,
+# the 2-core machine their recorded numbers come from (what torch chose there before it was fixed).
 PROFILES: dict[str, dict[str, Any]] = {
     # Seconds on a laptop CPU: synthetic data, tiny widths. For CI and first contact.
     "smoke": {
         "data_dir": "synthetic", "synthetic_train": 1200, "synthetic_test": 300, "val_size": 200,
         "width": 0.125, "teacher": {"width": 0.125, "epochs": 2, "patience": 2},
-        "epochs": 2, "patience": 2, "eval_batch_size": 300,
+        "epochs": 2, "patience": 2, "eval_batch_size": 300, "threads": 2,
     },
     # Real CIFAR-10 images on 2 CPU cores. Teacher 4x the student's width, a 10k-image training
     # subset. The students follow the paper's stopping rule (<= 30 epochs, patience 5 on validation
@@ -78,7 +83,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "cpu": {
         "train_size": 10000, "val_size": 2000, "width": 0.125,
         "teacher": {"width": 0.25, "epochs": 15, "patience": 15},
-        "epochs": 30, "patience": 5, "compile": True,
+        "epochs": 30, "patience": 5, "compile": True, "threads": 2,
     },
     # The paper's protocol at full width on a GPU: 45k/5k split, <= 30 epochs, early stopping.
     # The teacher's recipe is kdnb's own (the paper fixes only the students'): batch 256 with the
@@ -87,6 +92,10 @@ PROFILES: dict[str, dict[str, Any]] = {
         "val_size": 5000, "width": 1.0, "compile": True, "eval_batch_size": 1000,
         "teacher": {"width": 1.0, "epochs": 30, "patience": 30, "batch_size": 256, "lr": 0.2},
         "epochs": 30, "patience": 5,
+        # On a GPU the host threads only index batches and launch kernels (the run's arithmetic is on
+        # the GPU, so the count does not change its numbers): 4 keep a GPU fed and fit the 4+ CPUs per
+        # GPU of common nodes (one job per GPU). Fixed all the same, for a paper run on a CPU.
+        "threads": 4,
     },
 }
 
@@ -137,6 +146,8 @@ class _Settings:
     teacher_seed: int = 0
     # engine
     device: str = "auto"
+    # intra-op CPU threads (the profile's; part of the run's numbers). None: a config.json saved
+    # before the count was recorded (the run had the machine's default; its torch_threads says which)
     threads: int | None = None
     compile: bool = False
     # torch.compile mode for the student and objective: "reduce-overhead" adds CUDA graphs
@@ -237,9 +248,9 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 
 # The working range of every numeric setting, as interval text: "(" / ")" exclude the bound,
 # "[" / "]" include it. Float settings must also be finite (no nan, no inf); integer settings
-# must be ints (an int-valued float such as 3.0 is a type error, as before). Settings whose type
-# allows None (train_size, threads) accept None as well. This table is the single source of the
-# bounds and of the text of the error messages.
+# must be ints (an int-valued float such as 3.0 is a type error, as before). train_size accepts None
+# as well (threads only in a saved config.json: make_config refuses it). This table is the single
+# source of the bounds and of the text of the error messages.
 RANGES: dict[str, str] = {
     # seeds: torch.Generator.manual_seed takes 64-bit values; keep them non-negative int64
     "seed": "[0, 2**63)",
@@ -452,6 +463,9 @@ def make_config(
             raise ConfigError(_unknown_setting(key, types))
         values[key] = parse_value(key, value) if isinstance(value, str) else value
     cfg = validate(RunConfig(**values))
+    if cfg.threads is None:
+        raise ConfigError(f"setting threads=None must be an integer in {RANGES['threads']}: the thread count is part "
+                          f"of a run's numbers (profile {profile}: {PROFILES[profile]['threads']})")
     if cfg.compile and "compile" in (overrides or {}):
         cfg.compile_forced = True
     if not cfg.needs_teacher:  # a run without a teacher has no teacher seed: one baseline serves every teacher
@@ -460,16 +474,22 @@ def make_config(
 
 
 # Settings that change how fast a run goes, not what it computes: they may differ on resume.
-ENGINE_FIELDS: tuple[str, ...] = ("device", "threads", "compile", "compile_mode", "cuda_graphs", "eval_batch_size",
-                                  "data_dir")
+# (Not ``threads``: on the CPU the thread count changes a run's sums, so it is part of the run.)
+ENGINE_FIELDS: tuple[str, ...] = ("device", "compile", "compile_mode", "cuda_graphs", "eval_batch_size", "data_dir")
+# Settings a run records only since they fix its numbers: a config.json that says null is an older
+# run, with whatever the machine gave it (``torch_threads`` records it); it resumes with any value.
+UNRECORDED: tuple[str, ...] = ("threads",)
 # The training recipe: a pipeline may shorten it for every run at once (``parameters={"epochs": 1}``);
 # tables state it in their provenance block, read from each run's config.json.
 RECIPE_FIELDS: tuple[str, ...] = ("epochs", "patience", "batch_size", "lr", "momentum", "weight_decay", "nesterov",
                                   "schedule", "warmup_frac")
 # What a run *is* is every other setting but where it lives (``name``, ``seed`` are its folder), the
-# numeric engine (``amp``) and the recipe (both in the provenance): objective, masks, networks, data,
-# profile. Tables and figures compare these with what they claim a run to be.
-NOT_IDENTITY: tuple[str, ...] = ("name", "seed", "amp", *ENGINE_FIELDS, *RECIPE_FIELDS)
+# numeric engine (``amp``, ``threads``) and the recipe (both in the provenance): objective, masks,
+# networks, data, profile. Tables and figures compare these with what they claim a run to be. The
+# numeric engine and the recipe still fix a run's numbers: a run resumes only with the values it
+# recorded (train refuses others), and the tables state them (``--set threads=1`` for a whole
+# series reaches 07–09, which take no overrides, as a shortened recipe does).
+NOT_IDENTITY: tuple[str, ...] = ("name", "seed", "amp", "threads", *ENGINE_FIELDS, *RECIPE_FIELDS)
 
 
 def identity_diff(saved: dict[str, Any], expected: RunConfig) -> dict[str, tuple[Any, Any]]:

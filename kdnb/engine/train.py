@@ -28,7 +28,7 @@ from .. import __version__
 from ..method.models import count_parameters
 from ..method.objective import term_names
 from .compile_cache import cache_for_runs, use_compile_cache
-from .config import ENGINE_FIELDS, RunConfig, config_from_dict, make_config
+from .config import ENGINE_FIELDS, UNRECORDED, RunConfig, config_from_dict, make_config
 from .data import Dataset, load_dataset, normalize, plan_epoch, stratified_split
 from .errors import DamagedFile, TrainingError
 from .inference import batched_logits
@@ -179,12 +179,15 @@ def _prepare_run_dir(run_dir: Path, cfg: RunConfig, force: bool) -> None:
     if cfg_file.is_file() and not force:
         old = read_json(cfg_file)
         new = cfg.to_dict()
-        diff = [k for k in new if k not in ENGINE_FIELDS and old.get(k) != new[k]]
+        diff = [k for k in new if k not in ENGINE_FIELDS and old.get(k) != new[k]
+                and not (k in UNRECORDED and old.get(k) is None)]  # an older run: its count was not recorded
         if diff:
             k = diff[0]
+            same = (f"Continue it with --set {k}={old[k]} (the count it trains with, part of its numbers), use "
+                    if k == "threads" else "Use ")
             raise TrainingError(
                 f"{run_dir} holds a run with different settings ({k}: {old.get(k)!r} there, {new[k]!r} now). "
-                "Use another --runs-dir, or --force to start over (the old run is kept beside it)."
+                f"{same}another --runs-dir, or --force to start over (the old run is kept beside it)."
             )
     old_files = [e for e in run_dir.iterdir() if e.name != LOCK_FILE] if run_dir.exists() else []
     if force and old_files:

@@ -3,9 +3,13 @@
 ``--jobs 1`` (the default) runs them one after another in this process, in plan order, printing
 exactly what the series always printed. ``--jobs N`` keeps up to N jobs running at once, each in
 its own process: on GPUs each job is pinned to one (``CUDA_VISIBLE_DEVICES``, round robin; up to
-``--jobs-per-gpu`` per GPU), and the CPU threads are split between the jobs (``OMP_NUM_THREADS``),
-so N jobs never oversubscribe the cores (``--cpus-per-job`` sets the threads of each job instead).
-Each job's output goes to ``<runs>/<profile>/logs/``.
+``--jobs-per-gpu`` per GPU). Every job runs with the runs' own thread count (``OMP_NUM_THREADS``,
+and training sets it): on the CPU that count is part of a run's numbers, so it is never split
+between jobs. Where the cores cannot give N jobs that many threads each, fewer run at once
+(``cores // threads``, at least one), which finishes first with the same numbers: oversubscribed
+cores only add contention (measured in the README, "Scaling out"); one line says so. On GPUs the
+host threads do not change a run's numbers and jobs are never held back. Each job's output goes to
+``<runs>/<profile>/logs/``.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..engine.config import ConfigError
+from ..engine.config import TEACHER, ConfigError
 from ..jobs import FAILED, Job, JobResult, blocked, device_label, run_job
 from . import outcome
 
@@ -32,55 +36,74 @@ def visible_gpus() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
-def cpu_threads() -> int:
-    import torch
+def cpu_cores() -> int:
+    """The cores this process may use (its affinity: what a container or ``taskset`` allows)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
-    return torch.get_num_threads()
 
-
-def slots(jobs: int | None, jobs_per_gpu: int | None, threads: int | None = None) -> list[dict[str, str]]:
-    """The environment of each concurrent job: its GPU (if any) and ``threads`` CPU threads (default
-    its share of them). On the CPU the thread count is part of the numbers (float reductions split
-    differently), so runs compare bit for bit only at equal threads per job."""
-    gpus = visible_gpus()
+def slots(jobs: int | None, jobs_per_gpu: int | None, threads: int,
+          device: str = "auto") -> tuple[list[dict[str, str]], str | None]:
+    """The environment of each concurrent job (its GPU, if any, and the runs' ``threads``) and, when
+    fewer jobs run at once than asked for, the one line that says why. ``device``: the runs' device
+    setting (``cpu`` keeps them off visible GPUs, so the cores decide)."""
+    gpus = [] if device == "cpu" else visible_gpus()
     if jobs_per_gpu and not gpus:
         raise ConfigError("--jobs-per-gpu: no GPU is visible on this machine; use --jobs N to run N jobs on the CPU")
     n = jobs or (jobs_per_gpu * len(gpus) if jobs_per_gpu else 1)
     if jobs_per_gpu and n > jobs_per_gpu * len(gpus):
         raise ConfigError(f"--jobs {n} is more than --jobs-per-gpu {jobs_per_gpu} x {len(gpus)} visible GPU(s)")
-    share = str(threads or max(1, cpu_threads() // n))
-    return [{**({"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]} if gpus else {}), "OMP_NUM_THREADS": share}
-            for i in range(n)]
+    note = None
+    fit = max(1, cpu_cores() // threads)
+    if not gpus and threads > cpu_cores():
+        note = (f"local executor: the runs use {threads} threads (their thread count, part of their numbers) on "
+                f"{cpu_cores()} cores: the same numbers, slower; --set threads={cpu_cores()} trains other runs")
+    if not gpus and n > fit:
+        note = (f"local executor: --jobs {n} at {threads} threads each (the runs' thread count, part of their "
+                f"numbers) needs {n * threads} cores, this machine has {cpu_cores()}: running {fit} job(s) at once, "
+                "which finishes first with the same results (more would share cores and run slower)")
+        n = fit
+    return [{**({"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]} if gpus else {}), "OMP_NUM_THREADS": str(threads)}
+            for i in range(n)], note
 
 
 def run(jobs: list[Job], options: dict[str, Any], log_dir: Path, verbose: bool) -> list[JobResult]:
-    envs = slots(options.get("jobs"), options.get("jobs_per_gpu"), options.get("cpus_per_job"))
-    if len(envs) == 1 and not (options.get("jobs_per_gpu") or options.get("cpus_per_job")):
-        return _one_at_a_time(jobs, verbose)
+    threads = options["threads"]
+    envs, note = slots(options.get("jobs"), options.get("jobs_per_gpu"), threads, options.get("device", "auto"))
+    if note:
+        print(note, flush=True)
+    if len(envs) == 1 and not options.get("jobs_per_gpu"):
+        return _one_at_a_time(jobs, verbose, threads)
     return _pool(jobs, envs, log_dir)
 
 
 def _header(job: Job, n: int) -> str:
     step = job.step
+    if step.configs == (TEACHER,):
+        runs = Path(step.parameters["runs_dir"]) / step.parameters["profile"]
+        return f"\n[{job.index + 1}/{n}] training the teacher ({step.label}), run in {runs}"
     if step.configs:
         runs = Path(step.parameters["runs_dir"]) / step.parameters["profile"]
         return f"\n[{job.index + 1}/{n}] cohort training ({step.label}): one teacher pass per batch, runs in {runs}"
     return f"\n[{job.index + 1}/{n}] {job.name} → {step.output}"
 
 
-def _one_at_a_time(jobs: list[Job], verbose: bool) -> list[JobResult]:
-    """In this process, in plan order, as the series always ran (a failed job skips its dependents)."""
+def _one_at_a_time(jobs: list[Job], verbose: bool, threads: int) -> list[JobResult]:
+    """In this process, in plan order, as the series always ran (a failed job skips its dependents);
+    each job's kernels and processes get the runs' ``threads``, as in every other executor."""
     import torch
 
-    device = device_label({"CUDA_VISIBLE_DEVICES": ",".join(visible_gpus())} if torch.cuda.is_available() else
-                          {"OMP_NUM_THREADS": str(cpu_threads())})
+    env = {"OMP_NUM_THREADS": str(threads)}
+    device = device_label({"CUDA_VISIBLE_DEVICES": ",".join(visible_gpus())} if torch.cuda.is_available() else env)
     results: dict[int, JobResult] = {}
     for job in jobs:
         tag = f"[{job.index + 1}/{len(jobs)}]"
         result = blocked(job, results, EXECUTOR)
         if result is None:
             print(_header(job, len(jobs)), flush=True)
-            result = run_job(job, executor=EXECUTOR, verbose=verbose)
+            result = run_job(job, env, executor=EXECUTOR, verbose=verbose)
             result.device = device
             for line in result.lines:
                 print(f"  {line}", flush=True)

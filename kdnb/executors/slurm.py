@@ -6,7 +6,8 @@ dependencies (a failed job fails its Slurm job, so Slurm cancels the jobs below 
 ``kill-on-invalid-dep``). submitit's ``local`` cluster (``--submitit-cluster local``, for tests
 and for trying a setup) has no dependencies: there a job is submitted once its upstream jobs have
 finished. Logs go to ``<runs>/<profile>/logs/submitit/``, which, like the runs, must be on storage
-every node sees.
+every node sees. Each job asks for as many CPUs as its runs use threads (``cpus_per_task``;
+``--cpus-per-job`` to ask otherwise) and runs them with that count, whatever the node has.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..jobs import FAILED, Job, JobResult, blocked, run_job_or_raise
-from . import outcome
+from . import outcome, undersized
 
 EXECUTOR = "slurm"
 
@@ -31,12 +32,15 @@ def run(jobs: list[Job], options: dict[str, Any], log_dir: Path, verbose: bool) 
     import submitit
 
     executor = submitit.AutoExecutor(folder=log_dir / "submitit", cluster=options.get("submitit_cluster"))
-    cpus, gpus = options.get("cpus_per_job", 1), options.get("gpus_per_job", 0)
+    threads = options["threads"]
+    cpus, gpus = options.get("cpus_per_job", threads), options.get("gpus_per_job", 0)
+    if (line := undersized(EXECUTOR, cpus, threads)) is not None:
+        print(line, flush=True)
     executor.update_parameters(timeout_min=options.get("slurm_minutes", 24 * 60), cpus_per_task=cpus,
                                gpus_per_node=int(gpus) or None, slurm_partition=options.get("slurm_partition"))
     on_slurm = executor.cluster == "slurm"
     label = EXECUTOR if on_slurm else f"{EXECUTOR}({executor.cluster})"
-    env = {"OMP_NUM_THREADS": str(cpus)}
+    env = {"OMP_NUM_THREADS": str(threads)}
     submitted: dict[int, Any] = {}
     results: dict[int, JobResult] = {}
 
