@@ -90,13 +90,15 @@ def _header(job: Job, n: int) -> str:
     return f"\n[{job.index + 1}/{n}] {job.name} → {step.output}"
 
 
-def _one_at_a_time(jobs: list[Job], verbose: bool, threads: int) -> list[JobResult]:
+def _one_at_a_time(jobs: list[Job], verbose: bool, threads: int | None = None) -> list[JobResult]:
     """In this process, in plan order, as the series always ran (a failed job skips its dependents);
-    each job's kernels and processes get the runs' ``threads``, as in every other executor."""
+    each job's kernels and processes get the runs' ``threads``, as in every other executor (None:
+    this process's environment as it is)."""
     import torch
 
-    env = {"OMP_NUM_THREADS": str(threads)}
-    device = device_label({"CUDA_VISIBLE_DEVICES": ",".join(visible_gpus())} if torch.cuda.is_available() else env)
+    env = {"OMP_NUM_THREADS": str(threads)} if threads else {}
+    device = device_label({"CUDA_VISIBLE_DEVICES": ",".join(visible_gpus())} if torch.cuda.is_available() else
+                          env or {"OMP_NUM_THREADS": str(torch.get_num_threads())})
     results: dict[int, JobResult] = {}
     for job in jobs:
         tag = f"[{job.index + 1}/{len(jobs)}]"
