@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from kdnb.engine.config import CONFIGS, PROFILES, RANGES, ConfigError, RunConfig, make_config, parse_value
+from kdnb.method.terms import TERMS
 
 REPO = Path(__file__).resolve().parents[1]
 NAN, INF = float("nan"), float("inf")
@@ -45,6 +46,15 @@ EXPECTED: dict[str, tuple[str, list, list]] = {
     "threads": ("[1, 1024]", [0, -1, 1025], [1, 1024]),  # None: see test_threads_are_a_count_per_profile
     "eval_batch_size": ("[1, 65536]", [0, 65_537], [1, 65_536]),
 }
+# Registered terms: every weight w_<term> is [0, 1e6] (the rule, written here); a term's own settings
+# carry the range the term declares, and the test checks that range is enforced on both sides.
+for _, _term in TERMS.items():
+    EXPECTED.setdefault(f"w_{_term.name}", ("[0, 1e6]", [-1.0, 1e6 + 1], [0.0, 1e6]))
+    for _name, _setting in _term.settings.items():
+        _lo, _hi = (float(x) for x in _setting.range.strip("[]()").split(","))
+        _low_open, _high_open = _setting.range.startswith("("), _setting.range.endswith(")")
+        EXPECTED[_name] = (_setting.range, [_lo - 1.0, _hi + 1.0] + [_lo] * _low_open + [_hi] * _high_open,
+                           [_lo] * (not _low_open) + [_hi] * (not _high_open) + [(_lo + _hi) / 2])
 TYPES = {f.name: str(f.type) for f in dataclasses.fields(RunConfig)}
 NUMERIC = sorted(n for n, t in TYPES.items() if t.startswith(("int", "float")))
 

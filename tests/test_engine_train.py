@@ -81,9 +81,9 @@ def test_missing_teacher_is_a_clear_error_before_data_loads(tmp_path):
 
 
 def test_nan_loss_names_epoch_step_and_term(tmp_path, smoke_runs, monkeypatch):
-    import kdnb.method.objective as objective
+    import kdnb.method.terms.kd as kd_term
 
-    monkeypatch.setattr(objective, "kd_loss", lambda s, t, T: (s * float("nan")).sum())
+    monkeypatch.setattr(kd_term, "kd_loss", lambda s, t, T: (s * float("nan")).sum())
     with pytest.raises(TrainingError, match=r"'kd' became NaN/inf at epoch 1, step 1"):
         train(make_config("kd", "smoke", 0, {"epochs": 1}), smoke_runs, progress=False)
 

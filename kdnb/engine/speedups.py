@@ -21,7 +21,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from ..method.models import STAGES, ResNet, SpatialGate
-from .compile_cache import retry_on_damage
+from .compile_cache import is_compile_failure, one_line, retry_on_damage
 
 
 def _fold_pair(owner: nn.Module, conv_name: str, bn_owner: nn.Module, bn_name: str) -> None:
@@ -133,6 +133,10 @@ def _bf16_transpose_probe() -> bool:
     return bool(torch.equal(got, add3(a, b, c)))
 
 
+class CompilerUnavailable(RuntimeError):
+    """The compiler fails on this machine even with a fresh cache (the probe could not compile)."""
+
+
 @functools.cache
 def ensure_compiled_bf16_correct() -> dict[str, object]:
     """Check inductor's bf16 CPU kernels once per process and work around the miscompile.
@@ -147,7 +151,13 @@ def ensure_compiled_bf16_correct() -> dict[str, object]:
     """
     import torch._inductor.config as inductor_config
 
-    if retry_on_damage(_bf16_transpose_probe):  # the first compile of a process: a damaged cache shows here
+    try:
+        fine = retry_on_damage(_bf16_transpose_probe)  # the first compile of a process: a damaged cache shows here
+    except Exception as exc:
+        if not is_compile_failure(exc):
+            raise
+        raise CompilerUnavailable(one_line(exc)) from None
+    if fine:
         return {"inductor_bf16_probe": "ok"}
     inductor_config.cpp.simdlen = 256
     torch._dynamo.reset()

@@ -4,6 +4,7 @@ augmentation and one teacher pass per batch, each student's update, optionally a
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,7 +21,7 @@ from .config import RunConfig
 from .data import EpochPlan, apply_augmentation, augment, normalize
 from .datasets import DATASETS
 from .errors import TrainingError
-from .speedups import amp_active, autocast, ensure_compiled_bf16_correct, prepare_teacher
+from .speedups import CompilerUnavailable, amp_active, autocast, ensure_compiled_bf16_correct, prepare_teacher
 
 TeacherOut = tuple[torch.Tensor, dict[str, torch.Tensor], "torch.Tensor | None"]  # logits, stage features, cam
 
@@ -406,11 +407,28 @@ def uncompile(module: nn.Module) -> nn.Module:
     return module
 
 
+_EAGER_WARNED: set[str] = set()
+
+
 def _check_compiler(cfg: RunConfig, device: torch.device) -> None:
-    """Before compiling under bf16 on a CPU, make sure inductor's bf16 kernels are right here."""
+    """Before compiling under bf16 on a CPU, make sure inductor's bf16 kernels are right here.
+
+    When the compiler cannot compile at all (even with a fresh cache), the run goes the way a
+    failed first compiled step goes: it stops if the user set compile=true, else it trains eager
+    (``cfg.compile`` turns off, so config.json records ``compiled: false``) after one warning line."""
     if cfg.compile and device.type == "cpu" and amp_active(device, cfg.amp):
         try:
             ensure_compiled_bf16_correct()
+        except CompilerUnavailable as exc:
+            if cfg.compile_forced:
+                raise TrainingError(f"compiling failed with a fresh compile cache ({exc}); compile=true was set, "
+                                    "so the run stops: rerun with --set compile=false to train eager") from None
+            if str(exc) not in _EAGER_WARNED:  # once per process, not once per cohort member
+                _EAGER_WARNED.add(str(exc))
+                print(f"kdnb: warning: compiling failed with a fresh compile cache ({exc}); training eager "
+                      "(the same computation, slower; config.json records compiled: false)", file=sys.stderr,
+                      flush=True)
+            cfg.compile = False
         except RuntimeError as exc:
             raise TrainingError(str(exc)) from None
 
