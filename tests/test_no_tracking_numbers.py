@@ -68,6 +68,8 @@ def test_the_files_checked_include_the_readme_and_notebooks():
     names = {p.relative_to(ROOT).as_posix() for p in _reader_files()}
     assert "README.md" in names and any(n.startswith("notebooks/py/") for n in names)
     assert any(n.endswith(".ipynb") for n in names) and any(n.startswith("figures/") for n in names)
+    docs = {p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md")}
+    assert docs and docs <= names, "every docs/*.md page is checked"
 
 
 @pytest.mark.parametrize("text", [

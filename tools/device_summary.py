@@ -14,7 +14,7 @@ still gives a summary:
 - the steps' exit codes and seconds (``--step NAME=RC[:SECONDS]``; RC ``skip`` for a skipped step).
 
 Standard library only (torch is imported only when nothing else names the GPU and torch version).
-``--markdown`` prints a short table of the same numbers (for the README); ``--from-json`` renders a
+``--markdown`` prints a short table of the same numbers (for docs/gpu.md); ``--from-json`` renders a
 summary.json written earlier instead of reading the run again.
 
     python3 tools/device_summary.py --runs-dir /tmp/runs --profile paper --seed 0 \\

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The mask study of issue #15 on the `cpu` profile, from start to README: the ablation (09) over
+# The causal-mask study on the `cpu` profile, from start to README: the ablation (09) over
 # seeds 0 1 2 with the main teacher, a second teacher (seed 1) and the main comparison distilled
 # from it, then the committed tables and figures rebuilt from these runs. Every step resumes: the
 # engine checkpoints each epoch and skips finished runs, so after an interruption run it again.
@@ -20,6 +20,6 @@ for s in "${seeds[@]}"; do
 done
 step "the series and its ablation with teacher 0, tables and figures into figures/"
 "$python" -m kdnb pipeline --profile cpu --seeds "${seeds[@]}" --ablation --runs-dir "$runs" --figures-dir figures
-step "README's quoted tables"
+step "the README's headline and docs/results.md's tables"
 "$python" tools/readme_results.py
 step "done"

@@ -113,7 +113,7 @@ def cpu_bf16_pays() -> bool:
 
     Measured (``python -m kdnb bench``, cpu profile, compiled, idle 2-core Xeon with AVX512-BF16
     but no AMX): fp32 steps were faster than bf16 (baseline 42.5 vs 50.0 ms, kd 132 vs 147 ms,
-    kd_fa_at 156 vs 180 ms); on a machine with AMX bf16 was faster (the README's benchmark).
+    kd_fa_at 156 vs 180 ms); on a machine with AMX bf16 was faster (docs/benchmark.md).
     """
     return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
 

@@ -7,7 +7,7 @@ its own process: on GPUs each job is pinned to one (``CUDA_VISIBLE_DEVICES``, ro
 and training sets it): on the CPU that count is part of a run's numbers, so it is never split
 between jobs. Where the cores cannot give N jobs that many threads each, fewer run at once
 (``cores // threads``, at least one), which finishes first with the same numbers: oversubscribed
-cores only add contention (measured in the README, "Scaling out"); one line says so. On GPUs the
+cores only add contention (measured in docs/scaling-out.md); one line says so. On GPUs the
 host threads do not change a run's numbers and jobs are never held back. Each job's output goes to
 ``<runs>/<profile>/logs/``.
 """

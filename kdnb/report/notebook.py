@@ -11,7 +11,7 @@ after it, so anything computed there would go stale). :func:`context` derives ev
   ``$KDNB_DATA_DIR``, else ``../data`` (CIFAR-10 is downloaded there on first use);
 - ``figures_dir=None`` means ``<runs_dir>/<profile>/figures``, next to the runs the figures come
   from, for every profile: a user's run never overwrites the committed reference tables and
-  figures in ``../figures`` (the README quotes them). Refreshing those is an explicit step:
+  figures in ``../figures`` (the README and docs/results.md quote them). Refreshing those is an explicit step:
   ``figures_dir="../figures"`` (``python -m kdnb pipeline --figures-dir figures``).
 """
 

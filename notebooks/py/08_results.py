@@ -77,7 +77,7 @@ print("seeds:", seeds_used, " teacher seeds:", teacher_seeds_used)
 # ## The paper's table
 #
 # As reported (one run per configuration, the best test accuracy over epochs). Note that the released code
-# trained its baseline on a different architecture from the distilled students (see the README).
+# trained its baseline on a different architecture from the distilled students (see docs/released-notebook.md).
 
 # %%
 print(tables.paper_table())
