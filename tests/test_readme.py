@@ -187,6 +187,15 @@ def test_the_timings_are_traceable():
         assert minutes.split(" ", 1)[1] in table or minutes in table, minutes
     assert "74.6 min" in results and "74.6 min for three seeds" in table
 
+    quick = _section(_text(README), "Quickstart")
+    log = (ROOT / "figures" / "smoke_pipeline_2026-12-05.log").read_text()
+    done = {m[0]: int(m[1]) for m in re.findall(r"\] (\S+).* done in (\d+) s", log)}
+    students = sum(done[n] for n in ("02_baseline", "03_kd", "04_kd_fa", "05_kd_at", "06_kd_fa_at"))
+    elapsed = re.search(r"Elapsed .*: (\d+):(\d+\.\d+)", log)
+    assert (f"it took {int(elapsed[1])} min {round(float(elapsed[2]))} s: `00` {done['00_setup_and_data']} s, teacher\n"
+            f"{done['01_train_teacher']} s, cohort {done['cohort']} s, `02`–`06` {students} s together, "
+            f"`07` {done['07_masks_and_attention']} s, `08` {done['08_results']} s") in quick
+
     summary = json.loads((ROOT / "figures" / "device" / "summary_h200_2026-11-27.json").read_text())
     earlier = json.loads((ROOT / "figures" / "paper" / "device_check_h200_2026-11-26.json").read_text())
     first = {nb["notebook"]: nb for nb in summary["pipeline"]["notebooks"]}["00_setup_and_data"]["seconds"]
