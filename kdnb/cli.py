@@ -112,6 +112,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_device_train(args: argparse.Namespace) -> int:
+    from .device_train import run_device_training
+
+    overrides = _parse_sets(args.set)
+    make_config("baseline", args.profile, args.seed, overrides)  # one clear line before any work
+    summary = run_device_training(args.out, profile=args.profile, seed=args.seed, budget=args.budget, data=args.data,
+                                  work=args.work, overrides=overrides, progress=not args.quiet)
+    return 0 if summary["complete"] else 3
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m kdnb", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -167,6 +177,23 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one setting of every benchmarked configuration (e.g. compile=true)")
     b.set_defaults(func=_cmd_bench)
+
+    d = sub.add_parser("device-train", help="train one seed's teacher and students within a time budget and write a "
+                                             "small results bundle (for a time-limited GPU machine)",
+                       description="One process: unpack the data, train the teacher, the students as one cohort, "
+                                   "evaluate, and write OUT/{summary.json,results.md,histories.json,curves.png,"
+                                   "device_train.log}. When time runs out, runs stop after a whole epoch and are "
+                                   "evaluated from their best-so-far weights, marked partial (exit code 3).")
+    d.add_argument("out", metavar="OUT", help="the folder that receives the bundle (at most 8 small files)")
+    d.add_argument("--profile", default="paper", help=f"one of {', '.join(PROFILES)} (default paper)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--budget", type=float, default=540.0, help="seconds for the whole command (default 540)")
+    d.add_argument("--data", default=None,
+                   help="an image folder or a .tar.xz archive of one (unpacked once); default $KDNB_DATA_DIR")
+    d.add_argument("--work", default=None, help="where data and runs go (default OUT-work beside OUT)")
+    d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one setting of every run")
+    d.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
+    d.set_defaults(func=_cmd_device_train)
 
     from .engine.export import FORMATS
 

@@ -13,7 +13,7 @@ import kdnb
 PACKAGE = Path(kdnb.__file__).parent
 # lower number = lower layer; a module may import its own layer and the layers below it
 LAYERS = {"method": 0, "engine": 1, "evaluation": 2, "report": 3}
-ENTRY = 4  # cli, pipeline, steps, jobs, bench, executors, __main__: may import anything
+ENTRY = 4  # cli, pipeline, steps, jobs, bench, device_train, executors, __main__: may import anything
 # The modules that plan, schedule and execute the series: each a node of the import graph checked
 # for cycles (a package counts as one node: kdnb.executors.local is kdnb.executors).
 SCALE_OUT = ("kdnb.pipeline", "kdnb.jobs", "kdnb.executors", "kdnb.steps")
@@ -69,7 +69,7 @@ def test_dependencies_point_one_way():
 
 
 def test_every_module_lives_in_a_layer_or_is_an_entry_point():
-    entry = {"__init__", "__main__", "cli", "pipeline", "steps", "jobs", "bench"}
+    entry = {"__init__", "__main__", "cli", "pipeline", "steps", "jobs", "bench", "device_train"}
     loose = [p.name for p in PACKAGE.glob("*.py") if p.stem not in entry]
     assert loose == [], "put new modules in method/, engine/, evaluation/ or report/"
 

@@ -250,15 +250,17 @@ def train(
     data: Dataset | None = None,
     max_epochs: int | None = None,
     restart: bool = False,
+    deadline: float | None = None,
 ) -> RunResult:
     """Train (or resume, or return the stored result of) the run that ``cfg`` describes.
 
     ``max_epochs`` stops after that many completed epochs *of this call* without finishing the
     run (for tests and benchmarks); a later call resumes where it stopped. ``restart``: an
     unfinished run starts again from epoch 1, its checkpoint moved aside (a damaged one, say).
+    ``deadline`` (a :func:`time.monotonic` time): see :func:`train_cohort`.
     """
     return train_cohort([cfg], runs_dir, force=force, progress=progress, data=data, max_epochs=max_epochs,
-                        restart=restart)[0]
+                        restart=restart, deadline=deadline)[0]
 
 
 @dataclass
@@ -305,6 +307,7 @@ def train_cohort(
     max_epochs: int | None = None,
     wait: bool = False,
     restart: bool = False,
+    deadline: float | None = None,
 ) -> list[RunResult]:
     """Train several runs of one seed in lockstep: the same batches, one teacher pass per batch.
 
@@ -318,6 +321,9 @@ def train_cohort(
     Each member's folder is locked while it trains (:class:`kdnb.engine.runs.RunLock`): a run another
     process is training is refused with one line naming that process, or waited for with ``wait``.
     ``restart``: unfinished members start from epoch 1, their checkpoints moved aside (never deleted).
+    ``deadline`` (a :func:`time.monotonic` time, for a time-limited machine): no epoch starts that
+    the previous one's duration says would end after it; the members stop unfinished after a whole
+    epoch, checkpointed, and a later call resumes them.
     """
     check_cohort(cfgs)
     results: dict[int, RunResult] = {}
@@ -358,13 +364,14 @@ def train_cohort(
             if restart:
                 _set_checkpoint_aside(dirs[i])
         if todo:
-            _train_locked(cfgs, todo, results, runs_dir, device, teacher, distilling, progress, data, max_epochs)
+            _train_locked(cfgs, todo, results, runs_dir, device, teacher, distilling, progress, data, max_epochs,
+                          deadline)
     return [results[i] for i in range(len(cfgs))]
 
 
 def _train_locked(cfgs: list[RunConfig], todo: list[int], results: dict[int, RunResult], runs_dir, device,
                   teacher: nn.Module | None, distilling: list[RunConfig], progress: bool, data: Dataset | None,
-                  max_epochs: int | None) -> None:
+                  max_epochs: int | None, deadline: float | None = None) -> None:
     """The body of :func:`train_cohort` once its members' folders are locked and checked: load the
     data, build one stepper per member, train in lockstep, finish; fills ``results``."""
     first = cfgs[todo[0]]
@@ -399,6 +406,7 @@ def _train_locked(cfgs: list[RunConfig], todo: list[int], results: dict[int, Run
 
     t_start = time.perf_counter()
     step = None
+    last_epoch = 0.0  # the last epoch's seconds: what the deadline check expects the next to take
     while True:
         running = [m for m in members if not m.done and (max_epochs is None or m.epochs_this_call < max_epochs)]
         if not running:
@@ -413,7 +421,14 @@ def _train_locked(cfgs: list[RunConfig], todo: list[int], results: dict[int, Run
             if first.cuda_graphs and device.type == "cuda" and not step.graphs and progress:
                 print(f"kdnb: {', '.join(m.cfg.run_name for m in group)}: masks drawn on the host, "
                       "so these steps run without CUDA graphs")
+        if deadline is not None and time.monotonic() + last_epoch > deadline:
+            if progress:
+                print(f"kdnb: time is up: {', '.join(m.cfg.run_name for m in running)} stop after epoch {behind} "
+                      "(checkpointed; a later call resumes them)")
+            break
+        started = time.monotonic()
         _train_epoch(step, group, len(train_y), val_x, val_y, progress)
+        last_epoch = time.monotonic() - started
     seconds = time.perf_counter() - t_start
     for i, m in zip(todo, members):
         if not m.done:
