@@ -42,8 +42,8 @@ import torch.nn.functional as F
 from .engine.compile_cache import CACHE_NAME, use_compile_cache
 from .engine.config import STUDENT_CONFIGS, TEACHER, RunConfig, make_config
 from .engine.data import MEAN, STD, augment, cache_dir, epoch_batches, load_dataset, make_synthetic, normalize, plan_epoch
-from .engine.speedups import amp_active, autocast, cpu_bf16_pays, device_name
 from .engine.fused import FusedCohortStep
+from .engine.speedups import amp_active, autocast, cpu_bf16_pays, device_name
 from .engine.step import CohortStep, build_stepper, build_student, prepare_teacher_for
 from .engine.train import resolve_device
 from .method.cams import CAM_METHODS

@@ -42,7 +42,7 @@ from ..method.mask_sources import MASK_SOURCES, make_masks
 from ..method.masks import cam_short, teacher_forwards
 from .compile_cache import first_compiled_call
 from .speedups import autocast
-from .step import CohortStep, Stepper, StepClock, TeacherOut
+from .step import CohortStep, StepClock, Stepper, TeacherOut
 
 # Leaves a fused network may hold as they are (elementwise or per channel).
 _PASS_THROUGH = (nn.ReLU, nn.ReLU6, nn.Identity, nn.AdaptiveAvgPool2d, nn.MaxPool2d, nn.AvgPool2d, nn.Flatten)
