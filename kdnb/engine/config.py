@@ -91,7 +91,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "paper": {
         "val_size": 5000, "width": 1.0, "compile": True, "eval_batch_size": 1000,
         "teacher": {"width": 1.0, "epochs": 30, "patience": 30, "batch_size": 256, "lr": 0.2},
-        "epochs": 30, "patience": 5,
+        "epochs": 30, "patience": 5, "fused_cohort": True,
         # On a GPU the host threads only index batches and launch kernels (the run's arithmetic is on
         # the GPU, so the count does not change its numbers): 4 keep a GPU fed and fit the 4+ CPUs per
         # GPU of common nodes (one job per GPU). Fixed all the same, for a paper run on a CPU.
@@ -156,6 +156,10 @@ class _Settings:
     # backward; the optimiser update stays outside) as one captured CUDA graph, so a step costs one
     # launch instead of hundreds. Steps whose masks are drawn on the host (random modes) run eager.
     cuda_graphs: bool = False
+    # A cohort's students (one architecture, one schedule) as one fused network: one forward, one
+    # backward and one SGD update for all of them (kdnb.engine.fused). The same computation up to
+    # rounding (grouped kernels sum in another order), so off where numbers are recorded (smoke, cpu).
+    fused_cohort: bool = False
     amp: bool = True  # bf16 autocast on CUDA and on CPUs where it is faster (AMX; see speedups.cpu_bf16_pays)
     eval_batch_size: int = 500
     # Not a setting: make_config sets it when the user's overrides turn compile on (--set
@@ -475,7 +479,12 @@ def make_config(
 
 # Settings that change how fast a run goes, not what it computes: they may differ on resume.
 # (Not ``threads``: on the CPU the thread count changes a run's sums, so it is part of the run.)
-ENGINE_FIELDS: tuple[str, ...] = ("device", "compile", "compile_mode", "cuda_graphs", "eval_batch_size", "data_dir")
+# ``fused_cohort`` is one of them, like ``compile``: it changes the order of a step's sums (grouped
+# kernels), not its formula, inputs or random draws, so a run's numbers move only by rounding (the
+# test measures it); a run may resume fused that began unfused, alone (a cohort of one is never
+# fused) or in another cohort, and it is the same run: not part of its identity.
+ENGINE_FIELDS: tuple[str, ...] = ("device", "compile", "compile_mode", "cuda_graphs", "fused_cohort",
+                                  "eval_batch_size", "data_dir")
 # Settings a run records only since they fix its numbers: a config.json that says null is an older
 # run, with whatever the machine gave it (``torch_threads`` records it); it resumes with any value.
 UNRECORDED: tuple[str, ...] = ("threads",)

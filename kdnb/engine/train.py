@@ -31,6 +31,7 @@ from .compile_cache import cache_for_runs, use_compile_cache
 from .config import ENGINE_FIELDS, UNRECORDED, RunConfig, config_from_dict, make_config
 from .data import Dataset, load_dataset, normalize, plan_epoch, stratified_split
 from .errors import DamagedFile, TrainingError
+from .fused import FusedCohortStep, make_cohort_step
 from .inference import batched_logits
 from .runs import (
     BEST_FILE,
@@ -238,7 +239,7 @@ def _provenance(cfg: RunConfig, device: torch.device, data: Dataset, n_train: in
 # Settings every member of a cohort must share: they fix the data, the batches and the teacher.
 COHORT_SHARED = ("profile", "seed", "dataset", "data_dir", "val_size", "train_size", "split_seed", "synthetic_train",
                  "synthetic_test", "batch_size", "teacher_seed", "device", "threads", "compile", "amp",
-                 "cuda_graphs", "eval_batch_size")
+                 "cuda_graphs", "fused_cohort", "eval_batch_size")
 
 
 def train(
@@ -417,7 +418,8 @@ def _train_locked(cfgs: list[RunConfig], todo: list[int], results: dict[int, Run
             # a new step and graph (the old one would also update the members that left); the old
             # one goes first, so its graph's memory is free for the new capture
             step = None
-            step = CohortStep([m.stepper for m in group], prepared, train_x, train_y, device, first.cuda_graphs)
+            step = make_cohort_step([m.stepper for m in group], prepared, train_x, train_y, device, first.cuda_graphs,
+                                    first.fused_cohort, progress)
             if first.cuda_graphs and device.type == "cuda" and not step.graphs and progress:
                 print(f"kdnb: {', '.join(m.cfg.run_name for m in group)}: masks drawn on the host, "
                       "so these steps run without CUDA graphs")
@@ -497,6 +499,8 @@ def _train_epoch(step: CohortStep, group: list[_Member], n_train: int, val_x: to
             seen = i * lead.cfg.batch_size
             bar.set_postfix(loss=f"{lead.stepper.sums[-2].item() / i:.4f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
     bar.close()
+    if isinstance(step, FusedCohortStep):
+        step.end_epoch()  # the fused tensors back into the members' steppers (validation, checkpoints)
     train_seconds = time.perf_counter() - t0
     split = step.clock.read()
     for i, m in enumerate(group):
