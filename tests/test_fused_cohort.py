@@ -246,9 +246,10 @@ def test_train_cohort_fused_writes_each_run_and_resumes(tmp_path, smoke_runs, ca
         return where
 
     names = ("kd", "kd_fa_at")
-    plain = train_cohort([make_config(c, "smoke", 0, {"epochs": 2}) for c in names], runs(tmp_path / "a"),
-                         progress=False)
-    fused_cfgs = [make_config(c, "smoke", 0, {"epochs": 2, "fused_cohort": True}) for c in names]
+    # fp32 and eager, as the tolerances were measured (bf16 autocast, on by default on AMX CPUs, rounds more)
+    over = {"epochs": 2, "amp": False, "compile": False, "train_size": 320}
+    plain = train_cohort([make_config(c, "smoke", 0, over) for c in names], runs(tmp_path / "a"), progress=False)
+    fused_cfgs = [make_config(c, "smoke", 0, {**over, "fused_cohort": True}) for c in names]
     where = runs(tmp_path / "b")
     first = train_cohort(fused_cfgs, where, progress=False, max_epochs=1)
     assert [r.metrics["finished"] for r in first] == [False, False]
@@ -258,7 +259,9 @@ def test_train_cohort_fused_writes_each_run_and_resumes(tmp_path, smoke_runs, ca
         ha, hb = a.history, read_json(b.run_dir / HISTORY_FILE)
         assert [h.keys() for h in ha] == [h.keys() for h in hb]
         for ea, eb in zip(ha, hb):
-            # 15 steps an epoch amplify rounding more than the 3 above: 2e-2 relative
+            # Rounding grows with every step (a smoke student's loss is chaotic: at 15 steps an epoch,
+            # kd_fa_at's epoch-2 val loss moved 2.0 % with the full smoke set): 2e-2 relative over
+            # the 5 steps an epoch here; the wiring (folders, checkpoints, resume) is what this checks.
             for key in ("train_loss", "train_ce", "train_kd", "train_at", "train_fa", "val_loss"):
                 assert eb[key] == pytest.approx(ea[key], rel=2e-2, abs=1e-6), (a.config.run_name, key)
             assert eb["mask_share"] == pytest.approx(ea["mask_share"], rel=1e-2)
