@@ -96,6 +96,10 @@ PROFILES: dict[str, dict[str, Any]] = {
         # the GPU, so the count does not change its numbers): 4 keep a GPU fed and fit the 4+ CPUs per
         # GPU of common nodes (one job per GPU). Fixed all the same, for a paper run on a CPU.
         "threads": 4,
+        # A GPU step is launch-bound: one captured graph per step (CUDA only; a capture or replay that
+        # fails falls back to the eager step). Checkpoints every 5 epochs: a full-width checkpoint
+        # (student, optimiser) costs seconds an epoch on a GPU; the last epoch is always saved.
+        "cuda_graphs": True, "checkpoint_every": 5,
     },
 }
 
@@ -156,6 +160,9 @@ class _Settings:
     # backward; the optimiser update stays outside) as one captured CUDA graph, so a step costs one
     # launch instead of hundreds. Steps whose masks are drawn on the host (random modes) run eager.
     cuda_graphs: bool = False
+    # Save checkpoint.pt every this many epochs (and always after the last epoch or an early stop):
+    # a run killed between checkpoints redoes the epochs since the last one, with the same numbers.
+    checkpoint_every: int = 1
     amp: bool = True  # bf16 autocast on CUDA and on CPUs where it is faster (AMX; see speedups.cpu_bf16_pays)
     eval_batch_size: int = 500
     # Not a setting: make_config sets it when the user's overrides turn compile on (--set
@@ -279,6 +286,7 @@ RANGES: dict[str, str] = {
     # engine
     "threads": "[1, 1024]",
     "eval_batch_size": "[1, 65536]",
+    "checkpoint_every": "[1, 10000]",
 }
 
 
@@ -475,7 +483,8 @@ def make_config(
 
 # Settings that change how fast a run goes, not what it computes: they may differ on resume.
 # (Not ``threads``: on the CPU the thread count changes a run's sums, so it is part of the run.)
-ENGINE_FIELDS: tuple[str, ...] = ("device", "compile", "compile_mode", "cuda_graphs", "eval_batch_size", "data_dir")
+ENGINE_FIELDS: tuple[str, ...] = ("device", "compile", "compile_mode", "cuda_graphs", "eval_batch_size", "data_dir",
+                                  "checkpoint_every")
 # Settings a run records only since they fix its numbers: a config.json that says null is an older
 # run, with whatever the machine gave it (``torch_threads`` records it); it resumes with any value.
 UNRECORDED: tuple[str, ...] = ("threads",)
