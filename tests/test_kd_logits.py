@@ -59,4 +59,22 @@ def test_a_cohort_step_runs_the_teacher_once_for_kd_and_the_masks():
     step()
     hook.remove()
     assert len(stems) == 1  # one teacher pass for both members, KD and masks alike
-    assert seen[0] is seen[1]  # both KD terms read the one pass's logits
+    assert seen[0] is seen[1]  # both KD terms read the logits of the one (Grad-CAM) pass
+
+
+def test_the_no_cam_entry_equals_a_pass_of_its_own():
+    """The ``None`` entry reused from a cam pass equals, bit for bit, the one a pass without cams
+    computes (logits and every stage's features), in the run's precision and in fp32."""
+    cfg = make_config("kd_fa_at", "smoke", 0)
+    teacher = _teacher(cfg)
+    data = make_synthetic(32, 10)
+    x = data.normalize(data.train_x[:16]).contiguous(memory_format=torch.channels_last)
+    y = data.train_y[:16]
+    for amp in (cfg.amp, False):
+        with autocast(CPU, amp):
+            alone = teacher_forwards(teacher, x, [None], y)[None]
+            for stage in ("layer2", "layer3"):
+                shared = teacher_forwards(teacher, x, [None, (stage, "gradcam")], y)[None]
+                assert torch.equal(alone[0], shared[0]), (amp, stage)
+                assert alone[1].keys() == shared[1].keys() and shared[2] is None
+                assert all(torch.equal(alone[1][k], shared[1][k]) for k in alone[1]), (amp, stage)
