@@ -189,9 +189,11 @@ class CudaGraphs:
     def warm_up(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` for real on a side stream, as capture requires of the steps before it."""
         self.side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(self.side):
-            fn()
-        torch.cuda.current_stream(self.device).wait_stream(self.side)
+        try:
+            with torch.cuda.stream(self.side):
+                fn()
+        finally:  # also when fn failed part-way: the fallback's restore must follow its kernels
+            torch.cuda.current_stream(self.device).wait_stream(self.side)
 
     def capture(self, fn: Callable[[], None]) -> torch.cuda.CUDAGraph:
         """Record ``fn``'s kernels without running them; the graph's ``replay()`` runs them."""

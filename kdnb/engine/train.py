@@ -3,8 +3,9 @@
 The loop follows the paper's protocol (SGD, batch 64, early stopping on *validation* loss) and
 never looks at the test set until the end, when the best-by-validation weights are evaluated
 once. It checkpoints every ``checkpoint_every`` epochs and after its last (atomically), resumes
-from the last checkpointed epoch (redoing the epochs after it), and reproduces an uninterrupted run exactly on CPU: the seed fixes initialisation, batch
-order, augmentation and random masks, and all random states are saved in the checkpoint.
+from the last checkpointed epoch (redoing the epochs after it), and reproduces an uninterrupted
+run exactly on CPU: the seed fixes initialisation, batch order, augmentation and random masks,
+and all random states are saved in the checkpoint.
 """
 
 from __future__ import annotations
