@@ -483,11 +483,12 @@ def make_config(
 
 # Settings that change how fast a run goes, not what it computes: they may differ on resume.
 # (Not ``threads``: on the CPU the thread count changes a run's sums, so it is part of the run.)
-ENGINE_FIELDS: tuple[str, ...] = ("device", "compile", "compile_mode", "cuda_graphs", "eval_batch_size", "data_dir",
-                                  "checkpoint_every")
+ENGINE_FIELDS: tuple[str, ...] = ("device", "compile", "compile_mode", "cuda_graphs", "eval_batch_size", "data_dir")
 # Settings a run records only since they fix its numbers: a config.json that says null is an older
 # run, with whatever the machine gave it (``torch_threads`` records it); it resumes with any value.
 UNRECORDED: tuple[str, ...] = ("threads",)
+# How often a run saves its checkpoint is an engine setting too: it never changes what a run computes.
+ENGINE_FIELDS += ("checkpoint_every",)
 # The training recipe: a pipeline may shorten it for every run at once (``parameters={"epochs": 1}``);
 # tables state it in their provenance block, read from each run's config.json.
 RECIPE_FIELDS: tuple[str, ...] = ("epochs", "patience", "batch_size", "lr", "momentum", "weight_decay", "nesterov",
