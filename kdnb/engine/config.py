@@ -156,13 +156,13 @@ class _Settings:
     compile: bool = False
     # torch.compile mode for the student and objective: "reduce-overhead" adds CUDA graphs
     compile_mode: str = "default"
+    # Save checkpoint.pt every this many epochs (and always after the last epoch or an early stop):
+    # a run killed between checkpoints redoes the epochs since the last one, with the same numbers.
+    checkpoint_every: int = 1
     # CUDA only: replay each training step (the teacher pass and every student's forward and
     # backward; the optimiser update stays outside) as one captured CUDA graph, so a step costs one
     # launch instead of hundreds. Steps whose masks are drawn on the host (random modes) run eager.
     cuda_graphs: bool = False
-    # Save checkpoint.pt every this many epochs (and always after the last epoch or an early stop):
-    # a run killed between checkpoints redoes the epochs since the last one, with the same numbers.
-    checkpoint_every: int = 1
     amp: bool = True  # bf16 autocast on CUDA and on CPUs where it is faster (AMX; see speedups.cpu_bf16_pays)
     eval_batch_size: int = 500
     # Not a setting: make_config sets it when the user's overrides turn compile on (--set
