@@ -274,6 +274,7 @@ class _Member:
     log: RunLog
     epochs_this_call: int = 0
     max_epochs: int | None = None  # this call stops after so many epochs (then it checkpoints)
+    committed: int = 0  # the last epoch in checkpoint.pt
 
     @property
     def done(self) -> bool:
@@ -397,7 +398,8 @@ def _train_locked(cfgs: list[RunConfig], todo: list[int], results: dict[int, Run
             write_json(run_dir / CONFIG_FILE, {**_provenance(cfg, device, data, len(train_y), len(val_y)),
                                                "cohort": cohort})
         members.append(_Member(cfg, run_dir, stepper, state, amp_active(device, cfg.amp),
-                               RunLog(run_dir, first_epoch=state.epoch + 1), max_epochs=max_epochs))
+                               RunLog(run_dir, first_epoch=state.epoch + 1), max_epochs=max_epochs,
+                               committed=state.epoch))
 
     t_start = time.perf_counter()
     step = None
@@ -419,6 +421,8 @@ def _train_locked(cfgs: list[RunConfig], todo: list[int], results: dict[int, Run
     seconds = time.perf_counter() - t_start
     for i, m in zip(todo, members):
         if not m.done:
+            if m.state.epoch > m.committed:  # a loop stopped between checkpoints (a deadline): save it
+                _commit(m)
             results[i] = RunResult(m.run_dir, m.cfg, m.state.history, {"finished": False, "epochs_run": m.state.epoch})
             m.log.close()
         else:
@@ -551,6 +555,7 @@ def _commit(m: _Member) -> None:
         "mask_gen": stepper.mask_gen.get_state(), "torch_rng": torch.get_rng_state(), "state": state.to_dict(),
     })
     write_json(m.run_dir / HISTORY_FILE, state.history)
+    m.committed = state.epoch
 
 
 def _record_eager(run_dir: Path) -> None:
