@@ -45,6 +45,7 @@ EXPECTED: dict[str, tuple[str, list, list]] = {
     "keep": ("(0, 1]", [0.0, 1.5, -0.5], [1e-6, 1.0]),
     "threads": ("[1, 1024]", [0, -1, 1025], [1, 1024]),  # None: see test_threads_are_a_count_per_profile
     "eval_batch_size": ("[1, 65536]", [0, 65_537], [1, 65_536]),
+    "checkpoint_every": ("[1, 10000]", [0, -1, 10_001], [1, 10_000]),
 }
 # Registered terms: every weight w_<term> is [0, 1e6] (the rule, written here); a term's own settings
 # carry the range the term declares, and the test checks that range is enforced on both sides.

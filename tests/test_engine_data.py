@@ -192,3 +192,23 @@ def test_real_cifar10_directory():
     assert ds.classes == ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
     mean = ds.train_x[::10].float().mean((0, 2, 3)) / 255  # every class (the files are sorted by class)
     assert torch.allclose(mean, torch.tensor([0.4914, 0.4822, 0.4465]), atol=0.02)
+
+
+def test_threaded_jpeg_decode_equals_the_serial_decode(tmp_path):
+    """The image-folder loader decodes on a thread pool (in chunks): the same tensors, in the
+    same order, as decoding file after file on one thread."""
+    from torchvision.io import ImageReadMode, decode_image, read_file, write_jpeg
+
+    from kdnb.engine.data import _decode_files
+
+    gen = torch.Generator().manual_seed(0)
+    files = []
+    for i in range(600):  # more than one chunk of the pool's map
+        path = tmp_path / f"{i % 3}" / f"{i:04d}.jpg"
+        path.parent.mkdir(exist_ok=True)
+        write_jpeg(torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=gen), str(path), quality=90)
+        files.append((path, i % 3))
+    x, y = _decode_files(files)
+    serial = torch.stack([decode_image(read_file(str(f)), mode=ImageReadMode.RGB) for f, _ in files])
+    assert x.dtype == torch.uint8 and torch.equal(x, serial)
+    assert y.tolist() == [lab for _, lab in files]

@@ -96,6 +96,10 @@ PROFILES: dict[str, dict[str, Any]] = {
         # the GPU, so the count does not change its numbers): 4 keep a GPU fed and fit the 4+ CPUs per
         # GPU of common nodes (one job per GPU). Fixed all the same, for a paper run on a CPU.
         "threads": 4,
+        # A GPU step is launch-bound: one captured graph per step (CUDA only; a capture or replay that
+        # fails falls back to the eager step). Checkpoints every 5 epochs: a full-width checkpoint
+        # (student, optimiser) costs seconds an epoch on a GPU; the last epoch is always saved.
+        "cuda_graphs": True, "checkpoint_every": 5,
     },
 }
 
@@ -152,6 +156,9 @@ class _Settings:
     compile: bool = False
     # torch.compile mode for the student and objective: "reduce-overhead" adds CUDA graphs
     compile_mode: str = "default"
+    # Save checkpoint.pt every this many epochs (and always after the last epoch or an early stop):
+    # a run killed between checkpoints redoes the epochs since the last one, with the same numbers.
+    checkpoint_every: int = 1
     # CUDA only: replay each training step (the teacher pass and every student's forward and
     # backward; the optimiser update stays outside) as one captured CUDA graph, so a step costs one
     # launch instead of hundreds. Steps whose masks are drawn on the host (random modes) run eager.
@@ -283,6 +290,7 @@ RANGES: dict[str, str] = {
     # engine
     "threads": "[1, 1024]",
     "eval_batch_size": "[1, 65536]",
+    "checkpoint_every": "[1, 10000]",
 }
 
 
@@ -488,6 +496,8 @@ ENGINE_FIELDS: tuple[str, ...] = ("device", "compile", "compile_mode", "cuda_gra
 # Settings a run records only since they fix its numbers: a config.json that says null is an older
 # run, with whatever the machine gave it (``torch_threads`` records it); it resumes with any value.
 UNRECORDED: tuple[str, ...] = ("threads",)
+# How often a run saves its checkpoint is an engine setting too: it never changes what a run computes.
+ENGINE_FIELDS += ("checkpoint_every",)
 # The training recipe: a pipeline may shorten it for every run at once (``parameters={"epochs": 1}``);
 # tables state it in their provenance block, read from each run's config.json.
 RECIPE_FIELDS: tuple[str, ...] = ("epochs", "patience", "batch_size", "lr", "momentum", "weight_decay", "nesterov",

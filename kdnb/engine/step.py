@@ -16,7 +16,7 @@ from ..method.mask_sources import MASK_SOURCES, make_masks
 from ..method.masks import cam_key, cam_short, teacher_forwards
 from ..method.models import build_model
 from ..method.objective import Objective, term_names
-from .compile_cache import first_compiled_call
+from .compile_cache import first_compiled_call, is_compile_failure, one_line
 from .config import RunConfig
 from .data import EpochPlan, apply_augmentation, augment, normalize
 from .datasets import DATASETS
@@ -62,6 +62,7 @@ class Stepper:
         self.forward = torch.compile(student, mode=mode) if cfg.compile else student
         self.loss = torch.compile(objective, mode=mode) if cfg.compile else objective
         self.compiled = cfg.compile  # False once the step fell back to eager (see CohortStep)
+        self.graph_failed = False  # a CUDA graph of this stepper failed: its run steps eager from then on
         self.sizes: dict[str, tuple[int, int]] | None = None
         self.last_cam: torch.Tensor | None = None
         # The epoch's running statistics, device tensors updated in place (never rebound, so a
@@ -188,9 +189,11 @@ class CudaGraphs:
     def warm_up(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` for real on a side stream, as capture requires of the steps before it."""
         self.side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(self.side):
-            fn()
-        torch.cuda.current_stream(self.device).wait_stream(self.side)
+        try:
+            with torch.cuda.stream(self.side):
+                fn()
+        finally:  # also when fn failed part-way: the fallback's restore must follow its kernels
+            torch.cuda.current_stream(self.device).wait_stream(self.side)
 
     def capture(self, fn: Callable[[], None]) -> torch.cuda.CUDAGraph:
         """Record ``fn``'s kernels without running them; the graph's ``replay()`` runs them."""
@@ -282,19 +285,25 @@ class CohortStep:
     The optimiser updates run after it, uncaptured. Replays write the same tensors the eager step
     would (parameters' gradients, the steppers' statistics), so everything outside reads them as
     usual. ``runtime`` stands in for :class:`CudaGraphs` (tests).
+
+    A warm-up, capture or replay that raises does not end the run: what it changed is put back
+    (:class:`_Undo`), the step runs eager (the same computation) and one warning line says so; its
+    steppers stay eager for the rest of their run (a later, smaller group does not try again).
     """
 
     def __init__(self, steppers: list[Stepper], teacher: nn.Module | None, train_x: torch.Tensor,
                  train_y: torch.Tensor, device: torch.device, graphs: bool = False, runtime: Any = None) -> None:
         self.steppers, self.teacher, self.train_x, self.train_y, self.device = steppers, teacher, train_x, train_y, device
         self.cam_keys = sorted({s.cam_key for s in steppers if s.teacher is not None}, key=str)  # None, (stage, cam)
-        self.graphs = graphs and (device.type == "cuda" or runtime is not None) and all(s.graph_safe for s in steppers)
+        self.graphs = (graphs and (device.type == "cuda" or runtime is not None)
+                       and all(s.graph_safe and not s.graph_failed for s in steppers))
         self.runtime = (runtime or CudaGraphs(device)) if self.graphs else None
         self.counter = torch.zeros((), dtype=torch.long, device=device)  # steps taken this epoch
         self.plan: EpochPlan | None = None  # device buffers, filled in place each epoch
         self.graph: Any = None
         self.warm = 0
         self.clock = StepClock(device, len(steppers))
+        self.undo: _Undo | None = None  # saved before each graph step (allocated at the first)
         # The first call compiles (torch.compile is lazy), so it is where a damaged compile cache shows.
         self.first_call = any(s.compiled for s in steppers)
 
@@ -350,10 +359,37 @@ class CohortStep:
         clock.step_done()
 
     def _run(self) -> None:
-        """The step up to the optimisers' updates: eager, a warm-up, the capture or a replay."""
+        """The step up to the optimisers' updates: eager, or through the graph runtime with the
+        eager step as the fallback when the runtime fails."""
         if not self.graphs:
             self._body()
-        elif self.graph is not None:
+            return
+        if self.undo is None:
+            self.undo = _Undo(self._state_tensors(), self._generators(), [s.opt for s in self.steppers])
+        self.undo.save()
+        try:
+            self._graph_step()
+        except Exception as exc:
+            if is_compile_failure(exc):  # the compiler's, not the graph's: first_compiled_call's to handle
+                raise
+            phase = "replay" if self.graph is not None else "capture" if self.warm >= GRAPH_WARMUP else "warm-up"
+            self.undo.restore()
+            self.clock.active = True
+            self._drop_graphs()
+            self._body()  # raises the step's own error if it has one: then no graph is to blame
+            names = ", ".join(s.cfg.run_name for s in self.steppers)
+            print(f"kdnb: warning: CUDA graph {phase} failed ({one_line(exc)}); {names} train with eager steps "
+                  "from here (the same computation, slower)", file=sys.stderr, flush=True)
+
+    def _drop_graphs(self) -> None:
+        """Eager steps from now on, for this step and every later one of its steppers."""
+        self.graphs, self.graph, self.runtime, self.undo = False, None, None, None
+        for s in self.steppers:
+            s.graph_failed = True
+
+    def _graph_step(self) -> None:
+        """A warm-up, the capture or a replay."""
+        if self.graph is not None:
             self.graph.replay()
             self.clock.split = False
         elif self.warm < GRAPH_WARMUP:  # warm-up steps are real steps
@@ -368,28 +404,23 @@ class CohortStep:
             self.graph.replay()
             self.clock.split = False
 
-    def _snapshot(self) -> Callable[[], None]:
-        """A function putting back what a failed first step may have changed, so its retry is the
-        same step: BatchNorm statistics, the epoch's sums, the step counter, the generators. (The
-        parameters change only in the updates, after the step.)"""
+    def _state_tensors(self) -> list[torch.Tensor]:
+        """The tensors a step changes besides the parameters (changed only in the updates, after
+        the step) and their gradients: BatchNorm statistics, the epoch's sums, the step counter."""
         tensors = [self.counter]
         for s in self.steppers:
             tensors += [*s.student.buffers(), *s.objective.buffers(), s.sums, s.bad, s.mask_share, s.cam_short_share]
-        saved = [(t, t.detach().clone()) for t in tensors]
-        gens = [(g, g.get_state()) for s in self.steppers for g in (s.gen, s.mask_gen)]
-        rng = torch.get_rng_state()
+        return tensors
 
-        def restore() -> None:
-            with torch.no_grad():
-                for t, value in saved:
-                    t.copy_(value)
-            for g, state in gens:
-                g.set_state(state)
-            torch.set_rng_state(rng)
-            for s in self.steppers:
-                s.opt.zero_grad(set_to_none=True)
+    def _generators(self) -> list[torch.Generator]:
+        return [g for s in self.steppers for g in (s.gen, s.mask_gen)]
 
-        return restore
+    def _snapshot(self) -> Callable[[], None]:
+        """A function putting back what a failed first step may have changed, so its retry is the
+        same step (see :class:`_Undo`)."""
+        undo = _Undo(self._state_tensors(), self._generators(), [s.opt for s in self.steppers])
+        undo.save()
+        return undo.restore
 
     def _go_eager(self) -> None:
         """Every student, objective and the shared teacher eager from now on."""
@@ -397,6 +428,37 @@ class CohortStep:
             s.go_eager()
         for teacher in {id(t): t for t in (self.teacher, *(s.teacher for s in self.steppers)) if t is not None}.values():
             uncompile(teacher)
+
+
+class _Undo:
+    """What a step changes besides the parameters, saved so that a step that failed part-way can be
+    put back and retried as the same step: ``tensors`` (see :meth:`CohortStep._state_tensors`), the
+    generators' and torch's CPU random states; restoring also drops the gradients (the retry's
+    backward writes them afresh). The copies are allocated once, so saving before every graph step
+    costs one fused device copy, no allocation."""
+
+    def __init__(self, tensors: list[torch.Tensor], generators: list[torch.Generator],
+                 optimizers: list[torch.optim.Optimizer]) -> None:
+        self.tensors = [t.detach() for t in tensors]  # views of the same storage, written in place
+        self.generators, self.optimizers = generators, optimizers
+        self.copies = [t.detach().clone() for t in tensors]
+        self.states: list[torch.Tensor] = []
+        self.rng: torch.Tensor | None = None
+
+    def save(self) -> None:
+        with torch.no_grad():
+            torch._foreach_copy_(self.copies, self.tensors)
+        self.states = [g.get_state() for g in self.generators]
+        self.rng = torch.get_rng_state()
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            torch._foreach_copy_(self.tensors, self.copies)
+        for g, state in zip(self.generators, self.states):
+            g.set_state(state)
+        torch.set_rng_state(self.rng)
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
 
 
 def uncompile(module: nn.Module) -> nn.Module:

@@ -2,9 +2,10 @@
 
 The loop follows the paper's protocol (SGD, batch 64, early stopping on *validation* loss) and
 never looks at the test set until the end, when the best-by-validation weights are evaluated
-once. It checkpoints after every epoch (atomically), resumes from the last completed epoch,
-and reproduces an uninterrupted run exactly on CPU: the seed fixes initialisation, batch
-order, augmentation and random masks, and all random states are saved in the checkpoint.
+once. It checkpoints every ``checkpoint_every`` epochs and after its last (atomically), resumes
+from the last checkpointed epoch (redoing the epochs after it), and reproduces an uninterrupted
+run exactly on CPU: the seed fixes initialisation, batch order, augmentation and random masks,
+and all random states are saved in the checkpoint.
 """
 
 from __future__ import annotations
@@ -275,6 +276,8 @@ class _Member:
     amp: bool
     log: RunLog
     epochs_this_call: int = 0
+    max_epochs: int | None = None  # this call stops after so many epochs (then it checkpoints)
+    committed: int = 0  # the last epoch in checkpoint.pt
 
     @property
     def done(self) -> bool:
@@ -403,7 +406,8 @@ def _train_locked(cfgs: list[RunConfig], todo: list[int], results: dict[int, Run
             write_json(run_dir / CONFIG_FILE, {**_provenance(cfg, device, data, len(train_y), len(val_y)),
                                                "cohort": cohort})
         members.append(_Member(cfg, run_dir, stepper, state, amp_active(device, cfg.amp),
-                               RunLog(run_dir, first_epoch=state.epoch + 1)))
+                               RunLog(run_dir, first_epoch=state.epoch + 1), max_epochs=max_epochs,
+                               committed=state.epoch))
 
     t_start = time.perf_counter()
     step = None
@@ -434,6 +438,8 @@ def _train_locked(cfgs: list[RunConfig], todo: list[int], results: dict[int, Run
     seconds = time.perf_counter() - t_start
     for i, m in zip(todo, members):
         if not m.done:
+            if m.state.epoch > m.committed:  # a loop stopped between checkpoints (a deadline): save it
+                _commit(m)
             results[i] = RunResult(m.run_dir, m.cfg, m.state.history, {"finished": False, "epochs_run": m.state.epoch})
             m.log.close()
         else:
@@ -511,7 +517,8 @@ def _train_epoch(step: CohortStep, group: list[_Member], n_train: int, val_x: to
 
 def _end_epoch(m: _Member, epoch: int, n: int, seen: int, train_seconds: float, cost: dict[str, Any],
                val_x: torch.Tensor, val_y: torch.Tensor, progress: bool) -> None:
-    """Validate one member, update its early-stopping state, checkpoint it and write its history.
+    """Validate one member, update its early-stopping state, and (see :func:`_commits`) checkpoint it
+    and write its history.
 
     ``train_seconds`` is the wall time of the (shared) epoch: in a cohort, every member's. ``cost``
     splits it (:class:`~kdnb.engine.step.StepClock`): the member's ``own_seconds`` (its forward,
@@ -539,6 +546,27 @@ def _end_epoch(m: _Member, epoch: int, n: int, seen: int, train_seconds: float, 
     state.end_epoch(record, cfg.patience,
                     lambda: {"model": _cpu_state(stepper.student), "objective": _cpu_state(stepper.objective)})
     m.log.epoch(record)  # before the commit: a resumed run never logs a committed epoch again
+    m.epochs_this_call += 1
+    if _commits(m, epoch):
+        _commit(m)
+    if progress:
+        print(f"{cfg.run_name} seed{cfg.seed} epoch {epoch:>2}: train loss {record['train_loss']:.4f}  "
+              f"val loss {val_loss:.4f}  val acc {val_acc:.4f}  {record['images_per_s']:.0f} img/s  "
+              f"{train_seconds:.1f} s" + ("  (early stop)" if state.stopped_early else ""))
+
+
+def _commits(m: _Member, epoch: int) -> bool:
+    """Whether ``epoch`` is checkpointed: every ``checkpoint_every``-th, the run's last (its end or
+    an early stop: ``best.pt`` is written from it) and the last of this call (``max_epochs``), so
+    only a killed process loses epochs, at most ``checkpoint_every - 1``."""
+    return (epoch % m.cfg.checkpoint_every == 0 or m.done
+            or (m.max_epochs is not None and m.epochs_this_call >= m.max_epochs))
+
+
+def _commit(m: _Member) -> None:
+    """Save the member's checkpoint, then its history (the history on disk is the checkpoint's:
+    a resumed run redoes and rewrites the epochs after it)."""
+    stepper, state = m.stepper, m.state
     save_torch(m.run_dir / CHECKPOINT_FILE, {
         "model": stepper.student.state_dict(), "objective": stepper.objective.state_dict(),
         "optimizer": stepper.opt.state_dict(),
@@ -546,11 +574,7 @@ def _end_epoch(m: _Member, epoch: int, n: int, seen: int, train_seconds: float, 
         "mask_gen": stepper.mask_gen.get_state(), "torch_rng": torch.get_rng_state(), "state": state.to_dict(),
     })
     write_json(m.run_dir / HISTORY_FILE, state.history)
-    m.epochs_this_call += 1
-    if progress:
-        print(f"{cfg.run_name} seed{cfg.seed} epoch {epoch:>2}: train loss {record['train_loss']:.4f}  "
-              f"val loss {val_loss:.4f}  val acc {val_acc:.4f}  {record['images_per_s']:.0f} img/s  "
-              f"{train_seconds:.1f} s" + ("  (early stop)" if state.stopped_early else ""))
+    m.committed = state.epoch
 
 
 def _record_eager(run_dir: Path) -> None:
@@ -580,7 +604,7 @@ def _check_finite(bad: torch.Tensor, epoch: int, cfg: RunConfig, amp: bool) -> N
              "bf16 fault, then " if engine else "")
     raise TrainingError(
         f"loss term '{term}' became NaN/inf at epoch {epoch}, step {step}: {check}lower lr or the term's weight "
-        "(the last good epoch is in checkpoint.pt)"
+        "(checkpoint.pt holds the last checkpointed epoch)"
     )
 
 

@@ -62,8 +62,11 @@ def teacher_forwards(
     common, so a cohort of students pays for one teacher pass. A key is ``None`` (no cam), a stage
     (Grad-CAM there) or ``(stage, method)``; cams of several methods at one stage share one backward.
 
-    Each entry is computed by exactly the operations :func:`teacher_forward` would run for that
-    key alone (same modules, same grad mode), so its values are the same bit for bit.
+    Each cam entry is computed by exactly the operations :func:`teacher_forward` would run for that
+    key alone (same modules), so its values are the same bit for bit. The ``None`` entry (the KD
+    term's logits and the features) reuses a cam pass when there is one: the same network on the same
+    input in the same precision, the stages after the cam stage run with autograd on, which changes
+    no value (tests/test_kd_logits.py), so the teacher's last stages run once, not twice.
     """
     keys = list(dict.fromkeys(cam_keys))
     stages: dict[str, list] = {}
@@ -73,17 +76,19 @@ def teacher_forwards(
             _check_stage(stage)
             CAM_METHODS[method]  # an unknown method: one line listing the registered ones
             stages.setdefault(stage, []).append(k)
-    depth = len(STAGES) if None in keys else 1 + max(STAGES.index(s) for s in stages)
+    depth = len(STAGES) if not stages else 1 + max(STAGES.index(s) for s in stages)
     out: dict = {}
     with torch.no_grad():
         prefix = model.run_stages(model.stem(x), STAGES[:depth])
-        if None in keys:
+        if None in keys and not stages:
             out[None] = (model.head(prefix[STAGES[-1]]), dict(prefix), None)
     for stage, stage_keys in stages.items():
         logits, feats, cams = _cam_tail(model, prefix, stage, target, [_split_key(k)[1] for k in stage_keys])
         for k, cam in zip(stage_keys, cams):
             out[k] = (logits, feats, cam)
-    return out
+        if None in keys and None not in out:  # the logits and features of a cam pass: no second tail
+            out[None] = (logits, feats, None)
+    return {k: out[k] for k in keys}
 
 
 def _cam_tail(model: nn.Module, prefix: dict[str, torch.Tensor], cam_layer: str, target: torch.Tensor | None,
