@@ -94,11 +94,14 @@ def test_time_running_out_gives_partial_results_marked(rehearsal, tmp_path, monk
     assert "| baseline | partial | 1 | 1 |" in (tmp_path / "out" / "results.md").read_text()
 
 
-def test_the_deadline_stops_after_a_whole_epoch_and_the_run_resumes(tmp_path, monkeypatch):
+@pytest.mark.parametrize("every", [1, 2])
+def test_the_deadline_stops_after_a_whole_epoch_and_the_run_resumes(tmp_path, monkeypatch, every):
     """A fake clock: each reading advances 10 s, so epoch 1 "takes" 10 s and the next would end past
-    the deadline. The run stops checkpointed after epoch 1; a call without deadline finishes it
-    with the numbers of an uninterrupted run."""
-    cfg = make_config("baseline", "smoke", 0, {**SMALL, "epochs": 3, "patience": 3, "compile": False})
+    the deadline. The run stops checkpointed after epoch 1 (also between two of its regular
+    checkpoints, ``every`` 2); a call without deadline finishes it with the numbers of an
+    uninterrupted run."""
+    cfg = make_config("baseline", "smoke", 0, {**SMALL, "epochs": 3, "patience": 3, "compile": False,
+                                               "checkpoint_every": every})
     whole = train_mod.train(cfg, tmp_path / "whole", progress=False)
     clock = iter(range(0, 10**6, 10))
     fake = types.SimpleNamespace(perf_counter=time.perf_counter, monotonic=lambda: float(next(clock)))
