@@ -327,12 +327,14 @@ def test_a_member_stopping_early_makes_the_smaller_group_capture_anew(tmp_path, 
     calls[0] = 0
     made: list[tuple[int, FakeGraphs]] = []
 
+    real_make = train_mod.make_cohort_step
+
     def with_fake(steppers, *args, **kwargs):
         fake = FakeGraphs()
         made.append((len(steppers), fake))
-        return CohortStep(steppers, *args, **kwargs, runtime=fake)
+        return real_make(steppers, *args, **kwargs, runtime=fake)
 
-    monkeypatch.setattr(train_mod, "CohortStep", with_fake)
+    monkeypatch.setattr(train_mod, "make_cohort_step", with_fake)
     graphed = train_cohort(cfgs, tmp_path / "graphed", progress=False)
     assert [r.metrics["stopped_early"] for r in graphed] == [True, False]
     assert [len(r.history) for r in graphed] == [2, 3]
