@@ -169,3 +169,25 @@ def test_bad_values_give_one_line_errors(tmp_path, cli_env, extra, needle):
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], out.stderr
     assert not list(tmp_path.rglob("checkpoint.pt"))
+
+
+def test_a_run_is_not_resumed_in_another_precision(tmp_path, capsys):
+    """bf16 autocast is active only on some CPUs (AMX): a run begun on such a machine and resumed on
+    another would mix bf16 and fp32 epochs. The resume refuses in one line naming both and the fix;
+    the checkpoint stays; another CPU model with the same precision is only noted."""
+    from kdnb.engine.runs import CONFIG_FILE, read_json, write_json
+
+    over = {"synthetic_train": 400, "val_size": 80, "synthetic_test": 100, "epochs": 2, "compile": False}
+    cfg = make_config("baseline", "smoke", 0, over)
+    first = train(cfg, tmp_path, progress=False, max_epochs=1)
+    saved = read_json(first.run_dir / CONFIG_FILE)
+    write_json(first.run_dir / CONFIG_FILE, {**saved, "amp_active": not saved["amp_active"]})
+    ckpt = (first.run_dir / CHECKPOINT_FILE).read_bytes()
+    with pytest.raises(TrainingError) as info:
+        train(cfg, tmp_path, progress=False)
+    msg = str(info.value)
+    assert "\n" not in msg and "mixing precisions" in msg and "--restart" in msg
+    assert (first.run_dir / CHECKPOINT_FILE).read_bytes() == ckpt
+    write_json(first.run_dir / CONFIG_FILE, {**saved, "device_name": "another CPU"})
+    done = train(cfg, tmp_path, progress=True)
+    assert done.metrics["finished"] and "began on another CPU" in capsys.readouterr().out

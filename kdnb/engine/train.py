@@ -401,6 +401,8 @@ def _train_locked(cfgs: list[RunConfig], todo: list[int], results: dict[int, Run
         stepper = build_stepper(cfg, prepared if cfg.needs_teacher else None, device, steps_per_epoch,
                                 data.num_classes, teacher_prepared=True)
         state = _resume(stepper, run_dir, progress, train_command(cfg, runs_dir, "--restart"))
+        if state is not None:
+            _check_same_arithmetic(run_dir, cfg, device, train_command(cfg, runs_dir, "--restart"), progress)
         if state is None:
             state = TrainingState()
             write_json(run_dir / CONFIG_FILE, {**_provenance(cfg, device, data, len(train_y), len(val_y)),
@@ -575,6 +577,26 @@ def _commit(m: _Member) -> None:
     })
     write_json(m.run_dir / HISTORY_FILE, state.history)
     m.committed = state.epoch
+
+
+def _check_same_arithmetic(run_dir: Path, cfg: RunConfig, device: torch.device, restart: str, progress: bool) -> None:
+    """Refuse to resume a run in another precision than it started in: bf16 autocast is active only
+    on CPUs with AMX (and on CUDA), so a run begun on one machine and continued on another would mix
+    bf16 and fp32 epochs. Another CPU model with the same precision is noted in one line (its
+    kernels may round differently), not refused."""
+    saved = read_json(run_dir / CONFIG_FILE)
+    here = amp_active(device, cfg.amp)
+    if saved.get("amp_active") is not None and saved["amp_active"] != here:
+        def name(active: bool) -> str:
+            return "bf16 autocast" if active else "fp32"
+
+        raise TrainingError(
+            f"{run_dir} trained its first epochs in {name(saved['amp_active'])} on {saved.get('device_name')}, and "
+            f"{device_name(device)} would continue it in {name(here)}, mixing precisions in one run: resume it on "
+            f"a machine like the first, or start it again here with `{restart}`")
+    if progress and saved.get("device_name") not in (None, device_name(device)):
+        print(f"kdnb: note: {run_dir} began on {saved['device_name']} and continues on {device_name(device)} "
+              "(same precision; CPU kernels may round differently)")
 
 
 def _record_eager(run_dir: Path) -> None:
