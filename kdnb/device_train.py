@@ -87,6 +87,7 @@ def run_device_training(out: str | Path, *, profile: str = "paper", seed: int = 
     t0 = time.monotonic()
     deadline = t0 + budget - (min(60.0, budget / 10) if reserve is None else reserve)
     out = Path(out)
+    _keep_previous(out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(work) if work is not None else out.parent / f"{out.name}-work"
     runs = work / "runs"
@@ -148,6 +149,18 @@ def run_device_training(out: str | Path, *, profile: str = "paper", seed: int = 
               + "; ".join(f"{p.name} {p.status} {p.seconds:.0f} s" for p in phases.values()))
     write_json(out / "summary.json", summary)
     return summary
+
+
+def _keep_previous(out: Path) -> None:
+    """A bundle already in ``out`` (an earlier call, say one that ran out of time) moves beside it,
+    never overwritten: ``OUT.previous-<time>``."""
+    if out.is_dir() and any((out / f).exists() for f in BUNDLE):
+        stamp, n = time.strftime("%Y%m%d-%H%M%S"), 1
+        aside = out.with_name(f"{out.name}.previous-{stamp}")
+        while aside.exists():
+            aside, n = out.with_name(f"{out.name}.previous-{stamp}-{n}"), n + 1
+        out.rename(aside)
+        print(f"kdnb device-train: kept the previous bundle as {aside}")
 
 
 def _phase(phase: Phase, body: Callable[[], str], needs: Phase | None = None) -> None:

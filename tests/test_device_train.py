@@ -92,6 +92,13 @@ def test_time_running_out_gives_partial_results_marked(rehearsal, tmp_path, monk
     assert [r["status"] for r in rows] == ["partial"] * 5 and all(r["epochs_run"] == 1 for r in rows)
     assert all(0.0 <= r["test_acc"] <= 1.0 for r in rows)
     assert "| baseline | partial | 1 | 1 |" in (tmp_path / "out" / "results.md").read_text()
+    # the same command again resumes the runs; the partial bundle is kept beside the new one
+    monkeypatch.setattr(device_train, "train_cohort", real)
+    again = run_device_training(tmp_path / "out", profile="smoke", budget=600, work=work, overrides=SMALL,
+                                progress=False)
+    assert again["complete"] and [r["status"] for r in again["runs"]] == ["finished"] * 6
+    kept = list(tmp_path.glob("out.previous-*"))
+    assert len(kept) == 1 and "| baseline | partial | 1 | 1 |" in (kept[0] / "results.md").read_text()
 
 
 @pytest.mark.parametrize("every", [1, 2])
