@@ -265,3 +265,28 @@ def test_train_cohort_fused_writes_each_run_and_resumes(tmp_path, smoke_runs, ca
             for key in ("train_loss", "train_ce", "train_kd", "train_at", "train_fa", "val_loss"):
                 assert eb[key] == pytest.approx(ea[key], rel=2e-2, abs=1e-6), (a.config.run_name, key)
             assert eb["mask_share"] == pytest.approx(ea["mask_share"], rel=1e-2)
+
+
+@pytest.mark.parametrize("phase,k", [("capture", 1), ("replay", 2)])
+def test_a_failing_graph_of_the_fused_step_falls_back_to_the_same_eager_fused_step(setup, phase, k, capsys):
+    """The graph fallback puts back the fused network's own BatchNorm statistics and gradients too
+    (not only the members'): a fused cohort whose capture or second replay fails after doing part
+    of the step ends exactly as a fused cohort that was eager throughout."""
+    from test_cuda_graphs import FailingGraphs
+
+    cfgs, prepared, x, y = setup
+    cfgs = cfgs[:3]
+    eager = _steppers(cfgs, prepared)
+    estep = FusedCohortStep(eager, prepared, x, y, CPU)
+    graphed = _steppers(cfgs, prepared)
+    fake = FailingGraphs(phase, k)
+    gstep = FusedCohortStep(graphed, prepared, x, y, CPU, graphs=True, runtime=fake)
+    assert gstep.graphs
+    for epoch in (1, 2):
+        a, b = _epoch(estep, eager, epoch), _epoch(gstep, graphed, epoch)
+        assert all(torch.equal(u, v) for u, v in zip(a, b))
+    assert fake.calls >= k and not gstep.graphs
+    assert sum("CUDA graph" in line for line in capsys.readouterr().err.splitlines()) == 1
+    for sa, sb in zip(eager, graphed):
+        ta, tb = _state(sa), _state(sb)
+        assert all(torch.equal(ta[key], tb[key]) for key in ta)

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import copy
 import sys
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -387,18 +386,13 @@ class FusedCohortStep(CohortStep):
             if s.sched is not None:
                 s.sched.step()
 
-    def _snapshot(self) -> Callable[[], None]:
-        restore_members = super()._snapshot()
-        saved = [(t, t.detach().clone()) for t in self.fused.buffers()]
+    def _state_tensors(self) -> list[torch.Tensor]:
+        """The members' state and the fused network's BatchNorm statistics: what a failed first
+        (compiled) step or a failed CUDA graph step puts back."""
+        return [*super()._state_tensors(), *self.fused.buffers()]
 
-        def restore() -> None:
-            restore_members()
-            with torch.no_grad():
-                for t, value in saved:
-                    t.copy_(value)
-            self.opt.zero_grad(set_to_none=True)
-
-        return restore
+    def _optimizers(self) -> list[torch.optim.Optimizer]:
+        return [*super()._optimizers(), self.opt]
 
     def _go_eager(self) -> None:
         super()._go_eager()

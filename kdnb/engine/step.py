@@ -365,7 +365,7 @@ class CohortStep:
             self._body()
             return
         if self.undo is None:
-            self.undo = _Undo(self._state_tensors(), self._generators(), [s.opt for s in self.steppers])
+            self.undo = _Undo(self._state_tensors(), self._generators(), self._optimizers())
         self.undo.save()
         try:
             self._graph_step()
@@ -415,10 +415,14 @@ class CohortStep:
     def _generators(self) -> list[torch.Generator]:
         return [g for s in self.steppers for g in (s.gen, s.mask_gen)]
 
+    def _optimizers(self) -> list[torch.optim.Optimizer]:
+        """Whose gradients a failed step leaves behind (dropped when it is put back)."""
+        return [s.opt for s in self.steppers]
+
     def _snapshot(self) -> Callable[[], None]:
         """A function putting back what a failed first step may have changed, so its retry is the
         same step (see :class:`_Undo`)."""
-        undo = _Undo(self._state_tensors(), self._generators(), [s.opt for s in self.steppers])
+        undo = _Undo(self._state_tensors(), self._generators(), self._optimizers())
         undo.save()
         return undo.restore
 
