@@ -294,22 +294,13 @@ class FusedCohortStep(CohortStep):
                     s.opt.state[p] = dict(self.opt.state[p])
 
     # ------------------------------------------------------------ the step
+    def _teacher_pass(self, x: torch.Tensor, y: torch.Tensor) -> dict[Any, TeacherOut]:
+        return shared_teacher_pass(self.teacher, x, self.cam_keys, y)
+
     def _body(self) -> None:
         clock = self.clock
-        t0 = clock.mark()
-        row = self.counter.view(1)
-        idx = self.plan.index.index_select(0, row)[0]
-        draws = (self.plan.offsets.index_select(0, row)[0], self.plan.flips.index_select(0, row)[0])
-        self.counter.add_(1)  # now the 1-based number of this step
+        x, y, outs, t = self._shared()
         lead = self.steppers[0]
-        y = self.train_y[idx]
-        x = lead.prepare(self.train_x[idx], draws)
-        outs: dict = {}
-        if self.teacher is not None and self.cam_keys:
-            with autocast(self.device, lead.cfg.amp):
-                outs = shared_teacher_pass(self.teacher, x, self.cam_keys, y)
-        t = clock.mark()
-        clock.add(clock.SHARED, t0, t)
         results = []
         with autocast(self.device, lead.cfg.amp):
             logits, feats = self.forward(x, return_features=True)

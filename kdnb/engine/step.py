@@ -322,7 +322,9 @@ class CohortStep:
         for s in self.steppers:
             s.new_epoch(epoch)
 
-    def _body(self) -> None:
+    def _shared(self) -> tuple[torch.Tensor, torch.Tensor, dict[Any, TeacherOut], Any]:
+        """The step's shared part: the batch at the device step counter, augmented once, and the
+        teacher pass per cam key; with the clock's mark at its end."""
         clock = self.clock
         t0 = clock.mark()
         row = self.counter.view(1)
@@ -332,12 +334,20 @@ class CohortStep:
         lead = self.steppers[0]
         y = self.train_y[idx]
         x = lead.prepare(self.train_x[idx], draws)
-        outs: dict[str | None, TeacherOut] = {}
+        outs: dict[Any, TeacherOut] = {}
         if self.teacher is not None and self.cam_keys:
             with autocast(self.device, lead.cfg.amp):
-                outs = teacher_forwards(self.teacher, x, self.cam_keys, y)
+                outs = self._teacher_pass(x, y)
         t = clock.mark()
         clock.add(clock.SHARED, t0, t)
+        return x, y, outs, t
+
+    def _teacher_pass(self, x: torch.Tensor, y: torch.Tensor) -> dict[Any, TeacherOut]:
+        return teacher_forwards(self.teacher, x, self.cam_keys, y)
+
+    def _body(self) -> None:
+        clock = self.clock
+        x, y, outs, t = self._shared()
         for i, s in enumerate(self.steppers):
             total, terms, s_logits = s.forward_backward(x, y, outs.get(s.cam_key) if s.teacher is not None else None)
             s.record(total, terms, s_logits, y, self.counter)
