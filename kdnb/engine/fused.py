@@ -39,7 +39,6 @@ from torch import nn
 
 from ..method.mask_sources import MASK_SOURCES, make_masks
 from ..method.masks import cam_short, teacher_forwards
-from .compile_cache import first_compiled_call
 from .speedups import autocast
 from .step import CohortStep, StepClock, Stepper, TeacherOut
 
@@ -352,18 +351,11 @@ class FusedCohortStep(CohortStep):
                 s.cam_short_share.add_(short)
         return s.loss(s_logits, s_feats, y, t_logits, t_feats, masks)
 
-    def __call__(self) -> None:
-        if self.first_call:
-            forced = any(s.cfg.compile_forced for s in self.steppers)
-            first_compiled_call(self._run, self._snapshot(), self._go_eager, forced)
-            self.first_call = False
-        else:
-            self._run()
-        clock = self.clock
-        t0 = clock.mark()
+    def _update(self) -> None:
+        """The one fused update, its time shared evenly by the members."""
+        t0 = self.clock.mark()
         self.apply()
-        clock.add(clock.EVEN, t0, clock.mark())
-        clock.step_done()
+        self.clock.add(self.clock.EVEN, t0, self.clock.mark())
 
     def apply(self) -> None:
         """One SGD update of every member (at the lead's scheduled hyperparameters), then each
