@@ -56,10 +56,14 @@ def count_host_traffic():
             setattr(owner, name, original)
 
 
+BATCH = 16  # what is counted is per step, not per image: small batches keep the 150 steps cheap
+
+
 def _one_epoch(config: str, steps: int, runs, data, overrides: dict | None = None) -> Counter:
     n_val = 200
-    cfg = make_config(config, "smoke", 0, {"epochs": 1, "patience": 1, "train_size": 64 * steps, "val_size": n_val,
-                                            "synthetic_train": 64 * steps + n_val, **(overrides or {})})
+    cfg = make_config(config, "smoke", 0, {"epochs": 1, "patience": 1, "batch_size": BATCH,
+                                            "train_size": BATCH * steps, "val_size": n_val,
+                                            "synthetic_train": BATCH * steps + n_val, **(overrides or {})})
     with count_host_traffic() as counts:
         train(cfg, runs / f"{config}-{steps}", progress=False, data=data, max_epochs=1)
     return counts
@@ -77,7 +81,7 @@ CASES = [(c, {}, {}) for c in STUDENT_CONFIGS] + [("kd_fa_at", {"mask_mode": "ra
 def test_no_host_reads_or_moves_per_step(config, overrides, moves, tmp_path, smoke_runs):
     from kdnb.engine.data import make_synthetic
 
-    data = make_synthetic(64 * 100 + 200, 100)
+    data = make_synthetic(BATCH * 100 + 200, 100)
     import shutil
 
     for steps in (50, 100):  # the distilling configurations need the smoke teacher beside their runs

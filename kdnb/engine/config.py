@@ -89,7 +89,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     # The teacher's recipe is kdnb's own (the paper fixes only the students'): batch 256 with the
     # one-cycle peak scaled 0.1 -> 0.2, four times fewer steps than batch 64 on a launch-bound GPU.
     "paper": {
-        "val_size": 5000, "width": 1.0, "compile": True, "eval_batch_size": 1000,
+        "val_size": 5000, "width": 1.0, "eval_batch_size": 1000,
         "teacher": {"width": 1.0, "epochs": 30, "patience": 30, "batch_size": 256, "lr": 0.2},
         "epochs": 30, "patience": 5, "fused_cohort": True,
         # On a GPU the host threads only index batches and launch kernels (the run's arithmetic is on
@@ -99,7 +99,10 @@ PROFILES: dict[str, dict[str, Any]] = {
         # A GPU step is launch-bound: one captured graph per step (CUDA only; a capture or replay that
         # fails falls back to the eager step). Checkpoints every 5 epochs: a full-width checkpoint
         # (student, optimiser) costs seconds an epoch on a GPU; the last epoch is always saved.
-        "cuda_graphs": True, "checkpoint_every": 5,
+        # No torch.compile: what it bought on the H200 was mostly launch cost, which the graph removes
+        # (compiled, the GPU was busy 24 % of a teacher epoch: ~2.2 s of 9.1 s), while compiling cost
+        # 88 s of the teacher's first epoch, a sixth of a 540 s lease; docs/benchmark.md has the numbers.
+        "cuda_graphs": True, "checkpoint_every": 5, "compile": False,
     },
 }
 
