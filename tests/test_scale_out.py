@@ -201,11 +201,12 @@ def test_submitit_local_executor_trains_the_runs_of_the_sequential_series(smoke_
     assert (runs / "smoke" / "notebooks" / "05_kd_at_seed0.ipynb").is_file()
 
 
-# A 2-seed smoke series trained without its notebooks (each seed's cohort of KD and KD+FA+AT: logits,
-# features and Grad-CAM masks, the parts whose arithmetic a thread count changes) from one teacher, on
-# a smaller synthetic set for one epoch: what is compared is the scheduling, not the recipe.
+# A 2-seed smoke series trained without its notebooks (the teacher, each seed's cohort of KD and
+# KD+FA+AT: logits, features and Grad-CAM masks, the parts whose arithmetic a thread count changes), on
+# a smaller synthetic set for one epoch: what is compared is the scheduling, not the recipe. --jobs 1
+# and --jobs 2 train the teacher; Ray and submitit start from a copy of --jobs 1's.
 TINY = {"overrides": {"synthetic_train": 300, "synthetic_test": 100, "val_size": 60, "epochs": 1}}
-RUNS = [(c, s) for s in (0, 1) for c in ("kd", "kd_fa_at")]
+RUNS = [("teacher", 0)] + [(c, s) for s in (0, 1) for c in ("kd", "kd_fa_at")]
 
 
 def _train_series(runs: Path, teacher_from: Path | None = None, **how) -> dict[tuple[str, int], dict]:
@@ -219,8 +220,8 @@ def _train_series(runs: Path, teacher_from: Path | None = None, **how) -> dict[t
                      if k not in TIMING_FIELDS} for c, s in RUNS}
 
 
-def _threads(runs: Path) -> int:
-    return json.loads((runs / "smoke" / "kd_fa_at" / "seed1" / "config.json").read_text())["threads"]
+def _threads(runs: Path, config: str = "kd_fa_at", seed: int = 1) -> int:
+    return json.loads((runs / "smoke" / config / f"seed{seed}" / "config.json").read_text())["threads"]
 
 
 @pytest.mark.slow
@@ -238,7 +239,7 @@ def test_jobs_1_jobs_2_ray_and_submitit_train_bit_identical_runs(tmp_path, monke
     # with --jobs 2: 48.7 s, 19.1 s without spinning). The wait policy changes no arithmetic.
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
     monkeypatch.setattr(local, "cpu_cores", lambda: 4)
-    assert _train_series(tmp_path / "jobs2", first, executor="local", scale={"jobs": 2}) == reference
+    assert _train_series(tmp_path / "jobs2", executor="local", scale={"jobs": 2}) == reference
     assert "local executor: up to 2 jobs at once" in capsys.readouterr().out
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
@@ -247,6 +248,7 @@ def test_jobs_1_jobs_2_ray_and_submitit_train_bit_identical_runs(tmp_path, monke
         ray.shutdown()
     assert _train_series(tmp_path / "slurm", first, executor="slurm", scale={"submitit_cluster": "local"}) == reference
     assert [_threads(tmp_path / runs) for runs in ("jobs2", "ray", "slurm")] == [2, 2, 2]
+    assert _threads(tmp_path / "jobs2", "teacher", 0) == 2
 
 
 class _Ref:

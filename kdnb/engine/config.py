@@ -100,8 +100,9 @@ PROFILES: dict[str, dict[str, Any]] = {
         # fails falls back to the eager step). Checkpoints every 5 epochs: a full-width checkpoint
         # (student, optimiser) costs seconds an epoch on a GPU; the last epoch is always saved.
         # No torch.compile: what it bought on the H200 was mostly launch cost, which the graph removes
-        # (compiled, the GPU was busy 24 % of a teacher epoch: ~2.2 s of 9.1 s), while compiling cost
-        # 88 s of the teacher's first epoch, a sixth of a 540 s lease; docs/benchmark.md has the numbers.
+        # (compiled, a kernel ran in a median 54 % of nvidia-smi's samples of a teacher epoch: ~4.9 s of
+        # 9.1 s), while compiling cost 88 s of the teacher's first epoch, a sixth of a 540 s lease;
+        # compile pays only if eager kernels are >= 1.6x slower: docs/benchmark.md has the numbers.
         "cuda_graphs": True, "checkpoint_every": 5, "compile": False,
     },
 }
