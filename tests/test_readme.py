@@ -182,7 +182,7 @@ def test_the_timings_are_traceable():
 
     table = _section(_text(README), "Quickstart").split("### The notebooks")[1]
     profiles, results = _text(DOCS / "profiles.md"), _text(DOCS / "results.md")
-    for minutes in ("00 0.4", "teacher 27.8", "cohort 18.0", "02–06 0.7", "07 1.2", "08 8.3", "56 min 19 s"):
+    for minutes in ("00 0.3", "teacher 16.1", "cohort 16.9", "02–06 0.4", "07 0.9", "08 13.6", "48 min 09 s"):
         assert minutes in profiles, minutes
         assert minutes.split(" ", 1)[1] in table or minutes in table, minutes
     assert "74.6 min" in results and "74.6 min for three seeds" in table
