@@ -168,10 +168,7 @@ def test_bad_values_give_one_line_errors(tmp_path, capsys, extra, needle):
     runs the command itself): exit code 2, one line, nothing trained."""
     from kdnb.cli import main
 
-    try:
-        code = main(["train", "--profile", "smoke", "--runs-dir", str(tmp_path), *extra])
-    except SystemExit as exc:  # argparse's own refusals
-        code = exc.code
+    code = main(["train", "--profile", "smoke", "--runs-dir", str(tmp_path), *extra])
     err = capsys.readouterr().err
     assert code == 2
     lines = err.strip().splitlines()
