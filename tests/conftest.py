@@ -21,6 +21,25 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# pytest-xdist (pyproject's addopts: one worker per core) runs tests side by side: each worker keeps
+# to one thread (OMP_NUM_THREADS also for the kernels and commands it starts), so two workers never
+# leave OpenMP threads spinning for a core the other holds. Runs train with their profile's threads.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config, items):
+    """Which tests share a worker (``--dist loadgroup``): every test of the session's smoke series
+    (``smoke_pipeline``), which that worker then trains once, and otherwise each module's tests, so
+    a module's fixtures (a trained or compiled network) are built once."""
+    for item in items:
+        uses_series = "smoke_pipeline" in getattr(item, "fixturenames", ())
+        item.add_marker(pytest.mark.xdist_group("smoke_series" if uses_series else item.module.__name__))
+
 
 @pytest.fixture(scope="session")
 def smoke_runs(tmp_path_factory) -> Path:

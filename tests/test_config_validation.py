@@ -169,9 +169,10 @@ def test_existing_rules_still_hold():
 
 
 def test_threads_are_a_count_per_profile():
-    """#33: the thread count is part of a run's numbers: one per profile (smoke and cpu: the 2 threads
-    their recorded numbers were trained with), never "the machine's", which None once meant."""
-    assert {p: make_config("kd", p, 0).threads for p in PROFILES} == {"smoke": 2, "cpu": 2, "paper": 4}
+    """The thread count is part of a run's numbers: one per profile (cpu: the 2 threads its recorded
+    numbers were trained with; smoke: 1, so two smoke runs share 2 cores), never "the machine's",
+    which None once meant."""
+    assert {p: make_config("kd", p, 0).threads for p in PROFILES} == {"smoke": 1, "cpu": 2, "paper": 4}
     assert make_config("teacher", "cpu", 0).threads == 2
     for value in (None, "none"):
         with pytest.raises(ConfigError, match=r"^setting threads=None must be an integer in \[1, 1024\]: the thread "

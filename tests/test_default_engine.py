@@ -9,6 +9,7 @@ CPUs where it pays (AMX), so these tests switch it on whatever the CPU, as an AM
 
 from __future__ import annotations
 
+import copy
 import statistics
 
 import pytest
@@ -18,7 +19,9 @@ import torch.nn.functional as F
 import kdnb.engine.speedups as speedups
 from kdnb.engine.config import STUDENT_CONFIGS, TEACHER, make_config
 from kdnb.engine.data import make_synthetic
+from kdnb.engine.speedups import fold_batchnorm
 from kdnb.engine.step import build_stepper, prepare_teacher_for
+from kdnb.method.masks import teacher_forward
 from kdnb.method.models import STAGES, build_model
 
 BATCH = 16
@@ -102,3 +105,29 @@ def test_compiled_bf16_steps_learn_like_eager_fp32(config, batch, teachers, bf16
     assert len(cos) >= 0.9 * len(want)
     assert statistics.median(cos) >= 0.85, f"{config}: median cosine {statistics.median(cos):.3f}"
     assert sum(c >= 0.5 for c in cos) >= 0.8 * len(cos), f"{config}: cosines {sorted(cos)[:10]}"
+
+
+@pytest.mark.slow
+def test_the_compiled_bf16_teacher_keeps_gradcam(batch, teachers, bf16_cpu):
+    """The teacher as the cpu profile runs it (BN folded, every stage compiled, bf16 autocast) gives
+    the eager teacher's logits, features and Grad-CAM, differentiating through the compiled stages
+    after the cam stage (whose CBAM once gave NaN gradients in bf16). The compiled graphs are the
+    ones the distilling steps above use (same teacher, batch and cam stage): nothing compiles twice.
+    tests/test_speedups.py checks the same in fp32 (the profile on CPUs without AMX)."""
+    xb, y, draws = batch
+    raw, prepared = teachers
+    cfg, stepper = _stepper("kd_fa_at", teachers, compiled=True)
+    x, stage = stepper.prepare(xb, draws), cfg.cam_stage  # the input and stage of the distilling steps
+    eager = fold_batchnorm(copy.deepcopy(raw))
+    with speedups.autocast(torch.device("cpu"), True):
+        want_logits, want_feats, want_cam = teacher_forward(eager, x, stage, y)
+        logits, feats, cam = teacher_forward(prepared, x, stage, y)
+    assert float(want_cam.amax()) == 1.0  # a real cam, so the comparison is not vacuous
+    torch.testing.assert_close(logits, want_logits, rtol=5e-2, atol=5e-2)
+    torch.testing.assert_close(feats[stage], want_feats[stage], rtol=5e-2, atol=5e-2)
+    # bf16 rounding moves single positions, and an image whose cam is ~0 everywhere can flip to
+    # empty; the rest must agree image by image
+    live = (want_cam.flatten(1).amax(1) > 0) & (cam.flatten(1).amax(1) > 0)
+    assert live.sum() >= 0.75 * len(y), f"only {int(live.sum())} of {len(y)} images have a cam in both"
+    cos = F.cosine_similarity(cam.flatten(1)[live], want_cam.flatten(1)[live])
+    assert cos.min() > 0.98, cos

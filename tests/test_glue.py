@@ -68,7 +68,8 @@ def _strip(history):
 
 @pytest.mark.slow
 def test_teacher_one_cycle_schedule_resumes_where_it_stopped(tmp_path):
-    cfg = make_config("teacher", "smoke", 0, {"epochs": 2, "patience": 2})
+    cfg = make_config("teacher", "smoke", 0, {"epochs": 2, "patience": 2, "synthetic_train": 400, "val_size": 80,
+                                              "synthetic_test": 80})
     assert cfg.schedule == "onecycle"
     full = train(cfg, tmp_path / "a", progress=False)
     train(cfg, tmp_path / "b", progress=False, max_epochs=1)

@@ -1,7 +1,9 @@
 """The five configurations (and the teacher) compute exactly what they computed before the loss
 terms, mask sources, networks and datasets became registries: their smoke histories and metrics
-are compared with values recorded on the code before that refactor (tests/reference/smoke.json,
-written by tools/record_reference.py; the one-epoch `cpu` reference is checked with its --check).
+are compared with tests/reference/smoke.json (written by tools/record_reference.py; the one-epoch
+`cpu` reference is checked with its --check). It was recorded on the code before that refactor at
+2 threads; when the smoke profile went to 1 thread it was recorded again, on code that still
+reproduced the 2-thread recording bit for bit at 2 threads.
 
 Bit-exact numbers hold only where the reference was recorded (same torch, CPU instruction set, AMX
 and thread count); elsewhere the first epoch's loss terms are compared at 1 % (training diverges

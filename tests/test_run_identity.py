@@ -57,14 +57,14 @@ def test_resuming_with_another_thread_count_is_refused_in_one_line(tmp_path):
     from kdnb.engine.errors import TrainingError
     from kdnb.engine.train import _prepare_run_dir
 
-    _run(tmp_path, "kd", threads=1)
+    _run(tmp_path, "kd", threads=2)
     d = run_path(tmp_path, "smoke", "kd", 0)
     before = sorted(p.name for p in d.iterdir())
-    with pytest.raises(TrainingError, match=r"holds a run with different settings \(threads: 1 there, 2 now\)\. "
-                                            r"Continue it with --set threads=1 \(the count it trains with"):
+    with pytest.raises(TrainingError, match=r"holds a run with different settings \(threads: 2 there, 1 now\)\. "
+                                            r"Continue it with --set threads=2 \(the count it trains with"):
         _prepare_run_dir(d, make_config("kd", "smoke", 0), force=False)
     assert sorted(p.name for p in d.iterdir()) == before
-    _prepare_run_dir(d, make_config("kd", "smoke", 0, {"threads": 1}), force=False)
+    _prepare_run_dir(d, make_config("kd", "smoke", 0, {"threads": 2}), force=False)
     _run(tmp_path, "kd", threads=None)  # an older run: its count was not recorded, it resumes as before
     _prepare_run_dir(d, make_config("kd", "smoke", 0), force=False)
 

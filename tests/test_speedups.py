@@ -61,33 +61,24 @@ def test_the_fold_check_catches_a_fold_that_forgets_the_shift():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16"])
-def test_compiled_stages_keep_gradcam(amp):
-    """The teacher as the cpu profile runs it: ResNet-50+CBAM, BN folded, every stage compiled, and
-    Grad-CAM differentiating through the compiled layer4 (whose CBAM once gave NaN gradients in bf16)."""
-    from kdnb.engine.speedups import autocast
-
+def test_compiled_stages_keep_gradcam():
+    """The teacher as the cpu profile runs it without AMX: ResNet-50+CBAM, BN folded, every stage
+    compiled (fp32), and Grad-CAM differentiating through the compiled layer4. The bf16 case (AMX
+    CPUs) is tests/test_default_engine.py's, on the teacher its distilling steps compile anyway."""
+    n = torch.get_num_threads()
     torch.set_num_threads(1)
-    raw = _trained_like("resnet50", True)
-    model = fold_batchnorm(copy.deepcopy(raw))
-    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
-    compiled = prepare_teacher(raw, compile=True)
-    with autocast(torch.device("cpu"), amp):
+    try:
+        raw = _trained_like("resnet50", True)
+        model = fold_batchnorm(copy.deepcopy(raw))
+        x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+        compiled = prepare_teacher(raw, compile=True)
         want_logits, want_feats, want_cam = teacher_forward(model, x, "layer3", y)
         logits, feats, cam = teacher_forward(compiled, x, "layer3", y)
+    finally:
+        torch.set_num_threads(n)
     assert float(want_cam.amax()) == 1.0  # a real cam, so the comparison is not vacuous
-    tol = {"rtol": 5e-2, "atol": 5e-2} if amp else {"rtol": 1e-3, "atol": 1e-4}
-    torch.testing.assert_close(logits, want_logits, **tol)
-    torch.testing.assert_close(feats["layer3"], want_feats["layer3"], **tol)
-    if amp:
-        # bf16 rounding moves single positions, and an image whose cam is ~0 everywhere (eager
-        # peak ~1e-7 before scaling) can flip to empty; the rest must agree image by image.
-        live = (want_cam.flatten(1).amax(1) > 0) & (cam.flatten(1).amax(1) > 0)
-        assert live.sum() >= 6, f"only {int(live.sum())} of 8 images have a cam in both"
-        cos = torch.nn.functional.cosine_similarity(cam.flatten(1)[live], want_cam.flatten(1)[live])
-        assert cos.min() > 0.98, cos
-    else:
-        torch.testing.assert_close(cam, want_cam, **tol)
+    for got, want in ((logits, want_logits), (feats["layer3"], want_feats["layer3"]), (cam, want_cam)):
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4)
 
 
 @pytest.mark.slow

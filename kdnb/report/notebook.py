@@ -42,11 +42,12 @@ DEFAULT_DATA_DIR = "../data"
 CIFAR10_TRAIN = 50000
 
 # Evaluation sizes per profile used by 07/08 when their parameter is None: smoke must take
-# seconds in CI, cpu minutes on 2 cores, paper the whole test set on a GPU.
+# seconds in CI, cpu minutes on 2 cores, paper the whole test set on a GPU. ``latency_batch``: the
+# large batch of 08's latency study (beside batch 1); smoke's 32 keeps it to seconds (256 took 27 s).
 EVAL_DEFAULTS: dict[str, dict[str, Any]] = {
-    "smoke": {"eval_images": None, "robustness_images": 50, "latency_repeats": 5},
-    "cpu": {"eval_images": None, "robustness_images": 2000, "latency_repeats": 20},
-    "paper": {"eval_images": None, "robustness_images": None, "latency_repeats": 50},
+    "smoke": {"eval_images": None, "robustness_images": 50, "latency_repeats": 5, "latency_batch": 32},
+    "cpu": {"eval_images": None, "robustness_images": 2000, "latency_repeats": 20, "latency_batch": 256},
+    "paper": {"eval_images": None, "robustness_images": None, "latency_repeats": 50, "latency_batch": 256},
 }
 
 

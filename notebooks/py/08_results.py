@@ -30,7 +30,7 @@
 # - **RQ2**, does transferring only the causally relevant regions help: answered from the mask ablation's runs
 #   (`09`: Grad-CAM masks against no mask and size-matched random masks) when they exist, else it says to run `09`;
 # - **RQ3**, accuracy against inference efficiency: deployed parameters, FLOPs per image, latency at batch 1 and
-#   256 (median and IQR of 5 rounds), each configuration's own training cost per step and the shared teacher pass.
+#   a large batch (256; smoke 32) (median and IQR of 5 rounds), each configuration's own training cost per step and the shared teacher pass.
 #
 # With students of more than one teacher seed (a second teacher's runs live in `<config>-t<k>/`), the accuracy
 # table is given per teacher seed; everything else uses teacher seed 0, the main series. A second teacher may
@@ -56,6 +56,7 @@ robustness_images: "Optional[int]" = None  # test images for the corruption stud
 corruption_seed: int = 0                   # seed of the random corruptions (noise, occlusion)
 cifar10c_dir: "Optional[str]" = None       # a local CIFAR-10-C folder (.npy files): use its corruptions instead
 latency_repeats: "Optional[int]" = None    # timed passes per latency round (5 rounds); None: the profile's default
+latency_batch: "Optional[int]" = None      # the large batch of the latency study (beside batch 1); None: the profile's default (smoke 32, cpu and paper 256)
 bench_json: "Optional[str]" = None         # a `python -m kdnb bench --json` report to quote beside the runs' own costs; None: none
 device: str = "auto"                       # evaluation and latency device: auto (CUDA if available), cpu, cuda or mps
 
@@ -125,7 +126,8 @@ ctx.save(fig, "08_learning_curves")
 
 # %%
 efficiency = analyses.efficiency_table(ctx.runs_dir, profile, seeds_used, device=device, bench=ctx.read_bench(bench_json),
-                                      repeats=ctx.eval_default("latency_repeats", latency_repeats))
+                                      repeats=ctx.eval_default("latency_repeats", latency_repeats),
+                                      batch_sizes=(1, ctx.eval_default("latency_batch", latency_batch)))
 ctx.save_csv(efficiency, "efficiency")
 tables.efficiency_view(efficiency)
 
