@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,6 +22,8 @@ from kdnb.engine.errors import TrainingError
 from kdnb.engine.runs import CONFIG_FILE, read_json
 from kdnb.engine.step import CohortStep, build_stepper, build_student, prepare_teacher_for
 from kdnb.engine.train import train
+
+import tiny_network
 
 SO = "/runs/compile-cache/ab/cabcdef.main.so"
 
@@ -255,12 +258,15 @@ def test_a_forced_compile_that_cannot_work_stops_the_run(tmp_path, cache, monkey
 def test_a_zero_byte_library_in_the_cache_no_longer_fails_the_next_run(tmp_path, cli_env):
     """What an interrupted compile leaves: every compiled library of a first run truncated to 0 bytes
     (inductor never rebuilds one that exists). The next compiled run says so in one line, keeps the
-    damaged cache aside and trains; its numbers equal the undamaged run's."""
+    damaged cache aside and trains; its numbers equal the undamaged run's. Real ``kdnb train``
+    processes and real inductor compiles, of a four-conv network (tests/tiny_network.py): what is
+    tested is the cache, and a ResNet-18 would spend ~60 s per compile on it."""
     env = {k: v for k, v in cli_env.items() if k != CACHE_ENV}
     env["TORCHINDUCTOR_COMPILE_THREADS"] = "1"
     runs = tmp_path / "runs"
-    cmd = [sys.executable, "-m", "kdnb", "train", "--config", "baseline", "--profile", "smoke", "--runs-dir",
-           str(runs), "--quiet", "--set", "compile=true", "--set", "threads=1",
+    cmd = [sys.executable, "-c", tiny_network.LAUNCH.format(tests=str(Path(__file__).parent)),
+           "train", "--config", "baseline", "--profile", "smoke", "--runs-dir",
+           str(runs), "--quiet", "--set", "compile=true", "--set", "threads=1", "--set", f"arch={tiny_network.NAME}",
            *[f"--set={k}={v}" for k, v in TINY.items()]]
     first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr

@@ -3,8 +3,9 @@
 On a GPU every ``.item()``, ``.tolist()``, ``bool(t)``, ``.cpu()`` waits for the device, and every
 tensor built from host data or moved with ``.to(device)`` is a copy. A CPU cannot show either, so
 these tests count the *calls* that would cost them while ``train()`` runs, at two epoch lengths
-(50 and 100 steps): the difference is what 50 more steps cost, and it may only be the
-rate-limited reads (the NaN check every ``CHECK_EVERY`` steps). The device check repeats the step
+(20 and 40 steps): the difference is what 20 more steps cost, and it may only be the
+rate-limited reads (the NaN check every ``CHECK_EVERY`` steps, set to 10 here so that 20 steps
+hold two of them). The device check repeats the step
 under ``torch.cuda.set_sync_debug_mode("error")`` on a real GPU (tests/test_cuda.py).
 """
 
@@ -16,8 +17,9 @@ from collections import Counter
 import pytest
 import torch
 
+import kdnb.engine.train as engine_train
 from kdnb.engine.config import STUDENT_CONFIGS, make_config
-from kdnb.engine.train import CHECK_EVERY, train
+from kdnb.engine.train import train
 
 HOST_READS = ("item", "tolist", "__bool__", "__float__", "__int__", "cpu", "numpy")
 
@@ -56,7 +58,8 @@ def count_host_traffic():
             setattr(owner, name, original)
 
 
-BATCH = 16  # what is counted is per step, not per image: small batches keep the 150 steps cheap
+BATCH = 16  # what is counted is per step, not per image: small batches keep the 60 steps cheap
+SHORT, LONG, CHECK_EVERY = 20, 40, 10
 
 
 def _one_epoch(config: str, steps: int, runs, data, overrides: dict | None = None) -> Counter:
@@ -72,22 +75,23 @@ def _one_epoch(config: str, steps: int, runs, data, overrides: dict | None = Non
 # Random masks are drawn from the run's host generator (the same masks on every device, resumable),
 # so each step moves its draws to the device: one non-blocking copy from pinned memory per stage and
 # step (tests/test_cuda.py runs such a step under sync-debug mode "error"), and nothing else.
-CASES = [(c, {}, {}) for c in STUDENT_CONFIGS] + [("kd_fa_at", {"mask_mode": "random_matched"}, {"to": 50})]
+CASES = [(c, {}, {}) for c in STUDENT_CONFIGS] + [("kd_fa_at", {"mask_mode": "random_matched"}, {"to": LONG - SHORT})]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("config", "overrides", "moves"), CASES,
                          ids=[c + "".join(f"-{v}" for v in o.values()) for c, o, _ in CASES])
-def test_no_host_reads_or_moves_per_step(config, overrides, moves, tmp_path, smoke_runs):
+def test_no_host_reads_or_moves_per_step(config, overrides, moves, tmp_path, smoke_runs, monkeypatch):
     from kdnb.engine.data import make_synthetic
 
-    data = make_synthetic(BATCH * 100 + 200, 100)
+    monkeypatch.setattr(engine_train, "CHECK_EVERY", CHECK_EVERY)
+    data = make_synthetic(BATCH * LONG + 200, 100)
     import shutil
 
-    for steps in (50, 100):  # the distilling configurations need the smoke teacher beside their runs
+    for steps in (SHORT, LONG):  # the distilling configurations need the smoke teacher beside their runs
         shutil.copytree(smoke_runs / "smoke" / "teacher", tmp_path / f"{config}-{steps}" / "smoke" / "teacher")
-    short = _one_epoch(config, 50, tmp_path, data, overrides)
-    long = _one_epoch(config, 100, tmp_path, data, overrides)
+    short = _one_epoch(config, SHORT, tmp_path, data, overrides)
+    long = _one_epoch(config, LONG, tmp_path, data, overrides)
     extra = long - short  # Counter subtraction keeps positive differences only
-    assert extra == Counter({"tolist": 50 // CHECK_EVERY, **moves}), (
-        f"50 more training steps of {config} {overrides} made these extra host reads / moves: {dict(extra)}")
+    assert extra == Counter({"tolist": (LONG - SHORT) // CHECK_EVERY, **moves}), (
+        f"{LONG - SHORT} more training steps of {config} {overrides} made these extra host reads / moves: {dict(extra)}")

@@ -120,9 +120,9 @@ TIMING_KEYS = TIMING_FIELDS
 
 
 def _train_cli(runs_dir: Path, env: dict) -> subprocess.Popen:
-    """``python -m kdnb train`` of a smoke baseline long enough (12 epochs) for a rival to meet it."""
+    """``python -m kdnb train`` of a smoke baseline (2 epochs)."""
     return subprocess.Popen([sys.executable, "-m", "kdnb", "train", "--config", "baseline", "--runs-dir", str(runs_dir),
-                             "--set", "epochs=12", "--set", "patience=12", "--quiet"],
+                             "--set", "epochs=2", "--set", "patience=2", "--quiet"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
@@ -145,7 +145,8 @@ def _same_tensors(a, b) -> bool:
 @pytest.mark.slow
 def test_two_real_trainers_one_trains_the_other_refuses_and_the_run_equals_a_lone_one(tmp_path, cli_env):
     """Two ``kdnb train`` processes on one run: the first trains, the second (started while the first
-    holds the run) refuses with one line naming it; the finished run is the run a lone trainer makes."""
+    holds the run) refuses with one line naming it; the finished run is the run a lone trainer makes.
+    The first is held still (SIGSTOP) while the second tries, so the two meet whatever the machine's load."""
     env = {**cli_env, "OMP_NUM_THREADS": "1"}
     shared, lone = tmp_path / "shared", tmp_path / "lone"
     run_dir = run_path(shared, "smoke", "baseline", 0)
@@ -154,9 +155,13 @@ def test_two_real_trainers_one_trains_the_other_refuses_and_the_run_equals_a_lon
     while not ((run_dir / LOCK_FILE).is_file() and (run_dir / LOCK_FILE).read_text().strip()):
         assert first.poll() is None and time.monotonic() < deadline, first.communicate()
         time.sleep(0.05)
-    second = _train_cli(shared, env)
-    out2, err2 = second.communicate(timeout=300)
-    assert first.poll() is None, "the first trainer finished before the second started: lengthen the run"
+    os.kill(first.pid, signal.SIGSTOP)
+    try:
+        second = _train_cli(shared, env)
+        out2, err2 = second.communicate(timeout=300)
+        assert first.poll() is None
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
     out1, err1 = first.communicate(timeout=600)
     assert first.returncode == 0, err1
     assert second.returncode == 2 and not out2
@@ -169,5 +174,5 @@ def test_two_real_trainers_one_trains_the_other_refuses_and_the_run_equals_a_lon
     assert alone.returncode == 0, err
     metrics, weights = _finished(run_dir)
     lone_metrics, lone_weights = _finished(run_path(lone, "smoke", "baseline", 0))
-    assert metrics == lone_metrics and metrics["epochs_run"] == 12
+    assert metrics == lone_metrics and metrics["epochs_run"] == 2
     assert _same_tensors(weights, lone_weights)

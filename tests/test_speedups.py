@@ -62,13 +62,14 @@ def test_the_fold_check_catches_a_fold_that_forgets_the_shift():
 
 @pytest.mark.slow
 def test_compiled_stages_keep_gradcam():
-    """The teacher as the cpu profile runs it without AMX: ResNet-50+CBAM, BN folded, every stage
-    compiled (fp32), and Grad-CAM differentiating through the compiled layer4. The bf16 case (AMX
-    CPUs) is tests/test_default_engine.py's, on the teacher its distilling steps compile anyway."""
+    """A teacher as the cpu profile runs it without AMX: BN folded, every stage compiled (fp32), and
+    Grad-CAM differentiating through the compiled layer4. On ResNet-18+CBAM (the same stages and
+    CBAM, fewer kernels to compile); the ResNet-50+CBAM teacher itself is checked in bf16 (AMX
+    CPUs) by tests/test_default_engine.py, on the teacher its distilling steps compile anyway."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        raw = _trained_like("resnet50", True)
+        raw = _trained_like("resnet18", True)
         model = fold_batchnorm(copy.deepcopy(raw))
         x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
         compiled = prepare_teacher(raw, compile=True)

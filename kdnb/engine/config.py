@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -249,15 +250,15 @@ class ConfigError(ValueError):
     """A configuration value that cannot work; the message names the field and what is allowed."""
 
 
-_CHOICES: dict[str, tuple[str, ...]] = {
+_CHOICES: dict[str, Collection[str]] = {
     "config": CONFIGS,
     "profile": tuple(PROFILES),
-    "arch": tuple(ARCHS),
-    "dataset": tuple(DATASETS),
-    "cam": tuple(CAM_METHODS),
+    "arch": ARCHS,  # the live registries: a component registered after this import is a choice too
+    "dataset": DATASETS,
+    "cam": CAM_METHODS,
     "stem": STEMS,
     "schedule": ("none", "onecycle", "cosine"),
-    "mask_mode": tuple(MASK_SOURCES),
+    "mask_mode": MASK_SOURCES,
     "cam_type": CAM_TYPES,
     "cam_stage": STAGES,
     "device": ("auto", "cpu", "cuda", "mps"),
