@@ -110,7 +110,7 @@ def test_cohort_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path, s
 
     members = ["kd_fa_at", "baseline"]  # a member with masks and one without a teacher
     args = [sys.executable, "-m", "kdnb", "train", "--config", *members, "--profile", "smoke", "--quiet",
-            "--set", "epochs=2", "--set", "patience=2", "--set", "synthetic_train=2400"]
+            "--set", "epochs=2", "--set", "patience=2", "--set", "synthetic_train=1200"]
     ref = _runs_with_teacher(smoke_runs, tmp_path / "ref")
     assert subprocess.run([*args, "--runs-dir", str(ref)], env=cli_env, capture_output=True).returncode == 0
     runs = _runs_with_teacher(smoke_runs, tmp_path / "killed")

@@ -125,7 +125,7 @@ def _cli(args, env, **kw):
 @pytest.mark.slow
 def test_kill_minus_nine_mid_epoch_then_resume_equals_uninterrupted(tmp_path, cli_env):
     args = ["train", "--config", "baseline", "--profile", "smoke", "--quiet",
-            "--set", "epochs=3", "--set", "patience=3", "--set", "synthetic_train=2400"]
+            "--set", "epochs=3", "--set", "patience=3", "--set", "synthetic_train=1200"]
     ref = _cli([*args, "--runs-dir", str(tmp_path / "ref")], cli_env, timeout=600)
     assert ref.returncode == 0, ref.stderr
     runs = tmp_path / "killed"

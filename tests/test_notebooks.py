@@ -1,8 +1,8 @@
 """The notebook series: structure rules (fast, no kernel) and nbval in the smoke profile.
 
 The notebooks are the source, each paired by jupytext with a percent script in ``notebooks/py/``.
-nbval runs each committed notebook in its own ``pytest --nbval-lax`` subprocess, unmodified except
-for what a user types into its ``parameters`` cell (profile ``smoke``, the session's runs directory
+nbval runs every committed notebook in one ``pytest --nbval-lax`` subprocess (each notebook in its
+own kernel), unmodified except for what a user types into its ``parameters`` cell (profile ``smoke``, the session's runs directory
 from ``tests/conftest.py::smoke_pipeline``), from ``notebooks/`` as JupyterLab would. Every cell must
 run without error and the cells marked ``# NBVAL_CHECK_OUTPUT`` must reproduce their stored output
 (``notebooks/nbval_sanitize.cfg`` masks paths and timings)."""
@@ -15,6 +15,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import jupytext
 import nbformat
@@ -167,7 +168,7 @@ def _as_a_user_would(source: str, values: dict[str, str]) -> str:
     return source
 
 
-def _prepare(name: str, runs_dir: Path, dest: Path) -> Path:
+def _prepare(name: str, runs_dir: Path, dest: Path, tag: str = "") -> Path:
     """The committed notebook, unmodified except for what a user types into its parameters cell
     (profile ``smoke``, the test's runs folder relative to ``notebooks/``), saved in ``notebooks/``
     itself so that its kernel starts there, as JupyterLab's does."""
@@ -175,47 +176,79 @@ def _prepare(name: str, runs_dir: Path, dest: Path) -> Path:
     assert not any(INJECTED in c.metadata.get("tags", []) for c in nb.cells), "a stale injected-parameters cell"
     (cell,) = _parameters_cells(nb)
     cell.source = _as_a_user_would(cell.source, {"profile": "smoke", "runs_dir": os.path.relpath(runs_dir, NB_DIR)})
-    out = NB_DIR / f".test-{dest.name}-{name}.ipynb"
+    out = NB_DIR / f".test-{dest.name}-{name}{tag}.ipynb"
     nbformat.write(nb, out)
     return out
 
 
-def _nbval(path: Path) -> subprocess.CompletedProcess:
+def _with_a_changed_number(path: Path) -> None:
+    """Change one checked output of 03 (the objective on a fixed input: KD weight 0.9 → 0.8)."""
+    nb = nbformat.read(path, as_version=4)
+    cell = next(c for c in nb.cells if c.cell_type == "code" and c.source.startswith(CHECK)
+                and "0.9" in c.outputs[0].text)
+    cell.outputs[0].text = cell.outputs[0].text.replace("0.9", "0.8")
+    nbformat.write(nb, path)
+
+
+def _nbval(paths: list[Path], report: Path) -> subprocess.CompletedProcess:
+    """nbval on ``paths`` in one pytest process (one pytest start-up; a kernel per notebook), its
+    outcome per cell in the JUnit file ``report``."""
     return subprocess.run(
         [sys.executable, "-m", "pytest", "--nbval-lax", "--sanitize-with", str(SANITIZE), "-p", "no:cacheprovider",
-         "-q", "--nbval-cell-timeout", "600", "-o", "addopts=", str(path)],
-        cwd=path.parent, capture_output=True, text=True,
+         "-q", "--nbval-cell-timeout", "600", "-o", "addopts=", "--junitxml", str(report), *map(str, paths)],
+        cwd=NB_DIR, capture_output=True, text=True,
     )
 
 
+def _failures(report: Path, names: list[str]) -> dict[str, list[str]]:
+    """Notebook file name (of ``names``) → the failure texts of its cells (empty: every cell passed;
+    absent: no cell of it ran)."""
+    import xml.etree.ElementTree as ET
+
+    out: dict[str, list[str]] = {}
+    for case in ET.parse(report).getroot().iter("testcase"):
+        # JUnit's classname is the notebook's path with "/" as ".": notebooks..test-…-00_setup_and_data.ipynb
+        name = next((n for n in names if case.get("classname", "").endswith(n)), None)
+        if name is not None:
+            texts = out.setdefault(name, [])
+            for bad in (*case.iter("failure"), *case.iter("error")):
+                texts.append(f"{case.get('name')}: {bad.get('message', '')}\n{bad.text or ''}")
+    return out
+
+
+@pytest.fixture(scope="module")
+def nbval_series(smoke_pipeline, tmp_path_factory):
+    """Every committed notebook (and 03 with one checked number changed) under nbval after the smoke
+    pipeline; what the runs folder held before and after."""
+    runs = smoke_pipeline.runs_dir / "smoke"
+    before = {p: p.stat().st_mtime_ns for p in runs.rglob("metrics.json")}
+    dest = tmp_path_factory.mktemp("nbval")
+    paths = {name: _prepare(name, smoke_pipeline.runs_dir, dest) for name in NOTEBOOKS}
+    paths["changed"] = _prepare("03_kd", smoke_pipeline.runs_dir, dest, tag="-changed")
+    _with_a_changed_number(paths["changed"])
+    try:
+        result = _nbval(list(paths.values()), dest / "nbval.xml")
+        failures = _failures(dest / "nbval.xml", [p.name for p in paths.values()])
+    finally:
+        for path in paths.values():
+            path.unlink()
+    after = {p: p.stat().st_mtime_ns for p in runs.rglob("metrics.json")}
+    return SimpleNamespace(failures={k: failures.get(p.name) for k, p in paths.items()}, result=result,
+                           retrained=before != after, beside=(NB_DIR / "runs").exists())
+
+
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_nbval(name, smoke_pipeline, tmp_path):
+def test_nbval(name, nbval_series):
     """Every committed notebook runs as it is in JupyterLab after the smoke pipeline (only its
     parameters cell edited), and its checked cells reproduce their stored outputs."""
-    runs = smoke_pipeline.runs_dir / "smoke"
-    finished = {p: p.stat().st_mtime_ns for p in runs.rglob("metrics.json")}
-    path = _prepare(name, smoke_pipeline.runs_dir, tmp_path)
-    try:
-        result = _nbval(path)
-    finally:
-        path.unlink()
-    assert result.returncode == 0, f"nbval failed for {name}:\n{result.stdout[-6000:]}\n{result.stderr[-2000:]}"
+    failures = nbval_series.failures[name]
+    assert failures is not None, f"nbval ran no cell of {name}:\n{nbval_series.result.stdout[-3000:]}"
+    assert failures == [], f"nbval failed for {name}:\n" + "\n".join(failures)[-6000:]
     # it read the pipeline's runs: nothing retrained there, nothing written beside the notebooks
-    assert {p: p.stat().st_mtime_ns for p in runs.rglob("metrics.json")} == finished
-    assert not (NB_DIR / "runs").exists()
+    assert not nbval_series.retrained and not nbval_series.beside
 
 
-def test_nbval_catches_a_changed_number(smoke_pipeline, tmp_path):
+def test_nbval_catches_a_changed_number(nbval_series):
     """A checked output that no longer matches fails: the check cells really are compared."""
-    path = _prepare("03_kd", smoke_pipeline.runs_dir, tmp_path)
-    nb = nbformat.read(path, as_version=4)
-    cell = next(c for c in nb.cells if c.cell_type == "code" and c.source.startswith(CHECK)
-                and "0.9" in c.outputs[0].text)  # the objective on a fixed input: KD weight 0.9
-    cell.outputs[0].text = cell.outputs[0].text.replace("0.9", "0.8")
-    nbformat.write(nb, path)
-    try:
-        result = _nbval(path)
-    finally:
-        path.unlink()
-    assert result.returncode != 0
-    assert "0.8" in result.stdout
+    failures = nbval_series.failures["changed"]
+    assert failures and any("0.8" in text for text in failures)
