@@ -1,6 +1,7 @@
 """Shared fixtures.
 
-- ``smoke_runs``: a runs directory with a finished ``smoke`` teacher (seed 0), trained once per session.
+- ``smoke_runs``: a runs directory with a finished ``smoke`` teacher (seed 0), trained once per session
+  (by the first xdist worker that needs it; each worker gets its own copy).
 - ``cli_env``: the environment for ``python -m kdnb`` subprocesses (the checkout importable).
 - ``smoke_pipeline``: the whole notebook series run once per session (papermill, ``smoke`` profile)
   into a temporary directory; the pipeline test checks what it wrote and the nbval test re-executes
@@ -24,8 +25,11 @@ REPO = Path(__file__).resolve().parents[1]
 # pytest-xdist (pyproject's addopts: one worker per core) runs tests side by side: each worker keeps
 # to one thread (OMP_NUM_THREADS also for the kernels and commands it starts), so two workers never
 # leave OpenMP threads spinning for a core the other holds. Runs train with their profile's threads.
+# Inductor compiles in the same process (no pool of compile workers, each importing torch, per
+# process that compiles): the other worker holds the second core anyway.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
     import torch
 
     torch.set_num_threads(1)
@@ -43,11 +47,21 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def smoke_runs(tmp_path_factory) -> Path:
+    """A runs folder of this worker's own holding the finished smoke teacher, which the first worker
+    to need it trains (once per test session, under a lock) and every worker copies."""
+    import shutil
+
+    from filelock import FileLock
+
     from kdnb.engine.config import make_config
     from kdnb.engine.train import train
 
+    base = tmp_path_factory.getbasetemp()
+    shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "kdnb-smoke-teacher"
     runs = tmp_path_factory.mktemp("kdnb-smoke-teacher")
-    train(make_config("teacher", "smoke", 0), runs, progress=False)
+    with FileLock(f"{shared}.lock"):
+        teacher = train(make_config("teacher", "smoke", 0), shared, progress=False).run_dir  # finished: read only
+        shutil.copytree(teacher, runs / teacher.relative_to(shared))
     return runs
 
 

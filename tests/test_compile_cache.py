@@ -259,7 +259,8 @@ def test_a_zero_byte_library_in_the_cache_no_longer_fails_the_next_run(tmp_path,
     """What an interrupted compile leaves: every compiled library of a first run truncated to 0 bytes
     (inductor never rebuilds one that exists). The next compiled run says so in one line, keeps the
     damaged cache aside and trains; its numbers equal the undamaged run's. Real ``kdnb train``
-    processes and real inductor compiles, of a four-conv network (tests/tiny_network.py): what is
+    processes and real inductor compiles, of a four-conv network (tests/tiny_network.py) in fp32
+    (so the first compile is the training step's on every CPU, not the bf16 probe's): what is
     tested is the cache, and a ResNet-18 would spend ~60 s per compile on it."""
     env = {k: v for k, v in cli_env.items() if k != CACHE_ENV}
     env["TORCHINDUCTOR_COMPILE_THREADS"] = "1"
@@ -267,6 +268,7 @@ def test_a_zero_byte_library_in_the_cache_no_longer_fails_the_next_run(tmp_path,
     cmd = [sys.executable, "-c", tiny_network.LAUNCH.format(tests=str(Path(__file__).parent)),
            "train", "--config", "baseline", "--profile", "smoke", "--runs-dir",
            str(runs), "--quiet", "--set", "compile=true", "--set", "threads=1", "--set", f"arch={tiny_network.NAME}",
+           "--set", "amp=false",
            *[f"--set={k}={v}" for k, v in TINY.items()]]
     first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr
