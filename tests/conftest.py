@@ -35,14 +35,25 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
+# The groups that take longest (seconds of work in figures/test_suite_*.log's --durations), handed
+# out first: a worker that starts one last would keep the suite running long after the other is done.
+LONGEST_FIRST = ("smoke_series", "test_default_engine", "test_scale_out", "test_cohort", "test_engine_train",
+                 "test_speedups", "test_compile_cache")
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config, items):
     """Which tests share a worker (``--dist loadgroup``): every test of the session's smoke series
     (``smoke_pipeline``), which that worker then trains once, and otherwise each module's tests, so
-    a module's fixtures (a trained or compiled network) are built once."""
+    a module's fixtures (a trained or compiled network) are built once. The longest groups run first
+    (in their own order; the rest keep theirs)."""
+    group = {}
     for item in items:
         uses_series = "smoke_pipeline" in getattr(item, "fixturenames", ())
-        item.add_marker(pytest.mark.xdist_group("smoke_series" if uses_series else item.module.__name__))
+        group[item.nodeid] = "smoke_series" if uses_series else item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(group[item.nodeid]))
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(group[item.nodeid], len(rank)))
 
 
 @pytest.fixture(scope="session")
