@@ -12,24 +12,22 @@ slowly from other rounding), which still catches a changed loss, weight, mask or
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
-from kdnb.engine.config import STUDENT_CONFIGS, TEACHER, make_config
+from kdnb.engine.config import STUDENT_CONFIGS, TEACHER
 from kdnb.engine.reference import comparable, differences, platform_fingerprint
 from kdnb.engine.runs import read_json
-from kdnb.engine.train import train_cohort
 
 REFERENCE = Path(__file__).parent / "reference" / "smoke.json"
 
 
 @pytest.fixture(scope="module")
-def smoke_series(smoke_runs, tmp_path_factory) -> dict:
-    runs = tmp_path_factory.mktemp("reference-series")
-    shutil.copytree(smoke_runs / "smoke" / TEACHER, runs / "smoke" / TEACHER)
-    train_cohort([make_config(c, "smoke", 0) for c in STUDENT_CONFIGS], runs, progress=False)
+def smoke_series(smoke_pipeline) -> dict:
+    """The session's smoke series (tests/conftest.py): its teacher and its cohort of the five
+    students are the runs the reference was recorded from (same profile, seed and threads)."""
+    runs = smoke_pipeline.runs_dir
     return {name: comparable(read_json(runs / "smoke" / name / "seed0" / "history.json"),
                              read_json(runs / "smoke" / name / "seed0" / "metrics.json"))
             for name in (TEACHER, *STUDENT_CONFIGS)}
