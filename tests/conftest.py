@@ -5,8 +5,9 @@
 - ``cli_env``: the environment for ``python -m kdnb`` subprocesses (the checkout importable).
 - ``smoke_pipeline``: the whole notebook series run once per session (papermill, ``smoke`` profile)
   into a temporary directory; the pipeline test checks what it wrote and the nbval test re-executes
-  every notebook against those finished runs, and the scale-out tests compare the runs other
-  executors train with its runs, so nothing is trained twice. Set ``KDNB_TEST_RUNS_DIR`` to keep and
+  every notebook against those finished runs, the reference check compares its runs with the recorded
+  ones, and the scale-out tests run one of its notebooks under Ray and submitit, so nothing is trained
+  twice. Set ``KDNB_TEST_RUNS_DIR`` to keep and
   reuse these runs between sessions (empty it after a change that alters the numbers: the tests
   compare fresh runs with them).
 """
