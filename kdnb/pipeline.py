@@ -71,6 +71,9 @@ def plan(profile: str, seeds: Sequence[int], runs_dir: Path, data_dir: str | Non
     cohort of the chosen student configurations, each trained exactly as its notebook would."""
     import papermill
 
+    if train_only and ablation:  # 09 trains its variants itself: nothing here would, silently
+        raise ConfigError("--train-only trains the teacher and each seed's cohort; the ablation's variants are "
+                          "trained by its notebook: run --only 09 with the same --seeds instead")
     nb_dir = notebooks_dir()
     out_dir = runs_dir / profile / "notebooks"
     common = {"profile": profile, "runs_dir": str(runs_dir), "data_dir": data_dir, "figures_dir": str(figures_dir),

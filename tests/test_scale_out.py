@@ -60,7 +60,7 @@ def test_graph_waits_only_for_what_a_job_reads(tmp_path):
 
 
 def test_train_only_plans_the_teacher_and_each_seeds_cohort(tmp_path):
-    jobs = graph(plan("smoke", [0, 1], tmp_path, None, tmp_path, ablation=True, train_only=True))
+    jobs = graph(plan("smoke", [0, 1], tmp_path, None, tmp_path, train_only=True))
     assert [(j.name, j.deps) for j in jobs] == [
         ("teacher (seed 0)", ()),
         ("cohort (seed 0: baseline kd kd_fa kd_at kd_fa_at)", (0,)),
@@ -70,6 +70,9 @@ def test_train_only_plans_the_teacher_and_each_seeds_cohort(tmp_path):
     assert jobs[1].step.parameters == {**jobs[0].step.parameters, "seed": 0}
     only = graph(plan("smoke", [3], tmp_path, None, tmp_path, notebooks=["02", "03"], train_only=True))
     assert [(j.name, j.deps, j.step.configs) for j in only] == [("cohort (seed 3: baseline kd)", (), ("baseline", "kd"))]
+    # the ablation's variants train in 09's kernel: asked for with --train-only, they would be left out
+    with pytest.raises(ConfigError, match="run --only 09 with the same --seeds instead"):
+        plan("smoke", [0], tmp_path, None, tmp_path, ablation=True, train_only=True)
 
 
 def test_bad_executor_input_is_one_line(monkeypatch, capsys):
