@@ -18,6 +18,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from test_notebooks import CHECK
 
 from kdnb.cli import main
 from kdnb.engine.config import ConfigError
@@ -35,9 +36,11 @@ def checkout_on_path(monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
 
 
-def _with_teacher(smoke_pipeline, runs: Path) -> Path:
-    """A runs directory holding the session series' finished teacher (01 then only shows it)."""
-    shutil.copytree(smoke_pipeline.runs_dir / "smoke" / "teacher", runs / "smoke" / "teacher")
+def _with_runs(smoke_pipeline, runs: Path, configs=("teacher",)) -> Path:
+    """A runs directory holding the session series' finished runs of ``configs`` (their notebooks
+    then only show them)."""
+    for config in configs:
+        shutil.copytree(smoke_pipeline.runs_dir / "smoke" / config, runs / "smoke" / config)
     return runs
 
 
@@ -138,7 +141,7 @@ def test_a_failed_job_is_reported_and_independent_jobs_finish(smoke_pipeline, tm
                                                                 monkeypatch):
     """Seed 1's folder holds a run with other settings: its notebook fails, 08 (which needs it) is
     skipped, seed 0's notebook (already trained: it only shows the run) finishes."""
-    runs = _with_teacher(smoke_pipeline, tmp_path)
+    runs = _with_runs(smoke_pipeline, tmp_path)
     shutil.copytree(smoke_pipeline.runs_dir / "smoke" / "kd" / "seed0", runs / "smoke" / "kd" / "seed0")
     cfg = json.loads((runs / "smoke" / "kd" / "seed0" / "config.json").read_text())
     (runs / "smoke" / "kd" / "seed1").mkdir()
@@ -168,13 +171,6 @@ def test_a_failed_job_is_reported_and_independent_jobs_finish(smoke_pipeline, tm
 # sequential series printed. Training under each executor (cohorts, both seeds at once) is the
 # bit-identical test's below.
 SMALL = ["05"]
-CHECK = "# NBVAL_CHECK_OUTPUT"  # a cell whose output nbval compares
-
-
-def _with_runs(smoke_pipeline, runs: Path, configs=("teacher", "kd_at")) -> Path:
-    for config in configs:
-        shutil.copytree(smoke_pipeline.runs_dir / "smoke" / config, runs / "smoke" / config)
-    return runs
 
 
 def _assert_notebook_of_the_session_series(runs: Path, smoke_pipeline, name: str = "05_kd_at_seed0") -> None:
@@ -193,7 +189,7 @@ def _assert_notebook_of_the_session_series(runs: Path, smoke_pipeline, name: str
 def test_ray_local_instance_runs_a_notebook_of_the_sequential_series(smoke_pipeline, tmp_path, checkout_on_path):
     """A notebook runs as a Ray task and prints what it printed in the sequential series."""
     ray = pytest.importorskip("ray", reason="ray is not installed (pip install ray)")
-    runs = _with_runs(smoke_pipeline, tmp_path)
+    runs = _with_runs(smoke_pipeline, tmp_path, ("teacher", "kd_at"))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         steps = run_pipeline(profile="smoke", runs_dir=runs, notebooks=SMALL, verbose=False,
@@ -209,7 +205,7 @@ def test_ray_local_instance_runs_a_notebook_of_the_sequential_series(smoke_pipel
 def test_submitit_local_executor_runs_a_notebook_of_the_sequential_series(smoke_pipeline, tmp_path,
                                                                           checkout_on_path):
     pytest.importorskip("submitit", reason="submitit is not installed (pip install submitit)")
-    runs = _with_runs(smoke_pipeline, tmp_path)
+    runs = _with_runs(smoke_pipeline, tmp_path, ("teacher", "kd_at"))
     steps = run_pipeline(profile="smoke", runs_dir=runs, notebooks=SMALL, verbose=False, executor="slurm",
                          scale={"submitit_cluster": "local"})
     assert [s.notebook for s in steps] == ["05_kd_at"]
