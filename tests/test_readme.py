@@ -129,6 +129,29 @@ def test_the_conclusion_says_what_the_numbers_say(tmp_path):
     assert "the other teachers' blocks" in text  # two teacher seeds in the file
 
 
+def test_the_headline_gives_each_difference_its_mde_and_says_what_the_table_can_resolve(tmp_path):
+    """With the MDE columns 08 writes, each Δ carries its minimum detectable effect, and one sentence
+    reads the MDE range off them and sets the paper's differences from KD against it."""
+    rows = [dict(r) for r in _csv_rows() if r["teacher_seed"] == "0"]
+    mde = {"baseline": ("", "3.10"), "kd": ("4.00", ""), "kd_fa": ("2.00", "1.50"), "kd_at": ("2.50", "0.60"),
+           "kd_fa_at": ("2.20", "0.70")}
+    for r in rows:
+        r["delta_vs_baseline_mde"], r["delta_vs_kd_mde"] = mde[r["config"]]
+    path = tmp_path / "results.csv"
+    _write_csv(path, rows)
+    text = readme_results._headline(path)
+    assert "| KD | " in text and "+5.70 [+1.55, +9.86], MDE 4.00 |" in text
+    assert "a true difference of about 2.00–4.00 pp against the baseline and 0.60–3.10 pp against KD" in text
+    # the paper: KD+FA -0.86, KD+AT -0.11, KD+FA+AT +0.13 pp from KD, each below its MDE (1.50, 0.60, 0.70)
+    assert "Of the paper's differences from KD" not in text and "are all below these MDEs" in text
+    kd_fa = next(r for r in rows if r["config"] == "kd_fa")
+    kd_fa["delta_vs_kd_mde"] = "0.50"  # the paper's -0.86 pp for KD+FA is now above its MDE
+    _write_csv(path, rows)
+    assert "KD+AT, KD+FA+AT lie below their MDE" in readme_results._headline(path)
+    _write_csv(path, [r for r in _csv_rows() if r["teacher_seed"] == "0"])  # an older results.csv: no MDE columns
+    assert "MDE" not in readme_results._headline(path).split("| configuration")[1]
+
+
 # --- the front door -------------------------------------------------------------------------------
 
 def test_readme_is_short():

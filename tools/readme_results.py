@@ -60,7 +60,8 @@ def _delta(row: dict, ref: str) -> str:
         return "–"
     lo, hi = _num(row.get(f"delta_vs_{ref}_ci_low")), _num(row.get(f"delta_vs_{ref}_ci_high"))
     ci = "" if math.isnan(lo) else f" [{lo:+.2f}, {hi:+.2f}]"
-    return f"{d:+.2f}{ci}"
+    mde = _num(row.get(f"delta_vs_{ref}_mde"))
+    return f"{d:+.2f}{ci}" + ("" if math.isnan(mde) else f", MDE {mde:.2f}")
 
 
 def _difference(row: dict, ref: str) -> str:
@@ -110,6 +111,37 @@ def _conclusion(rows: list[dict], n_seeds: str) -> str:
     return f"**Conclusion ({n_seeds} seeds, seed-paired differences):** {text}."
 
 
+def _resolution(rows: list[dict], n_seeds: str) -> str:
+    """What the table can and cannot resolve: the range of its minimum detectable effects against KD
+    and the baseline, set against the differences the paper reports between KD and its additions."""
+    parts = []
+    for ref, name in (("baseline", "the baseline"), ("kd", "KD")):
+        mdes = [m for r in rows if r["config"] != ref and not math.isnan(m := _num(r.get(f"delta_vs_{ref}_mde")))]
+        if mdes:
+            span = f"{min(mdes):.2f}" if len(mdes) == 1 else f"{min(mdes):.2f}–{max(mdes):.2f}"
+            parts.append(f"{span} pp against {name}")
+    if not parts:
+        return ""
+    text = (f"**What it can resolve:** a paired t-test over these {n_seeds} seeds detects, with 80 % power at "
+            f"α = 0.05, a true difference of about {' and '.join(parts)} (the MDE beside each Δ, from the "
+            "observed SD of the paired differences); a smaller true effect would usually read as not significant.")
+    by = {r["config"]: r for r in rows}
+    paper = {c: _num(by[c].get("paper_test_acc")) for c in ("kd", "kd_fa", "kd_at", "kd_fa_at") if c in by}
+    mde_kd = {c: _num(by[c].get("delta_vs_kd_mde")) for c in ("kd_fa", "kd_at", "kd_fa_at") if c in by}
+    pairs = [(c, paper[c] - paper["kd"], mde_kd[c]) for c in mde_kd
+             if "kd" in paper and not math.isnan(paper.get(c, math.nan)) and not math.isnan(mde_kd[c])]
+    if pairs:
+        below = [c for c, d, m in pairs if abs(d) < m]
+        gaps = ", ".join(f"{LABELS[c]} {d:+.2f}" for c, d, _ in pairs)
+        if len(below) == len(pairs):
+            text += (f" The paper's differences from KD (pp: {gaps}) are all below these MDEs: this table can "
+                     "neither confirm nor rule them out.")
+        else:
+            text += (f" Of the paper's differences from KD (pp: {gaps}), "
+                     f"{', '.join(LABELS[c] for c in below) or 'none'} lie below their MDE.")
+    return text
+
+
 def _headline(path: Path, figure: Path | None = None) -> str:
     """The README's headline: one sentence of conclusion, kdnb's accuracy beside the paper's for the
     first teacher seed's block, one line of provenance and the accuracy figure."""
@@ -126,7 +158,8 @@ def _headline(path: Path, figure: Path | None = None) -> str:
     lines = [conclusion, ""] if conclusion else []
     lines += [
         f"Test top-1 accuracy on CIFAR-10, mean ± std over {n} seeds ({seeds}); Δ: seed-paired difference in "
-        "percentage points with its 95 % interval. The paper's numbers are its best test epoch of one run.",
+        "percentage points with its 95 % interval and, where recorded, its minimum detectable effect (MDE). "
+        "The paper's numbers are its best test epoch of one run.",
         "",
         "| configuration | kdnb (%) | Δ vs baseline (pp) | Δ vs KD (pp) | paper (%) | paper Δ vs baseline (pp) |",
         "|---|---|---|---|---|---|",
@@ -146,6 +179,9 @@ def _headline(path: Path, figure: Path | None = None) -> str:
                       ("prov_epochs (max)", "epochs (max)"), ("prov_hardware", "hardware"), ("prov_date", "date")):
         if first.get(key):
             prov.append(f"{name}: {first[key]}")
+    resolution = _resolution(rows, n)
+    if resolution:
+        lines += ["", resolution]
     lines += ["", "Runs: " + "; ".join(prov) + "."]
     if figure is not None and figure.is_file():
         rel = figure.relative_to(ROOT).as_posix()
