@@ -176,7 +176,8 @@ def _prepare(name: str, runs_dir: Path, dest: Path, tag: str = "") -> Path:
     assert not any(INJECTED in c.metadata.get("tags", []) for c in nb.cells), "a stale injected-parameters cell"
     (cell,) = _parameters_cells(nb)
     cell.source = _as_a_user_would(cell.source, {"profile": "smoke", "runs_dir": os.path.relpath(runs_dir, NB_DIR)})
-    out = NB_DIR / f".test-{dest.name}-{name}{tag}.ipynb"
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")  # another worker's files are never this one's
+    out = NB_DIR / f".test-{worker}-{dest.name}-{name}{tag}.ipynb"
     nbformat.write(nb, out)
     return out
 
