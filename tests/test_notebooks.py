@@ -106,6 +106,30 @@ def test_committed_outputs_are_checked_ones_or_a_named_reference_run(name):
                 assert str(ROOT.parent) + "/" not in text, f"{name}: absolute path in a committed output"
 
 
+def test_outputs_from_a_run_go_only_into_the_notebooks_named(tmp_path, monkeypatch):
+    """``tools/notebook_outputs.py --from-run DIR --only 07`` refreshes 07 from DIR's executed copy
+    and leaves every other notebook as committed, even with an executed copy in DIR (a 09 still training)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("notebook_outputs", ROOT / "tools" / "notebook_outputs.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    nb_dir, run_dir = tmp_path / "notebooks", tmp_path / "run"
+    nb_dir.mkdir(), run_dir.mkdir()
+    for name in NOTEBOOKS:
+        nb = _read(name)
+        nbformat.write(nb, nb_dir / f"{name}.ipynb")
+        cell = next(c for c in _code(nb) if not c.source.startswith(CHECK))
+        cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=f"from the run: {name}\n")]
+        nbformat.write(nb, run_dir / f"{name}.ipynb")
+    monkeypatch.setattr(tool, "NB_DIR", nb_dir)
+    assert tool.main(["--from-run", str(run_dir), "--only", "07", "--describe", "a test run"]) == 0
+    for name in NOTEBOOKS:
+        text = (nb_dir / f"{name}.ipynb").read_text()
+        assert ("from the run: " in text) == name.startswith("07"), name
+        assert ("a test run" in text) == name.startswith("07"), name
+
+
 def _cells(nb) -> list[tuple]:
     return [(c.cell_type, c.source, c.metadata.get("tags", [])) for c in nb.cells]
 

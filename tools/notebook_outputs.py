@@ -12,6 +12,7 @@ outputs are committed:
 
     python tools/notebook_outputs.py --checked                 # re-record the check cells (runs the smoke series)
     python tools/notebook_outputs.py --from-run runs/cpu/notebooks --describe "fresh clone of <commit>"
+    python tools/notebook_outputs.py --from-run runs/cpu/notebooks --only 07 08 --describe "..."  # just these
 """
 
 from __future__ import annotations
@@ -129,10 +130,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--from-run", metavar="DIR", help="store the outputs of the executed notebooks in DIR "
                     "(e.g. runs/cpu/notebooks) in the committed notebooks; check cells keep theirs")
     ap.add_argument("--describe", metavar="TEXT", default="", help="with --from-run: what run it was")
+    ap.add_argument("--only", nargs="+", metavar="PREFIX", help="only these notebooks (name prefixes, e.g. 07 08); "
+                    "the others keep their outputs (e.g. while the run's 09 is still training)")
     args = ap.parse_args(argv)
     if not (args.checked or args.from_run):
         ap.error("nothing to do: give --checked and/or --from-run DIR")
-    nbs = committed()
+    nbs = {name: nb for name, nb in committed().items()
+           if not args.only or any(name.startswith(prefix) for prefix in args.only)}
+    if not nbs:
+        ap.error(f"no notebook starts with {', '.join(args.only)}")
     if args.checked:
         record_checked(nbs)
     if args.from_run:
