@@ -82,6 +82,15 @@ def _conclusion(rows: list[dict], n_seeds: str) -> str:
         verb = "beats" if kd.get("delta_vs_baseline_label") == "significant" and d > 0 else (
             "falls below" if kd.get("delta_vs_baseline_label") == "significant" else "does not differ significantly from")
         parts.append(f"KD {verb} the baseline ({_difference(kd, 'baseline')})")
+        if verb != "beats":  # whether distillation helps at all is then said by the others' rows
+            above = [by[c] for c in ("kd_fa", "kd_at", "kd_fa_at") if c in by
+                     and by[c].get("delta_vs_baseline_label") == "significant" and _num(by[c].get("delta_vs_baseline")) > 0]
+            if above:
+                names = [LABELS[r["config"]] for r in above]
+                listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+                parts[-1] += (f", while {listed} "
+                              f"{'does' if len(above) == 1 else 'do'} beat it ("
+                              + "; ".join(f"{LABELS[r['config']]} {_difference(r, 'baseline')}" for r in above) + ")")
     added = [by[c] for c in ("kd_fa", "kd_at", "kd_fa_at") if c in by]
     if added and "kd" in by:
         names = [LABELS[r["config"]] for r in added]
@@ -116,7 +125,9 @@ def _resolution(rows: list[dict], n_seeds: str) -> str:
     and the baseline, set against the differences the paper reports between KD and its additions."""
     parts = []
     for ref, name in (("baseline", "the baseline"), ("kd", "KD")):
-        mdes = [m for r in rows if r["config"] != ref and not math.isnan(m := _num(r.get(f"delta_vs_{ref}_mde")))]
+        # against KD: the configurations that add to it (the baseline's row only mirrors KD's)
+        others = [r for r in rows if r["config"] != ref and (ref != "kd" or r["config"] != "baseline")]
+        mdes = [m for r in others if not math.isnan(m := _num(r.get(f"delta_vs_{ref}_mde")))]
         if mdes:
             span = f"{min(mdes):.2f}" if len(mdes) == 1 else f"{min(mdes):.2f}–{max(mdes):.2f}"
             parts.append(f"{span} pp against {name}")
@@ -175,8 +186,11 @@ def _headline(path: Path, figure: Path | None = None) -> str:
     if teacher != "":
         prov.append(f"teacher seed {teacher}" + (" (the other teachers' blocks: [docs/results.md](docs/results.md))"
                                                  if len(teachers) > 1 else ""))
+    elif first.get("prov_teacher"):
+        prov.append(f"teacher: {first['prov_teacher']}")
     for key, name in (("prov_student", "student"), ("prov_train/val/test images", "train/val/test images"),
-                      ("prov_epochs (max)", "epochs (max)"), ("prov_hardware", "hardware"), ("prov_date", "date")):
+                      ("prov_epochs (max)", "epochs (max)"), ("prov_hardware", "hardware"), ("prov_kdnb", "kdnb"),
+                      ("prov_date", "date")):
         if first.get(key):
             prov.append(f"{name}: {first[key]}")
     resolution = _resolution(rows, n)
