@@ -152,7 +152,7 @@ def test_collect_runs_and_provenance_with_two_teachers(tmp_path):
     prov = tables.provenance(tmp_path, "smoke", [0, 1], configs, teacher_seeds=[0, 1])
     assert "seed 0: test top-1 50.00 %" in prov["teacher"] and "seed 1: test top-1 51.00 %" in prov["teacher"]
     assert "distilled from each teacher" in prov["teacher"]
-    assert prov["training time (sum over these runs)"] == "10.0 min"  # 2 teachers + 6 runs of teacher 0 + 2 of kd-t1
+    assert prov[tables.TRAINING_TIME] == "10.0 min"  # 2 teachers + 6 runs of teacher 0 + 2 of kd-t1
     assert "one teacher" in tables.provenance(tmp_path, "smoke", [0, 1], configs)["teacher"]
     with pytest.raises(MissingInput, match="teacher seed 2 has no finished distilled runs"):
         lookup.collect_runs(tmp_path, "smoke", [0, 1], configs, teacher_seeds=[0, 2])

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from kdnb.engine.config import make_config
-from kdnb.engine.runs import CONFIG_FILE, METRICS_FILE, run_path, write_json
-from kdnb.report.tables import provenance, public_source
+from kdnb.engine.runs import CONFIG_FILE, HISTORY_FILE, METRICS_FILE, run_path, write_json
+from kdnb.report.tables import TRAINING_TIME, provenance, public_source
 
 SOURCE = "image folder /home/someone/data/cifar10-jpeg (50000 train / 10000 test)"
 
@@ -26,7 +26,21 @@ def test_provenance_lists_every_commit_and_no_absolute_path(tmp_path):
     prov = provenance(tmp_path, "smoke", [0], configs=["baseline", "kd"])
     assert prov["kdnb"] == "0.1.0 (git aaaaaaaaaa, bbbbbbbbbb, cccccccccc)"
     assert prov["data"] == "image folder cifar10-jpeg (50000 train / 10000 test)"
-    assert prov["training time (sum over these runs)"] == "3.0 min"  # teacher + two students
+    assert prov[TRAINING_TIME] == "3.0 min"  # teacher + two students, trained alone (no history)
+
+
+def test_training_time_counts_a_cohorts_epochs_once(tmp_path):
+    """Every member of a cohort records the cohort's wall time as its ``train_seconds``; the
+    provenance's training time is the wall time: each epoch split among the runs it trained."""
+    _fake_run(tmp_path, "teacher", 0, "a" * 40)  # trained alone: its 60 s count whole
+    for config, sizes in {"baseline": [3, 3, 2, 1], "kd": [3, 3, 2], "kd_fa": [3, 3]}.items():
+        _fake_run(tmp_path, config, 0, "a" * 40)  # train_seconds 60 each: the sum would say 4.0 min
+        write_json(run_path(tmp_path, "smoke", config, 0) / HISTORY_FILE,
+                   [{"epoch": e + 1, "seconds": 30.0, "cohort_size": n} for e, n in enumerate(sizes)])
+    prov = provenance(tmp_path, "smoke", [0], configs=["baseline", "kd", "kd_fa"])
+    assert prov[TRAINING_TIME] == "3.0 min"  # teacher 60 s + the cohort's 4 epochs of 30 s
+    only_kd = provenance(tmp_path, "smoke", [0], configs=["kd"])  # its share: 10 + 10 + 15 s, with the teacher
+    assert only_kd[TRAINING_TIME] == f"{(60 + 35) / 60:.1f} min"
 
 
 def test_public_source_keeps_relative_and_non_path_text():

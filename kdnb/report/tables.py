@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from ..engine.config import STUDENT_CONFIGS, TEACHER
-from ..engine.runs import CONFIG_FILE, METRICS_FILE, is_finished, read_json, run_path, write_text
+from ..engine.runs import CONFIG_FILE, HISTORY_FILE, METRICS_FILE, is_finished, read_json, run_path, write_text
 from ..evaluation.stats import comparison_table, paired_difference, summarize
 from .lookup import teacher_block, teacher_run_config
 from .series import LABELS, PAPER_ACCURACY
@@ -194,14 +194,30 @@ def provenance(runs_dir: str | os.PathLike, profile: str, seeds: Sequence[int],
         out["teacher"] = "; ".join(teachers) + (" (one teacher for every student seed)" if len(teachers) == 1 else
                                                 " (every student seed distilled from each teacher)")
     run_cfgs = [read_json(d / CONFIG_FILE) for d in dirs]  # the teacher's commit too
-    seconds = sum(read_json(d / METRICS_FILE).get("train_seconds", 0.0) for d in dirs if is_finished(d))
+    seconds = sum(attributed_train_seconds(d) for d in dirs if is_finished(d))
     out.update({
-        "training time (sum over these runs)": f"{seconds / 60:.1f} min",
+        TRAINING_TIME: f"{seconds / 60:.1f} min",
         "kdnb": f"{uniq('kdnb_version')} (git {', '.join(sorted({str(c.get('git_commit'))[:10] for c in run_cfgs}))})",
         "torch": uniq("torch_version") + f", {_precision(cfgs)}" + _compiled(cfgs),
         "date": _dt.datetime.now().strftime("%Y-%m-%d"),
     })
     return out
+
+
+TRAINING_TIME = "training time (wall; a cohort's epoch split among the runs it trained)"
+
+
+def attributed_train_seconds(run_dir: str | os.PathLike) -> float:
+    """A run's share of the wall time that trained it: each epoch's seconds divided by the number of
+    runs its cohort trained in that epoch, so that a cohort's epoch counts once in a sum over its
+    members (``train_seconds`` is the whole cohort's time, for every member). Runs without a history
+    of ``cohort_size`` count as trained alone."""
+    run_dir = Path(run_dir)
+    if (run_dir / HISTORY_FILE).is_file():
+        history = read_json(run_dir / HISTORY_FILE)
+        if history and all("seconds" in e for e in history):
+            return sum(e["seconds"] / max(int(e.get("cohort_size") or 1), 1) for e in history)
+    return float(read_json(run_dir / METRICS_FILE).get("train_seconds", 0.0))
 
 
 def _compiled(cfgs: Sequence[dict[str, Any]]) -> str:
