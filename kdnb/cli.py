@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .engine.config import CONFIGS, PROFILES, ConfigError, make_config
 
@@ -53,9 +54,16 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     overrides = _parse_sets(args.set)
     if overrides:  # one clear message before any notebook starts
         make_config("baseline", args.profile, args.seeds[0] if args.seeds else 0, overrides)
+    parameters: dict = {"overrides": overrides} if overrides else {}
+    if args.bench_json is not None:  # checked here, not in 08 after an hour of training
+        bench = Path(args.bench_json).expanduser().resolve()
+        if not bench.is_file():
+            raise ConfigError(f"--bench-json {args.bench_json}: no such file ({bench}); write one with "
+                             f"`python -m kdnb bench --profile {args.profile} --repeats 5 --json {args.bench_json}`")
+        parameters["bench_json"] = str(bench)
     run_pipeline(profile=args.profile, seeds=args.seeds, runs_dir=args.runs_dir, data_dir=args.data_dir,
                  figures_dir=args.figures_dir, notebooks=args.only, ablation=args.ablation,
-                 parameters={"overrides": overrides} if overrides else None,
+                 parameters=parameters or None,
                  cohort=not args.one_at_a_time, executor=args.executor, train_only=args.train_only,
                  scale={k: getattr(args, k) for k in SCALE_OPTIONS})
     return 0
@@ -158,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override one setting of every run of the series (each notebook's `overrides`), "
                          "e.g. cuda_graphs=true or threads=1")
+    pl.add_argument("--bench-json", default=None, metavar="PATH",
+                    help="a `python -m kdnb bench --json` report for 08's efficiency table: each configuration's "
+                         "benchmarked ms/step trained alone, beside the runs' own costs")
     pl.add_argument("--train-only", action="store_true",
                     help="only train the series' runs (the teacher, each seed's cohort of the chosen student "
                          "configurations), exactly as their notebooks would, and execute no notebook")

@@ -108,9 +108,27 @@ def test_training_cost_is_each_configs_own_work_per_step():
     assert table.loc["baseline", "own_ms_per_step_iqr"] == pytest.approx(10.0)  # Q3 115 − Q1 105
     assert table.loc["kd_fa_at", "epochs"] == 2
     assert table.loc["kd_fa_at", "own_ms_per_step"] == pytest.approx(320.0)
-    assert table.loc["kd_fa_at", "own_vs_reference"] == pytest.approx(320.0 / 110.0)
+    assert table.loc["kd_fa_at", "own_vs_reference"] == pytest.approx((300 / 100 + 340 / 120) / 2)  # epoch-paired
+    assert table.loc["kd_fa_at", "paired_epochs"] == 2
     assert table.loc["kd_fa_at", "shared_ms_per_step"] == pytest.approx(200.0)
     assert np.isnan(training_cost({"baseline": [{"seconds": 1.0}]}).loc["baseline", "own_ms_per_step"])
+
+
+def test_training_cost_ratio_pairs_epochs_so_that_the_machines_load_cancels():
+    """Seeds trained under different load: pooled medians mix them; the ratio of the same epoch of the
+    same cohort does not. KD+FA+AT's own step is 1.1× the baseline's in every epoch here."""
+    def epoch(seed, n, own):
+        return {"seed": seed, "epoch": n, "own_seconds": own, "shared_seconds": 1.0, "steps": 10}
+
+    load = {0: 1.0, 1: 3.0, 2: 3.0}  # seeds 1 and 2 shared the machine
+    histories = {"baseline": [epoch(s, n, f * (1 + n / 100)) for s, f in load.items() for n in (1, 2)],
+                 "kd_fa_at": [epoch(s, n, 1.1 * f * (1 + n / 100)) for s, f in load.items() for n in (1, 2)]
+                 + [epoch(3, 1, 9.0)]}  # a seed the baseline lacks: not paired
+    table = training_cost(histories)
+    assert table.loc["kd_fa_at", "own_vs_reference"] == pytest.approx(1.1)
+    assert table.loc["kd_fa_at", "own_vs_reference_iqr"] == pytest.approx(0.0, abs=1e-12)
+    assert table.loc["kd_fa_at", "paired_epochs"] == 6
+    assert table.loc["kd_fa_at", "own_ms_per_step_iqr"] > 100  # the pooled spread is the load's
 
 
 def test_training_cost_ratio_uses_median():

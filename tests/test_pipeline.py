@@ -37,6 +37,16 @@ def test_smoke_pipeline_writes_table_and_figures(smoke_pipeline):
     assert "## Provenance" in md and "profile: smoke" in md
     missing = [f for f in FIGURES if not (figs / f"{f}.png").is_file()]
     assert not missing, f"figures not written: {missing}"
+    # the evidence beside results.csv, with the columns issue #29 names
+    assert {"config", "seed", "clean_acc_subset", "test_acc", "mean_corrupted_acc"} <= set(
+        pd.read_csv(figs / "robustness.csv").columns)
+    subset = pd.read_csv(figs / "robustness_subset.csv")
+    assert list(subset.columns) == ["class", "images"] and subset["images"].nunique() == 1
+    efficiency = pd.read_csv(figs / "efficiency.csv").set_index("config")
+    assert {"parameters", "flops", "own_train_ms_per_step", "own_train_ms_per_step_iqr", "own_train_vs_baseline",
+            "own_train_vs_baseline_iqr", "shared_train_ms_per_step", "latency_bs1_median_ms_per_image",
+            "latency_bs1_iqr_ms_per_image", "threads", "latency_rounds"} <= set(efficiency.columns)
+    assert efficiency.loc["kd_fa_at", "own_train_ms_per_step"] > efficiency.loc["baseline", "own_train_ms_per_step"]
     evaluation = smoke_pipeline.runs_dir / "smoke" / "evaluation"
     for csv in ("attention_distance", "efficiency", "per_run", "robustness"):
         assert (evaluation / f"{csv}.csv").is_file()
@@ -201,3 +211,16 @@ def test_pipeline_command_passes_the_figures_dir(monkeypatch, tmp_path):
     main(["pipeline", "--profile", "cpu", "--one-at-a-time"])
     assert seen["figures_dir"] is None  # default: <runs_dir>/cpu/figures (tests/test_pipeline_paths.py)
     assert seen["cohort"] is False
+
+
+def test_pipeline_passes_a_bench_report_to_08_and_refuses_a_missing_one_first(monkeypatch, tmp_path, capsys):
+    seen = {}
+    monkeypatch.setattr("kdnb.pipeline.run_pipeline", lambda **kw: seen.update(kw))
+    assert main(["pipeline", "--profile", "cpu", "--bench-json", str(tmp_path / "none.json")]) == 2
+    assert "--bench-json" in capsys.readouterr().err and not seen  # before any notebook
+    (tmp_path / "bench.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    assert main(["pipeline", "--profile", "cpu", "--bench-json", "bench.json"]) == 0
+    assert seen["parameters"] == {"bench_json": str(tmp_path / "bench.json")}  # absolute: notebooks run elsewhere
+    declared = plan("cpu", [0], tmp_path, None, tmp_path, notebooks=["07", "08"], extra=seen["parameters"])
+    assert [("bench_json" in s.parameters) for s in declared] == [False, True]  # only 08 declares it

@@ -173,38 +173,45 @@ def training_cost_ratio(histories: dict[str, list], reference: str = "baseline")
     return table
 
 
-def _per_step(history: Sequence[Mapping], key: str) -> list[float]:
+def _per_step(history: Sequence[Mapping], key: str) -> dict[tuple, float]:
     """Milliseconds per step of ``key`` in each epoch that recorded it (None/NaN: not recorded), over
-    the epoch's ``timed_steps`` (the cohort's first step is a warm-up, not timed), else its ``steps``."""
-    out = []
-    for h in history:
+    the epoch's ``timed_steps`` (the cohort's first step is a warm-up, not timed), else its ``steps``;
+    keyed by (seed, teacher seed, epoch), the epoch's position where those are not recorded."""
+    out = {}
+    for i, h in enumerate(history):
         value, steps = h.get(key), h.get("timed_steps")
         if steps is None or steps != steps:  # not recorded (None, or NaN in a DataFrame's row)
             steps = h.get("steps")
         if value is not None and steps and math.isfinite(float(value)) and math.isfinite(float(steps)):
-            out.append(1000.0 * float(value) / float(steps))
+            out[(h.get("seed"), h.get("teacher_seed"), h.get("epoch", i))] = 1000.0 * float(value) / float(steps)
     return out
 
 
 def training_cost(histories: Mapping[str, Sequence[Mapping]], reference: str = "baseline") -> pd.DataFrame:
     """Per config, from its runs' per-epoch histories (pooled over seeds): the milliseconds per
     training step the config spent on its own work (its forward, backward and update:
-    ``own_seconds / timed_steps``) as median and IQR over epochs, the ratio of that median to
-    ``reference``'s, and the milliseconds per step of the shared part (batch and teacher pass with
-    its Grad-CAM) the config's cohort paid once for all its members.
+    ``own_seconds / timed_steps``) as median and IQR over epochs; its ratio to ``reference``'s,
+    paired by epoch (median and IQR of the per-epoch ratios over the epochs both ran in the same
+    cohort: the machine's load, which moves both, cancels); and the milliseconds per step of the
+    shared part its cohort paid once for all its members (the batch with its augmentation, the
+    teacher pass and its Grad-CAM).
 
     A cohort's wall time per epoch is the same for every member, so it cannot tell what a
     configuration costs; its own share can. Epochs without the split (histories written before
     kdnb measured it, steps replayed as one CUDA graph) are left out; a config with none has NaN.
     """
+    nan = float("nan")
+    own = {cfg: _per_step(hist, "own_seconds") for cfg, hist in histories.items()}
+    ref = own.get(reference, {})
     rows = {}
     for cfg, hist in histories.items():
-        own, shared = _per_step(hist, "own_seconds"), _per_step(hist, "shared_seconds")
-        q1, med, q3 = quartiles(own) if own else (float("nan"),) * 3
-        rows[cfg] = {"epochs": len(own), "own_ms_per_step": med, "own_ms_per_step_iqr": q3 - q1,
-                     "shared_ms_per_step": statistics.median(shared) if shared else float("nan")}
+        shared = list(_per_step(hist, "shared_seconds").values())
+        q1, med, q3 = quartiles(list(own[cfg].values())) if own[cfg] else (nan,) * 3
+        ratios = [v / ref[k] for k, v in own[cfg].items() if ref.get(k)]
+        r1, rmed, r3 = quartiles(ratios) if ratios else (nan,) * 3
+        rows[cfg] = {"epochs": len(own[cfg]), "own_ms_per_step": med, "own_ms_per_step_iqr": q3 - q1,
+                     "own_vs_reference": rmed, "own_vs_reference_iqr": r3 - r1, "paired_epochs": len(ratios),
+                     "shared_ms_per_step": statistics.median(shared) if shared else nan}
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "config"
-    ref = table.loc[reference, "own_ms_per_step"] if reference in table.index else float("nan")
-    table["own_vs_reference"] = table["own_ms_per_step"] / ref
     return table

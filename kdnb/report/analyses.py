@@ -366,8 +366,11 @@ def efficiency_table(runs_dir: str | os.PathLike, profile: str, seeds: Sequence[
     ``repeats`` passes with the rounds' quartiles (models alternate round by round; see
     :func:`kdnb.evaluation.efficiency.measure_latencies`), on ``device`` with the threads stated.
     Training (from the runs' histories, all ``seeds``): each configuration's own milliseconds per
-    step (median and IQR over epochs) and its ratio to the baseline's, and the shared teacher/batch
-    milliseconds per step of its cohort (:func:`kdnb.evaluation.efficiency.training_cost`). With
+    step (median and IQR over epochs), its ratio to the baseline's (median and IQR of the ratios of
+    the same epoch of the same cohort), and the milliseconds per step its cohort shared (the batch
+    with its augmentation, the teacher pass and its Grad-CAM; one number per cohort, the baseline's
+    included) (:func:`kdnb.evaluation.efficiency.training_cost`). Latency columns are milliseconds
+    per image (``_ms_per_image``), whatever the batch size. With
     ``bench`` (a ``python -m kdnb bench --json`` report) also the benchmark's ms per step of each
     configuration trained alone (median and IQR of its rounds)."""
     device = _device(device)
@@ -381,14 +384,14 @@ def efficiency_table(runs_dir: str | os.PathLike, profile: str, seeds: Sequence[
     for bs in batch_sizes:
         lat = measure_latencies(models, bs, device, warmup=max(2, repeats // 5), repeats=repeats, rounds=rounds)
         for c, r in lat.items():
-            rows[c].update({f"latency_bs{bs}_median_ms": r["median_ms_per_sample"],
-                            f"latency_bs{bs}_q1_ms": r["q1_ms_per_sample"], f"latency_bs{bs}_q3_ms": r["q3_ms_per_sample"],
-                            f"latency_bs{bs}_iqr_ms": r["iqr_ms_per_sample"], "device": r["device"],
-                            "threads": r["threads"], "latency_rounds": rounds, "latency_repeats": repeats})
+            col = f"latency_bs{bs}_{{}}_ms_per_image"
+            rows[c].update({col.format(q): r[f"{q}_ms_per_sample"] for q in ("median", "q1", "q3", "iqr")})
+            rows[c].update({"device": r["device"], "threads": r["threads"], "latency_rounds": rounds, "latency_repeats": repeats})
     for c in configs:
         rows[c].update({"own_train_ms_per_step": cost.loc[c, "own_ms_per_step"],
                         "own_train_ms_per_step_iqr": cost.loc[c, "own_ms_per_step_iqr"],
                         "own_train_vs_baseline": cost.loc[c, "own_vs_reference"],
+                        "own_train_vs_baseline_iqr": cost.loc[c, "own_vs_reference_iqr"],
                         "shared_train_ms_per_step": cost.loc[c, "shared_ms_per_step"]})
         variant = (bench or {}).get("variants", {}).get(c)
         if variant and variant.get("rounds_ms_per_step"):

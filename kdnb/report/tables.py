@@ -292,14 +292,16 @@ def efficiency_view(efficiency: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
     out["parameters"] = [f"{int(v):,}" for v in efficiency["parameters"]]
     out["MFLOPs / image"] = [f"{v / 1e6:.1f}" for v in efficiency["flops"]]
     for col in efficiency.columns:
-        if col.startswith("latency_bs") and col.endswith("_median_ms"):
-            bs = col.removeprefix("latency_bs").removesuffix("_median_ms")
+        if col.startswith("latency_bs") and col.endswith("_median_ms_per_image"):
+            bs = col.removeprefix("latency_bs").removesuffix("_median_ms_per_image")
             out[f"latency bs={bs} (ms/image)"] = [spread(m, i, 3) for m, i in
-                                                 zip(efficiency[col], efficiency[f"latency_bs{bs}_iqr_ms"])]
+                                                 zip(efficiency[col], efficiency[f"latency_bs{bs}_iqr_ms_per_image"])]
     out["own training (ms/step)"] = [spread(m, i, 1) for m, i in
                                      zip(efficiency["own_train_ms_per_step"], efficiency["own_train_ms_per_step_iqr"])]
-    out["own vs baseline"] = [_fmt(v) + ("×" if not pd.isna(v) else "") for v in efficiency["own_train_vs_baseline"]]
-    out["shared teacher pass (ms/step)"] = [_fmt(v, 1) for v in efficiency["shared_train_ms_per_step"]]
+    ratio_iqr = efficiency.get("own_train_vs_baseline_iqr", pd.Series(float("nan"), index=efficiency.index))
+    out["own vs baseline, same epoch"] = ["–" if pd.isna(v) else f"{v:.2f}×" + ("" if pd.isna(i) else f" (IQR {i:.2f})")
+                                          for v, i in zip(efficiency["own_train_vs_baseline"], ratio_iqr)]
+    out["shared: batch + teacher + CAM (ms/step)"] = [_fmt(v, 1) for v in efficiency["shared_train_ms_per_step"]]
     if "bench_solo_ms_per_step" in efficiency:
         out["bench, alone (ms/step)"] = [spread(m, i, 1) for m, i in
                                          zip(efficiency["bench_solo_ms_per_step"], efficiency["bench_solo_ms_per_step_iqr"])]

@@ -30,7 +30,7 @@
 # - **RQ2**, does transferring only the causally relevant regions help: answered from the mask ablation's runs
 #   (`09`: Grad-CAM masks against no mask and size-matched random masks) when they exist, else it says to run `09`;
 # - **RQ3**, accuracy against inference efficiency: deployed parameters, FLOPs per image, latency at batch 1 and
-#   a large batch (256; smoke 32) (median and IQR of 5 rounds), each configuration's own training cost per step and the shared teacher pass.
+#   a large batch (256; smoke 32) (median and IQR of 5 rounds), each configuration's own training cost per step and the shared batch and teacher pass.
 #
 # With students of more than one teacher seed (a second teacher's runs live in `<config>-t<k>/`), the accuracy
 # table is given per teacher seed; everything else uses teacher seed 0, the main series. A second teacher may
@@ -118,11 +118,15 @@ ctx.save(fig, "08_learning_curves")
 #
 # The students share one architecture, so their deployed cost is the same; distillation is paid for at
 # training time. Latency is the median of 5 rounds (the models take turns round by round) with the rounds'
-# interquartile range: a difference inside it is no measurable difference. Training cost is each configuration's
-# *own* work per step (its forward, backward and update: FA, AT and the masks are in here), measured inside the
-# cohort, and the *shared* pass (batch and teacher forward with its Grad-CAM) the cohort pays once per step for
-# all its members; the epoch's wall time is the cohort's, the same for every member, and says nothing per
-# configuration. With `bench_json`, the benchmark's ms/step of each configuration trained alone sits beside it.
+# interquartile range (milliseconds per image at every batch size): a difference inside it is no measurable
+# difference; the students being one network, the spread of their medians shows what the measurement resolves.
+# Training cost is each configuration's *own* work per step (its forward, backward and update: FA, AT and the
+# masks are in here), measured inside the cohort, with its ratio to the baseline's in the same epoch of the same
+# cohort (the machine's load moves both and cancels), and the *shared* part of the step (the batch with its
+# augmentation, the teacher forward and its Grad-CAM) the cohort pays once per step for all its members, the
+# baseline included; the epoch's wall time is the cohort's, the same for every member, and says nothing per
+# configuration. With `bench_json` (the pipeline's `--bench-json`), the benchmark's ms/step of each configuration
+# trained alone (teacher pass included) sits beside it.
 
 # %%
 efficiency = analyses.efficiency_table(ctx.runs_dir, profile, seeds_used, device=device, bench=ctx.read_bench(bench_json),
