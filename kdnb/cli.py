@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "'figures' refreshes the committed reference)")
     pl.add_argument("--only", nargs="*", default=None, help="run only these notebooks (name prefixes, e.g. 00 01)")
     pl.add_argument("--ablation", action="store_true",
-                    help="also run 09_mask_ablation (7 more KD+FA+AT runs per seed)")
+                    help="also run 09_mask_ablation (9 more KD+FA+AT runs per seed)")
     pl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override one setting of every run of the series (each notebook's `overrides`), "
                          "e.g. cuda_graphs=true or threads=1")

@@ -154,6 +154,30 @@ def test_conclusion_follows_the_data():
                         np.mean(np.subtract(clear_win["gradcam 0.5"], clear_win["random_matched 0.5"])))
 
 
+def test_another_cam_methods_masks_are_compared_with_random_masks_of_their_own_size():
+    """random_matched shuffles the Grad-CAM mask, so it matches Grad-CAM's size (41 % at keep 0.5), not
+    that of masks from a CAM method whose cam never falls short (exactly 50 %): their control is the
+    keep-fraction random mask; a method whose cam does fall short has no control of its size."""
+    acc = {"none": [60.0, 61.0, 59.5], "random_matched 0.5": [60.5, 60.0, 60.1], "random 0.5": [59.0, 59.4, 58.8],
+           "gradcam 0.5": [62.0, 63.5, 61.0], "gradcampp 0.5": [61.0, 62.5, 60.1], "layercam 0.5": [60.0, 61.0, 59.0]}
+    shares = {"random_matched 0.5": (0.41, 0.3), "random 0.5": (0.5, np.nan), "gradcam 0.5": (0.41, 0.3),
+              "gradcampp 0.5": (0.5, 0.0), "layercam 0.5": (0.45, 0.12)}
+    runs = _fake_runs(acc, shares)
+    tab = ablation.table(runs)
+    assert tab.loc["gradcam 0.5", "matched random"] == "random_matched 0.5"
+    assert tab.loc["gradcampp 0.5", "matched random"] == "random 0.5"
+    mean, lo, hi = _scipy_delta(acc["gradcampp 0.5"], acc["random 0.5"])
+    assert tab.loc["gradcampp 0.5", "Δ vs matched random (pp)"] == f"{mean:+.2f}"
+    assert tab.loc["gradcampp 0.5", "95% CI vs matched random"] == f"[{lo:.2f}, {hi:.2f}]"
+    assert tab.loc["layercam 0.5", "matched random"] == "–" and tab.loc["layercam 0.5", "Δ vs matched random (pp)"] == "–"
+    vm = ablation.versus_matched(runs)
+    assert list(zip(vm["mask"], vm["control"])) == [("gradcam 0.5", "random_matched 0.5"),
+                                                    ("random 0.5", "random_matched 0.5"), ("gradcampp 0.5", "random 0.5")]
+    text = ablation.conclusion(runs)
+    assert f"vs random masks of their size (random 0.5: they kept exactly keep) {mean:+.2f} pp" in text
+    assert text.count("vs random masks of their size") == 1  # not for layercam
+
+
 def test_train_missing_trains_only_its_own_runs_one_cohort_per_seed(tmp_path, monkeypatch):
     cohorts = []
     monkeypatch.setattr("kdnb.report.ablation.train_cohort",

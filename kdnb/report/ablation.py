@@ -186,6 +186,28 @@ def _matched_label(runs: pd.DataFrame, mask_mode: str, keep: float) -> str | Non
     return None if hit.empty else str(hit.iloc[0])
 
 
+# A mask whose cam fell short of ``keep`` in at most this share of images keeps ``keep`` of the positions.
+FULL_KEEP_TOLERANCE = 0.005
+
+
+def _control_label(runs: pd.DataFrame, rows: pd.DataFrame) -> str | None:
+    """The random control of the same size as the variant ``rows`` (one variant's runs): for Grad-CAM
+    masks (and the random masks themselves) ``random_matched`` at their keep, which shuffles the Grad-CAM
+    mask's positions; for masks from another CAM method, whose size ``random_matched`` does not match,
+    the ``keep``-fraction random mask when their cam (almost) never fell short of ``keep``, so that
+    they too keep exactly ``keep``; else None (no control of their size was trained)."""
+    first = rows.iloc[0]
+    if pd.isna(first["keep"]):
+        return None
+    if _default_cam(rows).all() or first["mask_mode"] != "gradcam":
+        return _matched_label(runs, first["mask_mode"], first["keep"])
+    short = rows["cam_short_share"].mean() if "cam_short_share" in rows else math.nan
+    if not short <= FULL_KEEP_TOLERANCE:  # NaN (not recorded) included
+        return None
+    hit = runs[(runs["mask_mode"] == "random") & (runs["keep"] == first["keep"])]["variant"]
+    return None if hit.empty else str(hit.iloc[0])
+
+
 def _versus(runs: pd.DataFrame, label: str, ref: str | None, digits: int) -> tuple[str, str, str, str]:
     """(Δ, 95% CI, minimum detectable effect, verdict) texts of ``label`` − ``ref``, paired by seed;
     the reference itself reads "0 (reference)", a missing reference "–"."""
@@ -215,7 +237,13 @@ def _cam_axis(runs: pd.DataFrame) -> list[str]:
         if ref.empty:
             continue
         d = paired_difference(_by_seed(runs, label), _by_seed(runs, ref["variant"].iloc[0]))
-        out.append(f"masks from {grp['cam'].iloc[0]} vs Grad-CAM at keep {keep:g} {describe_difference(d)}")
+        text = f"masks from {grp['cam'].iloc[0]} vs Grad-CAM at keep {keep:g} {describe_difference(d)}"
+        control = _control_label(runs, grp)
+        if control is not None:
+            c = paired_difference(_by_seed(runs, label), _by_seed(runs, control))
+            text += (f", vs random masks of their size ({control}: they kept exactly keep) "
+                     f"{describe_difference(c)}")
+        out.append(text)
     return out
 
 
@@ -239,13 +267,15 @@ def table(runs: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
         cam_type = first.get("cam_type", "binary")
         s = summarize(grp["test_acc"].to_numpy())
         vs_none = _versus(runs, label, REFERENCE if (runs["variant"] == REFERENCE).any() else None, digits)
-        vs_matched = _versus(runs, label, _matched_label(runs, first["mask_mode"], first["keep"]), digits)
+        control = _control_label(runs, grp)
+        vs_matched = _versus(runs, label, control, digits)
         rows.append({
             "mask": label, "seeds": s["n"], "test top-1 (%)": f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}",
             "Δ vs none (pp)": vs_none[0], "95% CI vs none": vs_none[1], "MDE vs none (pp)": vs_none[2],
             "vs none": vs_none[3],
             "Δ vs matched random (pp)": vs_matched[0], "95% CI vs matched random": vs_matched[1],
             "MDE vs matched random (pp)": vs_matched[2], "vs matched random": vs_matched[3],
+            "matched random": control or "–",
             "kept (%)": _percent(grp["mask_share"].mean() if "mask_share" in grp else math.nan),
             "cam short (%)": _percent(grp["cam_short_share"].mean()) if "cam_short_share" in grp
             and _shows_cam_short(first["mask_mode"], cam_type) else "–",
@@ -268,7 +298,15 @@ def versus_matched(runs: pd.DataFrame) -> pd.DataFrame:
             if hit.empty:
                 continue
             d = paired_difference(_by_seed(runs, hit["variant"].iloc[0]), _by_seed(runs, ref))
-            rows.append({"keep": keep, "mask": hit["variant"].iloc[0], "Δ vs matched random (pp)": d["mean"],
+            rows.append({"keep": keep, "mask": hit["variant"].iloc[0], "control": ref,
+                         "Δ vs matched random (pp)": d["mean"], "ci_low": d["ci_low"], "ci_high": d["ci_high"],
+                         "MDE (pp)": d["mde"], "verdict": d["label"], "seeds": d["n"]})
+        for label, grp in runs[~_default_cam(runs) & (runs["keep"] == keep)].groupby("variant", sort=False):
+            control = _control_label(runs, grp)
+            if control is None:
+                continue
+            d = paired_difference(_by_seed(runs, label), _by_seed(runs, control))
+            rows.append({"keep": keep, "mask": label, "control": control, "Δ vs matched random (pp)": d["mean"],
                          "ci_low": d["ci_low"], "ci_high": d["ci_high"], "MDE (pp)": d["mde"], "verdict": d["label"],
                          "seeds": d["n"]})
     return pd.DataFrame(rows)
@@ -352,7 +390,9 @@ def write_table(tab: pd.DataFrame, versus: pd.DataFrame, sentence: str, prov: di
         "these seeds detect with 80 % power at α = 0.05, from the observed SD of the differences). *kept*: the "
         "masks' mean share of positions over epochs and seeds "
         "(soft: the mean weight); *cam short*: the share of images whose cam is positive on fewer positions "
-        "than keep asks for, so that their binary mask keeps less.\n\n"
+        "than keep asks for, so that their binary mask keeps less. *matched random*: the random control of the "
+        "row's size, `random_matched` for Grad-CAM masks; masks from another CAM method whose cam never fell short "
+        "keep exactly keep, and their control is the `random` mask at that keep.\n\n"
         + markdown_table(tab) + "\n\n## Against random masks of the same size\n\n"
         + (markdown_table(vr, index=False) if not vr.empty else "(no pairs)") + f"\n\n## Conclusion\n\n{sentence}\n\n"
         f"## Provenance\n\n{prov_lines}\n"

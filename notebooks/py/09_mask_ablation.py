@@ -30,7 +30,10 @@
 #   cam; larger than the Grad-CAM mask wherever the cam is sparse, so it is not the control the table compares
 #   against, but it shows whether the control's size matters;
 # - `gradcampp 0.5`, `layercam 0.5`: the binary causal mask at `keep` 0.5 built from another CAM method
-#   (Grad-CAM++, LayerCAM; `kdnb.method.cams`) instead of Grad-CAM. Does the choice of CAM matter?
+#   (Grad-CAM++, LayerCAM; `kdnb.method.cams`) instead of Grad-CAM. Does the choice of CAM matter? `random_matched`
+#   copies Grad-CAM's mask sizes, not theirs: where their cam never falls short of `keep` (the table's *cam short*),
+#   they keep exactly `keep`, and the unmatched `random` mask at that keep is their size-matched control (the
+#   table's *matched random* column names each row's control).
 #
 # Same seeds, split, teacher and recipe as the main series. The table gives test top-1 mean ± std, the seed-paired
 # difference $\Delta = \frac{1}{n}\sum_s (a^{mask}_s - a^{ref}_s)$ with its 95% Student-t interval against `none`
