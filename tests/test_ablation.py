@@ -255,3 +255,13 @@ def test_saved_runs_only_when_09_has_run(tmp_path):
     _write_fake_runs(plan[plan["seed"] == 0], tmp_path)
     runs = ablation.saved_runs(tmp_path, "smoke", [0, 1])
     assert set(runs["seed"]) == {0} and len(runs) == len(plan) // 2  # seed 1 is not finished: left out
+    # the unmatched random masks join once finished for every ready seed, as 09's conclusion has them
+    full = ablation.plan("smoke", [0, 1], tmp_path, unmatched=True)
+    unmatched = full[(full["mask_mode"] == "random") & (full["seed"] == 0)]
+    _write_fake_runs(unmatched.iloc[:1], tmp_path)  # each variant joins once finished for every ready seed
+    runs = ablation.saved_runs(tmp_path, "smoke", [0, 1])
+    assert list(runs[runs["mask_mode"] == "random"]["variant"]) == [unmatched["variant"].iloc[0]]
+    _write_fake_runs(unmatched.iloc[1:], tmp_path)
+    runs = ablation.saved_runs(tmp_path, "smoke", [0, 1])
+    assert sorted(runs[runs["mask_mode"] == "random"]["variant"]) == ["random 0.25", "random 0.5"]
+    assert "unmatched random masks (exactly keep) vs size-matched" in ablation.conclusion(runs)

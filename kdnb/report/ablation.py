@@ -165,11 +165,21 @@ def collect(plan_df: pd.DataFrame, profile: str, runs_dir: str | os.PathLike,
 def saved_runs(runs_dir: str | os.PathLike, profile: str, seeds: Sequence[int], keeps: Sequence[float] = KEEPS,
                overrides: dict[str, Any] | None = None, config: str = ABLATION_CONFIG) -> pd.DataFrame | None:
     """:func:`collect` over the ``seeds`` whose every (default) variant 09 has finished, or None when
-    no seed has them all (09 has not run for this profile)."""
+    no seed has them all (09 has not run for this profile). The unmatched random masks (09's
+    ``unmatched``) come along where they are finished for every one of those seeds, so that an answer
+    built from these runs compares what 09's own conclusion compares."""
     p = plan(profile, seeds, runs_dir, keeps, overrides, config)
     complete = p.groupby("seed")["finished"].all()
     ready = [s for s, ok in complete.items() if ok]
-    return collect(p[p["seed"].isin(ready)], profile, runs_dir, overrides, config) if ready else None
+    if not ready:
+        return None
+    p = p[p["seed"].isin(ready)]
+    extra = plan(profile, ready, runs_dir, keeps, overrides, config, unmatched=True)
+    extra = extra[~extra["variant"].isin(set(p["variant"]))]
+    for _, rows in extra.groupby("variant", sort=False):
+        if rows["finished"].all():
+            p = pd.concat([p, rows], ignore_index=True)
+    return collect(p, profile, runs_dir, overrides, config)
 
 
 # ---------------------------------------------------------------- statistics
