@@ -114,10 +114,11 @@ def _efficiency_answer(efficiency: pd.DataFrame, accuracy_gain: str) -> str:
     elif one_network:  # identical networks whose IQRs do not overlap: the IQR understates the noise
         medians = stud["latency_bs1_median_ms_per_image"]
         spread = 100 * (medians.max() / medians.min() - 1)
-        widest = 100 * max((x["q3_ms_per_sample"] - x["q1_ms_per_sample"]) / x["median_ms_per_sample"] for x in lat)
-        latency = (f"no measurable difference between the students: they are one network, yet their medians lie up "
-                   f"to {spread:.1f} % apart, more than one model's interquartile range (at most {widest:.1f} % of its "
-                   f"median), so {spread:.1f} % is what this measurement resolves between two models")
+        iqrs = [100 * (x["q3_ms_per_sample"] - x["q1_ms_per_sample"]) / x["median_ms_per_sample"] for x in lat]
+        latency = (f"no measurable difference between the students: they are one network, yet not all their "
+                   f"interquartile ranges overlap (medians up to {spread:.1f} % apart; each model's IQR "
+                   f"{min(iqrs):.1f}–{max(iqrs):.1f} % of its median), so a single model's IQR understates the noise "
+                   f"between models, and {spread:.1f} % is what this measurement resolves between two of them")
     else:
         latency = "KD+FA+AT against the baseline: " + latency_difference(_latency(stud.loc["kd_fa_at"], 1),
                                                                          _latency(stud.loc["baseline"], 1))
