@@ -129,6 +129,8 @@ def test_training_cost_ratio_pairs_epochs_so_that_the_machines_load_cancels():
     assert table.loc["kd_fa_at", "own_vs_reference_iqr"] == pytest.approx(0.0, abs=1e-12)
     assert table.loc["kd_fa_at", "paired_epochs"] == 6
     assert table.loc["kd_fa_at", "own_ms_per_step_iqr"] > 100  # the pooled spread is the load's
+    unseeded = {c: [{k: v for k, v in e.items() if k != "seed"} for e in h] for c, h in histories.items()}
+    assert training_cost(unseeded).loc["kd_fa_at", "epochs"] == 7  # seeds pooled without a seed: no epoch lost
 
 
 def test_training_cost_ratio_uses_median():

@@ -176,14 +176,16 @@ def training_cost_ratio(histories: dict[str, list], reference: str = "baseline")
 def _per_step(history: Sequence[Mapping], key: str) -> dict[tuple, float]:
     """Milliseconds per step of ``key`` in each epoch that recorded it (None/NaN: not recorded), over
     the epoch's ``timed_steps`` (the cohort's first step is a warm-up, not timed), else its ``steps``;
-    keyed by (seed, teacher seed, epoch), the epoch's position where those are not recorded."""
+    keyed by (seed, teacher seed, epoch) where the seed is recorded, else by the epoch's position (so
+    that pooled histories without seeds neither collide nor lose epochs)."""
     out = {}
     for i, h in enumerate(history):
         value, steps = h.get(key), h.get("timed_steps")
         if steps is None or steps != steps:  # not recorded (None, or NaN in a DataFrame's row)
             steps = h.get("steps")
         if value is not None and steps and math.isfinite(float(value)) and math.isfinite(float(steps)):
-            out[(h.get("seed"), h.get("teacher_seed"), h.get("epoch", i))] = 1000.0 * float(value) / float(steps)
+            where = (h["seed"], h.get("teacher_seed"), h.get("epoch")) if h.get("seed") is not None else ("position", i)
+            out[where] = 1000.0 * float(value) / float(steps)
     return out
 
 
